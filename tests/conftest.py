@@ -1,0 +1,29 @@
+"""Shared fixtures: composed configs pointed at tmp_path, and data locations."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_module
+from omegaconf import DictConfig
+
+import twotower.cli
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+twotower.cli.register_resolvers()
+
+
+def compose_train(run_dir: Path, *overrides: str) -> DictConfig:
+    """The real ``train`` config, shrunk for tests: no progress bar, no logger, output in ``run_dir``."""
+    with initialize_config_module(config_module="twotower.conf", version_base="1.3"):
+        return compose("train", overrides=[
+            f"run_dir={run_dir}", "logger=none", "trainer.enable_progress_bar=false", *overrides])
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    if not SHARED_DATA.exists():
+        pytest.skip(f"shared data not found at {SHARED_DATA}")
+    return SHARED_DATA

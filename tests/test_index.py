@@ -1,0 +1,61 @@
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from twotower.errors import TwoTowerError
+from twotower.index import AnnoyIndex, ExactIndex, build_index, exact_top, load_index, recall_against_exact
+
+
+def clustered(n: int, dim: int, seed: int, spread: float = 0.3) -> np.ndarray:
+    """Vectors around 50 centres with varied norms, like trained embeddings."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(50, dim))
+    vectors = centres[rng.integers(50, size=n)] + spread * rng.normal(size=(n, dim))
+    return (vectors * rng.uniform(0.5, 2.0, size=(n, 1))).astype(np.float32)
+
+
+def test_exact_top_matches_a_full_sort() -> None:
+    items = clustered(300, 8, seed=0)
+    queries = clustered(20, 8, seed=1)
+    indices, scores = exact_top(queries, items, 5, batch_size=7)
+    full = np.argsort(-(queries @ items.T), axis=1)[:, :5]
+    assert np.array_equal(indices, full)
+    assert np.allclose(scores, np.take_along_axis(queries @ items.T, full, axis=1))
+
+
+@pytest.mark.parametrize("score", ["dot", "cosine"])
+def test_annoy_recall_against_exact_search(tmp_path: Path, score: str) -> None:
+    items = clustered(5000, 32, seed=2)
+    queries = clustered(300, 32, seed=3)
+    if score == "cosine":
+        items /= np.linalg.norm(items, axis=1, keepdims=True)
+        queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    index = AnnoyIndex(n_trees=50, search_k_factor=20)
+    meta = build_index(index, items, score, tmp_path)
+    assert meta["metric"] == "angular"
+    assert meta["transform"] == ("dot_to_angular" if score == "dot" else "unit_vectors")
+    assert recall_against_exact(index, queries, items, k=10) >= 0.95
+    loaded, _ = load_index(tmp_path, items, score)
+    assert np.array_equal(loaded.search(queries[:20], 10), index.search(queries[:20], 10))
+
+
+def test_loading_refuses_an_index_built_for_other_vectors_or_score(tmp_path: Path) -> None:
+    items = clustered(500, 8, seed=4)
+    build_index(AnnoyIndex(n_trees=5), items, "dot", tmp_path)
+    with pytest.raises(TwoTowerError, match="score 'dot' but the model scores by 'cosine'"):
+        load_index(tmp_path, items, "cosine")
+    with pytest.raises(TwoTowerError, match="built from other item vectors"):
+        load_index(tmp_path, items * 2, "dot")
+    with pytest.raises(TwoTowerError, match="500 items of dimension 8"):
+        load_index(tmp_path, items[:100], "dot")
+    (tmp_path / "meta.json").unlink()
+    with pytest.raises(TwoTowerError, match=r"meta\.json missing"):
+        load_index(tmp_path, items, "dot")
+
+
+def test_exact_backend_is_ground_truth(tmp_path: Path) -> None:
+    items = clustered(400, 8, seed=5)
+    index = ExactIndex()
+    build_index(index, items, "dot", tmp_path)
+    assert recall_against_exact(index, items[:50], items, k=10) == 1.0

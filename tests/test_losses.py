@@ -1,0 +1,92 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from twotower.losses import BPRLoss, PointwiseLoss, SampledSoftmaxLoss, build_loss
+from twotower.towers import IdTower, build_tower
+
+
+def batch_of(items: list[int], negatives: list[list[int]], log_q_items=None, log_q_negatives=None) -> dict:
+    negatives_t = torch.tensor(negatives)
+    return {
+        "items": torch.tensor(items),
+        "negatives": negatives_t,
+        "negatives_valid": torch.ones_like(negatives_t, dtype=torch.bool),
+        "items_log_q": torch.zeros(len(items)) if log_q_items is None else torch.tensor(log_q_items),
+        "negatives_log_q": torch.zeros(negatives_t.shape) if log_q_negatives is None else torch.tensor(log_q_negatives),
+    }
+
+
+def one_dim(values: list[float]) -> torch.Tensor:
+    return torch.tensor(values).unsqueeze(-1)
+
+
+def test_bce_on_hand_computed_logits() -> None:
+    users, items = one_dim([1.0]), one_dim([2.0])  # positive logit 2
+    negatives = torch.tensor([[[-1.0], [0.5]]])  # negative logits -1, 0.5
+    loss = PointwiseLoss("bce")(users, items, negatives, batch_of([0], [[1, 2]]))
+    expected = (-math.log(torch.sigmoid(torch.tensor(2.0)).item())
+                - math.log(1 - torch.sigmoid(torch.tensor(-1.0)).item())
+                - math.log(1 - torch.sigmoid(torch.tensor(0.5)).item())) / 3
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_mse_uses_plus_minus_one_labels() -> None:
+    users, items = one_dim([1.0]), one_dim([0.5])
+    negatives = torch.tensor([[[0.25]]])
+    loss = PointwiseLoss("mse")(users, items, negatives, batch_of([0], [[1]]))
+    assert loss.item() == pytest.approx(((0.5 - 1) ** 2 + (0.25 + 1) ** 2) / 2)
+
+
+def test_invalid_negatives_do_not_count() -> None:
+    users, items = one_dim([1.0]), one_dim([2.0])
+    negatives = torch.tensor([[[-1.0], [100.0]]])
+    batch = batch_of([0], [[1, 2]])
+    batch["negatives_valid"] = torch.tensor([[True, False]])
+    masked = BPRLoss()(users, items, negatives, batch)
+    assert masked.item() == pytest.approx(-F.logsigmoid(torch.tensor(3.0)).item(), rel=1e-6)
+
+
+def test_softmax_removes_accidental_hits() -> None:
+    # Row 0's positive item 7 also appears as row 1's positive and as a sampled negative.
+    users = one_dim([1.0, 1.0])
+    items = one_dim([1.0, 3.0])
+    negatives = torch.tensor([[[3.0]], [[0.0]]])
+    batch = batch_of([7, 7], [[7], [8]])
+    loss = SampledSoftmaxLoss(logq_correction=False)(users, items, negatives, batch)
+    # Row 0 keeps only its own positive (logit 1) and item 8 (logit 0); row 1 likewise (3 vs 0).
+    expected = (-F.log_softmax(torch.tensor([1.0, 0.0]), 0)[0] - F.log_softmax(torch.tensor([3.0, 0.0]), 0)[0]) / 2
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    kept = SampledSoftmaxLoss(logq_correction=False, remove_accidental_hits=False)(users, items, negatives, batch)
+    assert kept.item() > loss.item()
+
+
+def test_logq_correction_pushes_popular_negatives_down_less() -> None:
+    """With equal scores, a popular negative (high q) gets a smaller gradient than a rare one."""
+    users = one_dim([1.0])
+    negatives_vectors = torch.zeros(1, 2, 1, requires_grad=True)
+    items = one_dim([0.0])
+    popular, rare = math.log(0.5), math.log(0.01)
+    batch = batch_of([0], [[1, 2]], log_q_items=[math.log(0.1)], log_q_negatives=[[popular, rare]])
+    SampledSoftmaxLoss(logq_correction=True)(users, items, negatives_vectors, batch).backward()
+    popular_grad, rare_grad = negatives_vectors.grad.reshape(-1).tolist()
+    # The gradient on a negative's vector is softmax probability * user: positive pushes its score down.
+    assert 0 < popular_grad < rare_grad
+    negatives_vectors.grad = None
+    SampledSoftmaxLoss(logq_correction=False)(users, items, negatives_vectors, batch).backward()
+    uncorrected = negatives_vectors.grad.reshape(-1).tolist()
+    assert uncorrected[0] == pytest.approx(uncorrected[1])
+    assert popular_grad < uncorrected[0] < rare_grad
+
+
+def test_build_loss_and_tower_from_specs() -> None:
+    assert isinstance(build_loss({"name": "bpr"}), BPRLoss)
+    assert build_loss({"name": "softmax", "logq_correction": False}).logq_correction is False
+    with pytest.raises(ValueError, match="unknown loss"):
+        build_loss({"name": "hinge"})
+    tower = build_tower({"kind": "id"}, n=10, dim=4)
+    assert isinstance(tower, IdTower)
+    assert tower(torch.tensor([1, 2])).shape == (2, 4)
+    assert tower.all().shape == (10, 4)

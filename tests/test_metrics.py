@@ -1,0 +1,56 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from twotower.data.batches import RankingBatches, UserItems
+from twotower.metrics import RankingMetrics, ranking_metrics
+
+
+def test_metrics_on_a_hand_ranked_list() -> None:
+    hits = torch.tensor([[False, True, False, True]])  # hits at ranks 2 and 4, three held-out items
+    results = ranking_metrics(hits, torch.tensor([3]), ks=[2, 4])
+    assert results["recall@2"].item() == pytest.approx(1 / 3)
+    assert results["recall@4"].item() == pytest.approx(2 / 3)
+    ideal = 1 + 1 / math.log2(3) + 1 / math.log2(4)
+    assert results["ndcg@4"].item() == pytest.approx((1 / math.log2(3) + 1 / math.log2(5)) / ideal)
+    assert results["ndcg@2"].item() == pytest.approx((1 / math.log2(3)) / (1 + 1 / math.log2(3)))
+    assert results["mrr@4"].item() == pytest.approx(0.5)
+    assert results["hitrate@2"].item() == 1.0
+
+
+def test_seen_items_are_excluded_and_coverage_counts_distinct_items() -> None:
+    scores = torch.tensor([[5.0, 4.0, 3.0, 2.0], [5.0, 4.0, 3.0, 2.0]])
+    batch = {
+        "seen_rows": torch.tensor([0]), "seen_items": torch.tensor([0]),  # user 0 has seen item 0
+        "target_rows": torch.tensor([0, 1]), "target_items": torch.tensor([1, 3]),
+    }
+    metrics = RankingMetrics(n_items=4, ks=[1])
+    metrics.update(scores, batch)
+    results = metrics.compute()
+    assert results["recall@1"].item() == pytest.approx(0.5)  # user 0 finds item 1 first; user 1 misses
+    assert results["coverage@1"].item() == pytest.approx(0.5)  # items 1 and 0 were recommended
+
+
+def evaluate(chunk_size: int, users: torch.Tensor, items: torch.Tensor, seen: UserItems, targets: UserItems) -> dict:
+    chunks = RankingBatches(seen, targets, chunk_size)
+    metrics = RankingMetrics(len(items), ks=[5, 10])
+    for index in range(len(chunks)):
+        batch = chunks[index]
+        metrics.update(users[batch["users"]] @ items.T, batch)
+    return {name: value.item() for name, value in metrics.compute().items()}
+
+
+def test_metrics_do_not_depend_on_the_chunk_size() -> None:
+    rng = np.random.default_rng(0)
+    n_users, n_items = 97, 60
+    users = torch.from_numpy(rng.normal(size=(n_users, 8))).float()
+    items = torch.from_numpy(rng.normal(size=(n_items, 8))).float()
+    pairs = np.unique(rng.integers(0, [n_users, n_items], size=(1500, 2)), axis=0)
+    held_out = rng.random(len(pairs)) < 0.2
+    seen = UserItems.from_pairs(pairs[~held_out, 0], pairs[~held_out, 1], n_users)
+    targets = UserItems.from_pairs(pairs[held_out, 0], pairs[held_out, 1], n_users)
+    reference = evaluate(1, users, items, seen, targets)
+    for chunk_size in (7, 32, 1000):
+        assert evaluate(chunk_size, users, items, seen, targets) == reference

@@ -1,0 +1,71 @@
+import polars as pl
+import pytest
+
+from twotower.data.interactions import InteractionLog, positive_interactions
+from twotower.data.splits import PresplitSplit, RandomSplit, TemporalSplit
+from twotower.errors import TwoTowerError
+from twotower.synthetic import planted_interactions
+
+
+def encoded(frame: pl.DataFrame) -> pl.DataFrame:
+    return frame.rename({"user_id": "user", "item_id": "item"})
+
+
+def assert_disjoint_and_complete(frame: pl.DataFrame, splits: dict[str, pl.DataFrame]) -> None:
+    keys = [set(splits[name].select("user", "item").rows()) for name in ("train", "valid", "test")]
+    assert not (keys[0] & keys[1]) and not (keys[0] & keys[2]) and not (keys[1] & keys[2])
+    assert keys[0] | keys[1] | keys[2] == set(frame.select("user", "item").rows())
+    assert set(splits["train"]["user"]) == set(frame["user"])  # every user keeps a training item
+
+
+def test_random_split_is_leak_free_and_seeded() -> None:
+    frame = encoded(planted_interactions(n_users=200, n_items=100, seed=1))
+    splits = RandomSplit(0.1, 0.2, seed=3).split(frame)
+    assert_disjoint_and_complete(frame, splits)
+    share = splits["test"].height / frame.height
+    assert 0.15 < share < 0.25
+    again = RandomSplit(0.1, 0.2, seed=3).split(frame.sample(fraction=1.0, shuffle=True, seed=9))
+    assert sorted(again["test"].rows()) == sorted(splits["test"].rows())  # row order does not matter
+
+
+def test_temporal_split_holds_out_the_latest() -> None:
+    frame = encoded(planted_interactions(n_users=100, n_items=80, seed=2))
+    splits = TemporalSplit(valid_last=1, test_last=2).split(frame)
+    assert_disjoint_and_complete(frame, splits)
+    stamped = frame.select("user", "item", "timestamp")
+    test_times = splits["test"].join(stamped, on=["user", "item"]).group_by("user").agg(pl.min("timestamp"))
+    train_times = splits["train"].join(stamped, on=["user", "item"]).group_by("user").agg(pl.max("timestamp"))
+    joined = test_times.join(train_times, on="user", suffix="_train")
+    assert (joined["timestamp"] >= joined["timestamp_train"]).all()
+    assert splits["test"].group_by("user").len()["len"].max() == 2
+
+
+def test_single_interaction_users_stay_in_train() -> None:
+    frame = pl.DataFrame({"user": [0, 1, 1, 1], "item": [0, 0, 1, 2], "timestamp": [1, 1, 2, 3]})
+    splits = TemporalSplit(1, 1).split(frame)
+    assert splits["train"].filter(pl.col("user") == 0).height == 1
+    assert splits["test"].rows() == [(1, 2)] and splits["valid"].rows() == [(1, 1)]
+
+
+def test_temporal_split_needs_timestamps() -> None:
+    with pytest.raises(TwoTowerError, match="needs timestamps"):
+        TemporalSplit().split(pl.DataFrame({"user": [0], "item": [0]}))
+
+
+def test_presplit_drops_held_out_pairs_already_in_train() -> None:
+    frame = pl.DataFrame({
+        "user_id": [0, 0, 0, 1], "item_id": [1, 2, 1, 3], "split": ["train", "test", "test", "valid"]})
+    positives = positive_interactions(InteractionLog(frame))
+    splits = PresplitSplit().split(encoded(positives))
+    assert splits["test"].rows() == [(0, 2)]
+    assert splits["valid"].rows() == [(1, 3)]
+
+
+def test_positives_by_rating_label_and_dedup() -> None:
+    frame = pl.DataFrame({"user_id": [1, 1, 1, 2], "item_id": [1, 1, 2, 3], "rating": [5.0, 4.0, 2.0, 4.0],
+                          "timestamp": [1, 2, 3, 4]})
+    positives = positive_interactions(InteractionLog(frame, min_rating=4))
+    assert positives.select("user_id", "item_id", "timestamp").rows() == [(1, 1, 2), (2, 3, 4)]
+    labels = pl.DataFrame({"user_id": [1, 2], "item_id": [1, 1], "label": [0.0, -1.0]})
+    with pytest.raises(TwoTowerError, match="every label is <= 0"):
+        positive_interactions(InteractionLog(labels))

@@ -1,0 +1,52 @@
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+from twotower.data.vocab import Vocabulary
+from twotower.errors import TwoTowerError
+
+
+def test_round_trip_through_indices_and_disk(tmp_path: Path) -> None:
+    ids = pl.Series(["b", "a", "c", "a"])
+    vocab = Vocabulary.build(ids, "item")
+    assert len(vocab) == 3
+    indices = vocab.lookup(["c", "a", "b"])
+    assert indices.tolist() == [2, 0, 1]  # sorted ids: the order of the log does not matter
+    assert vocab.decode(indices).tolist() == ["c", "a", "b"]
+    vocab.save(tmp_path / "items.parquet")
+    loaded = Vocabulary.load(tmp_path / "items.parquet", "item")
+    assert loaded.decode(np.arange(3)).tolist() == ["a", "b", "c"]
+
+
+def test_integer_ids_keep_their_dtype_and_accept_strings() -> None:
+    vocab = Vocabulary.build(pl.Series([30, 10, 20]), "user")
+    assert vocab.decode(np.array([0, 2])).tolist() == [10, 30]
+    assert vocab.lookup(["20"]).tolist() == [1]  # command-line values may arrive as text
+
+
+def test_unknown_ids_are_named() -> None:
+    vocab = Vocabulary.build(pl.Series([1, 2]), "user")
+    with pytest.raises(TwoTowerError, match=r"unknown user id\(s\) \[7\]"):
+        vocab.lookup([1, 7])
+
+
+def test_encode_joins_and_refuses_unknown() -> None:
+    vocab = Vocabulary.build(pl.Series(["x", "y"]), "item")
+    frame = vocab.encode(pl.DataFrame({"item_id": ["y", "x", "y"]}), "item_id", "item")
+    assert frame["item"].to_list() == [1, 0, 1]
+    with pytest.raises(TwoTowerError, match="outside the vocabulary"):
+        vocab.encode(pl.DataFrame({"item_id": ["z"]}), "item_id", "item")
+
+
+def test_resolve_by_title() -> None:
+    info = pl.DataFrame({"item_id": [1, 2, 3], "title": ["Toy Story (1995)", "Heat (1995)", "Toy Soldiers"]})
+    vocab = Vocabulary.build(pl.Series([1, 2, 3]), "movie", info, "item_id")
+    assert vocab.resolve(2) == 1
+    assert vocab.resolve("heat (1995)") == 1
+    assert vocab.resolve("Story") == 0
+    with pytest.raises(TwoTowerError, match="matches 2 movie titles"):
+        vocab.resolve("Toy")
+    with pytest.raises(TwoTowerError, match="did you mean"):
+        vocab.resolve("Toy Stories")

@@ -1,0 +1,53 @@
+"""Plumbing shared by the Hydra entry points: config resolvers and readable errors."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from importlib.resources import files
+
+from omegaconf import OmegaConf
+
+from twotower.errors import TwoTowerError
+
+log = logging.getLogger("twotower")
+
+
+def register_resolvers() -> None:
+    """``${sample_data:NAME}``: the path of a data file bundled with the package."""
+    OmegaConf.register_new_resolver("sample_data", lambda name: str(files("twotower.sample_data") / name),
+                                    replace=True)
+
+
+def quiet_framework_notices() -> None:
+    """Drop framework messages that say nothing about the user's run: an advert for a hosted logger, a
+    deprecation inside Lightning itself, and the logging-interval hint for epochs shorter than it."""
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
+        lambda record: "litlogger" not in record.getMessage())
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+    warnings.filterwarnings("ignore", message=r".*smaller than the logging interval.*")
+
+
+def user_error(error: BaseException) -> TwoTowerError | None:
+    """The ``TwoTowerError`` behind ``error``, if any (Hydra wraps errors raised while instantiating)."""
+    while error is not None:
+        if isinstance(error, TwoTowerError):
+            return error
+        error = error.__cause__
+    return None
+
+
+@contextmanager
+def reported_errors(debug: bool = False) -> Iterator[None]:
+    """Turn input errors into one line on stderr and exit status 2; ``debug=true`` keeps the traceback."""
+    try:
+        yield
+    except Exception as error:
+        cause = user_error(error)
+        if cause is None or debug:
+            raise
+        print(f"error: {cause}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,169 @@
+"""Batches built by slicing tensors: training positives with sampled negatives, and ranking-evaluation chunks.
+
+The data loaders run with ``batch_size=None``: each dataset item *is* a batch, so there is no per-row
+Python work and no collation. ``EpochBatchSampler`` hands out ``(epoch, batch)`` keys; the dataset derives
+everything random from ``(seed, epoch, batch)``, which makes an epoch reproducible on its own (a run resumed
+from an end-of-epoch checkpoint continues exactly as an uninterrupted one) and lets several processes each
+take their own share of batches without talking to each other.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.utils.data import Dataset, Sampler
+
+from twotower.sampling import NegativeSampler
+
+Batch = dict[str, torch.Tensor]
+
+
+def process_share() -> tuple[int, int]:
+    """(rank, world size) of this process; (0, 1) when not distributed."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+class UserItems:
+    """Each user's items in compressed sparse rows: ``items[indptr[u]:indptr[u + 1]]``."""
+
+    def __init__(self, indptr: np.ndarray, items: np.ndarray) -> None:
+        self.indptr = indptr
+        self.items = items
+
+    @classmethod
+    def from_pairs(cls, users: np.ndarray, items: np.ndarray, n_users: int) -> UserItems:
+        order = np.argsort(users, kind="stable")
+        indptr = np.zeros(n_users + 1, dtype=np.int64)
+        np.cumsum(np.bincount(users, minlength=n_users), out=indptr[1:])
+        return cls(indptr, np.asarray(items, dtype=np.int64)[order])
+
+    def counts(self, users: np.ndarray) -> np.ndarray:
+        return self.indptr[users + 1] - self.indptr[users]
+
+    def gather(self, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(rows, items)``: every item of ``users[r]`` paired with its position ``r`` in ``users``."""
+        starts = self.indptr[users]
+        lengths = self.indptr[users + 1] - starts
+        rows = np.repeat(np.arange(len(users)), lengths)
+        offsets = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+        return rows, self.items[np.repeat(starts, lengths) + offsets]
+
+
+class EpochBatchSampler(Sampler):
+    """Yields ``(epoch, batch_index)`` for this process's share of the batches.
+
+    Lightning calls ``set_epoch`` before each epoch. Under DDP every process takes every world-size-th
+    batch, and all take the same number so no process waits on another at the gradient sync.
+    """
+
+    def __init__(self, n_batches: int) -> None:
+        self.n_batches = n_batches
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _mine(self) -> range:
+        rank, world = process_share()
+        per_process = self.n_batches // world if world > 1 else self.n_batches
+        return range(rank, rank + per_process * world, world)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        return ((self.epoch, batch) for batch in self._mine())
+
+    def __len__(self) -> int:
+        return len(self._mine())
+
+
+class TrainBatches(Dataset):
+    """Training batches of positives ``(users, items)`` with ``negatives`` drawn by the sampler.
+
+    Each batch also carries ``log_q`` of its positives and negatives: the log of the expected number of
+    times the item appears among that batch's candidates (in-batch positives follow item frequency,
+    sampled negatives the sampler's distribution). Sampled-softmax losses subtract it (logQ correction).
+    """
+
+    def __init__(self, users: torch.Tensor, items: torch.Tensor, batch_size: int, sampler: NegativeSampler,
+                 seed: int) -> None:
+        self.users = users
+        self.items = items
+        self.batch_size = batch_size
+        self.sampler = sampler
+        self.seed = seed
+        self.frequency = torch.bincount(items, minlength=sampler.n_items).double() / len(items)
+        self._order: tuple[int, torch.Tensor] | None = None
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.users) / self.batch_size)
+
+    def order(self, epoch: int) -> torch.Tensor:
+        """The shuffled row order of an epoch, a function of (seed, epoch) only."""
+        if self._order is None or self._order[0] != epoch:
+            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            self._order = (epoch, torch.randperm(len(self.users), generator=generator))
+        return self._order[1]
+
+    def __getitem__(self, key: tuple[int, int]) -> Batch:
+        epoch, batch = key
+        rows = self.order(epoch)[batch * self.batch_size:(batch + 1) * self.batch_size]
+        users, items = self.users[rows], self.items[rows]
+        generator = torch.Generator().manual_seed((self.seed * 1_000_003 + epoch) * 1_000_033 + batch)
+        negatives, valid = self.sampler.sample(users, generator)
+        return {
+            "users": users,
+            "items": items,
+            "negatives": negatives,
+            "negatives_valid": valid,
+            "items_log_q": self.log_expected_count(items, len(rows), negatives.numel()),
+            "negatives_log_q": self.log_expected_count(negatives, len(rows), negatives.numel()),
+        }
+
+    def log_expected_count(self, items: torch.Tensor, in_batch: int, sampled: int) -> torch.Tensor:
+        """log E[times each item is a candidate] = log(in_batch * frequency + sampled * sampler prob)."""
+        return (in_batch * self.frequency[items] + sampled * self.sampler.probs[items]).log().float()
+
+
+class RankingBatches(Dataset):
+    """Chunks of users to rank against the whole catalogue, with what to exclude and what to find.
+
+    Chunk ``c`` holds ``users`` and, as (row in chunk, item) pairs, their ``seen`` items (excluded from
+    the ranking) and their ``target`` items (the held-out positives).
+    """
+
+    def __init__(self, seen: UserItems, targets: UserItems, chunk_size: int) -> None:
+        self.seen = seen
+        self.targets = targets
+        self.users = np.flatnonzero(np.diff(targets.indptr) > 0)
+        self.chunk_size = chunk_size
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.users) / self.chunk_size)
+
+    def __getitem__(self, chunk: int) -> Batch:
+        users = self.users[chunk * self.chunk_size:(chunk + 1) * self.chunk_size]
+        seen_rows, seen_items = self.seen.gather(users)
+        target_rows, target_items = self.targets.gather(users)
+        return {name: torch.from_numpy(array) for name, array in {
+            "users": users, "seen_rows": seen_rows, "seen_items": seen_items,
+            "target_rows": target_rows, "target_items": target_items}.items()}
+
+
+class ShardedChunks(Sampler):
+    """This process's share of evaluation chunks (all of them when not distributed)."""
+
+    def __init__(self, n_chunks: int) -> None:
+        self.n_chunks = n_chunks
+
+    def __iter__(self) -> Iterator[int]:
+        rank, world = process_share()
+        return iter(range(rank, self.n_chunks, world))
+
+    def __len__(self) -> int:
+        rank, world = process_share()
+        return len(range(rank, self.n_chunks, world))

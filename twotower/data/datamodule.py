@@ -1,0 +1,123 @@
+"""The LightningDataModule: read -> positives -> vocabularies -> splits -> tensors -> batches."""
+
+from __future__ import annotations
+
+import logging
+from typing import Protocol
+
+import lightning as L
+import numpy as np
+import polars as pl
+import torch
+from torch.utils.data import DataLoader
+
+from twotower.artifacts import SPLIT_NAMES, RunPaths, write_parquet
+from twotower.data.batches import EpochBatchSampler, RankingBatches, ShardedChunks, TrainBatches, UserItems
+from twotower.data.interactions import InteractionLog, positive_interactions
+from twotower.data.splits import Splits, check_splits
+from twotower.data.vocab import Vocabulary
+from twotower.errors import TwoTowerError
+from twotower.sampling import NegativeSampler
+
+log = logging.getLogger(__name__)
+
+
+class Reader(Protocol):
+    def read(self) -> InteractionLog: ...
+
+
+class Splitter(Protocol):
+    def split(self, frame: pl.DataFrame) -> Splits: ...
+
+
+def eval_chunk_size(n_items: int, budget: int = 1 << 24) -> int:
+    """Users per evaluation chunk so that a chunk's (users x items) score matrix stays near ``budget``."""
+    return int(min(4096, max(1, budget // max(n_items, 1))))
+
+
+class InteractionDataModule(L.LightningDataModule):
+    """Interaction data for a two-tower model: ``source`` reads the log, ``split`` holds out valid/test
+    interactions per user, ``sampler`` draws negatives for each training batch."""
+
+    def __init__(
+        self,
+        source: Reader,
+        split: Splitter,
+        sampler: NegativeSampler,
+        batch_size: int = 1024,
+        num_workers: int = 0,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if batch_size < 1:
+            raise TwoTowerError(f"data.batch_size must be >= 1, got {batch_size}")
+        self.source = source
+        self.splitter = split
+        self.sampler = sampler
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.seed = seed
+        self.splits: Splits | None = None
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.splits is not None:  # Lightning calls setup per stage; the data is the same for all
+            return
+        interaction_log = self.source.read()
+        self.names = interaction_log.names
+        self.example_item = interaction_log.example_item
+        positives = positive_interactions(interaction_log)
+        self.user_vocab = Vocabulary.build(positives["user_id"], self.names["user"],
+                                           interaction_log.user_info, "user_id")
+        self.item_vocab = Vocabulary.build(positives["item_id"], self.names["item"],
+                                           interaction_log.item_info, "item_id")
+        encoded = self.item_vocab.encode(self.user_vocab.encode(positives, "user_id", "user"), "item_id", "item")
+        self.splits = self.splitter.split(encoded)
+        check_splits(self.splits)
+        counts = {name: frame.height for name, frame in self.splits.items()}
+        log.info("%d %ss, %d %ss; interactions train/valid/test: %d/%d/%d", self.n_users, self.names["user"],
+                 self.n_items, self.names["item"], counts["train"], counts["valid"], counts["test"])
+
+        train = self.splits["train"]
+        self.train_users = torch.from_numpy(train["user"].to_numpy().astype(np.int64))
+        self.train_items = torch.from_numpy(train["item"].to_numpy().astype(np.int64))
+        self.sampler.fit(self.train_users, self.train_items, self.n_items)
+
+    @property
+    def n_users(self) -> int:
+        return len(self.user_vocab)
+
+    @property
+    def n_items(self) -> int:
+        return len(self.item_vocab)
+
+    def user_items(self, *names: str) -> UserItems:
+        """Each user's items over the named splits."""
+        frames = [self.splits[name] for name in names]
+        pairs = pl.concat(frames) if len(frames) > 1 else frames[0]
+        return UserItems.from_pairs(pairs["user"].to_numpy().astype(np.int64),
+                                    pairs["item"].to_numpy().astype(np.int64), self.n_users)
+
+    def train_dataloader(self) -> DataLoader:
+        dataset = TrainBatches(self.train_users, self.train_items, self.batch_size, self.sampler, self.seed)
+        return self._loader(dataset, EpochBatchSampler(len(dataset)))
+
+    def val_dataloader(self) -> DataLoader:
+        return self._ranking_loader(seen=("train",), target="valid")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._ranking_loader(seen=("train", "valid"), target="test")
+
+    def _ranking_loader(self, seen: tuple[str, ...], target: str) -> DataLoader:
+        dataset = RankingBatches(self.user_items(*seen), self.user_items(target), eval_chunk_size(self.n_items))
+        return self._loader(dataset, ShardedChunks(len(dataset)))
+
+    def _loader(self, dataset: torch.utils.data.Dataset, sampler: torch.utils.data.Sampler) -> DataLoader:
+        return DataLoader(dataset, batch_size=None, sampler=sampler, num_workers=self.num_workers,
+                          persistent_workers=self.num_workers > 0)
+
+    def save(self, paths: RunPaths) -> None:
+        """Vocabularies and splits, so evaluation and retrieval never need the raw log again."""
+        self.user_vocab.save(paths.vocab("users"))
+        self.item_vocab.save(paths.vocab("items"))
+        for name in SPLIT_NAMES:
+            write_parquet(self.splits[name], paths.split(name))

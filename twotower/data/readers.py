@@ -1,0 +1,379 @@
+"""Readers: one class per source format, each turning files into the canonical ``InteractionLog``.
+
+Every reader has a ``read()`` method and plain constructor arguments, so Hydra builds it from
+``conf/data/*.yaml`` and Python users call it directly.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import replace
+from pathlib import Path
+
+import polars as pl
+
+from twotower.data.interactions import DEFAULT_NAMES, InteractionLog, normalise_ids, with_split_tag
+from twotower.errors import TwoTowerError
+
+_FORMATS = {
+    ".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".txt": "csv",
+    ".parquet": "parquet", ".pq": "parquet",
+    ".ndjson": "ndjson", ".jsonl": "ndjson", ".json": "ndjson",
+}
+
+
+def side_names(names: Mapping[str, str] | None) -> dict[str, str]:
+    """What the two sides are called, e.g. ``{"user": "link", "item": "book"}``."""
+    return {**DEFAULT_NAMES, **dict(names or {})}
+
+
+def existing_path(path: str | Path, what: str = "file") -> Path:
+    """The path as a ``Path``, or a clear error when it does not exist."""
+    if path is None or str(path) == "":
+        raise TwoTowerError(f"no {what} given: set its path (e.g. data.path=FILE)")
+    resolved = Path(path).expanduser()
+    if not resolved.exists():
+        raise TwoTowerError(f"{what} not found: {resolved}")
+    return resolved
+
+
+def detect_format(path: Path, format: str | None) -> str:
+    if format:
+        if format not in set(_FORMATS.values()):
+            raise TwoTowerError(f"unknown format '{format}'; choose one of {sorted(set(_FORMATS.values()))}")
+        return format
+    suffixes = [s.lower() for s in path.suffixes]
+    if suffixes and suffixes[-1] == ".gz":
+        suffixes = suffixes[:-1]
+    if not suffixes or suffixes[-1] not in _FORMATS:
+        raise TwoTowerError(
+            f"cannot tell the format of {path} from its name; use one of "
+            f"{sorted(_FORMATS)} (optionally .gz) or set the format (csv, tsv, parquet, ndjson)"
+        )
+    return _FORMATS[suffixes[-1]]
+
+
+def scan_table(path: Path, format: str, separator: str | None = None, has_header: bool = True) -> pl.LazyFrame:
+    """A lazy frame over one tabular file; reading errors surface when it is collected."""
+    if format in ("csv", "tsv"):
+        sep = separator or ("\t" if format == "tsv" else ",")
+        return pl.scan_csv(path, separator=sep, has_header=has_header, infer_schema_length=10_000)
+    if format == "parquet":
+        return pl.scan_parquet(path)
+    return pl.scan_ndjson(path, infer_schema_length=10_000)
+
+
+@contextmanager
+def reading(path: Path, format: str) -> Iterator[None]:
+    """Turn whatever Polars or the OS raise while reading ``path`` into one readable ``TwoTowerError``."""
+    try:
+        yield
+    except pl.exceptions.NoDataError as error:
+        raise TwoTowerError(f"{path} is empty") from error
+    except (pl.exceptions.PolarsError, OSError, ValueError) as error:
+        message = str(error).strip()
+        first_line = message.splitlines()[0] if message else type(error).__name__
+        raise TwoTowerError(f"cannot read {path} as {format}: {first_line}") from error
+
+
+def collect(frame: pl.LazyFrame, path: Path, format: str) -> pl.DataFrame:
+    with reading(path, format):
+        return frame.collect()
+
+
+class InteractionFileReader:
+    """A generic interaction log: CSV, TSV, Parquet or NDJSON, one interaction per row.
+
+    ``user_col`` and ``item_col`` are required; ``timestamp_col``, ``rating_col`` and ``label_col`` are used
+    when the file has them. ``valid_path`` and ``test_path`` make the log pre-split (use ``split=presplit``).
+    ``item_info_path`` names an optional table of item metadata keyed by ``item_col`` (a ``title`` column
+    there lets retrieval look items up by title). Rows with a ``rating`` below ``min_rating`` (when set)
+    or a ``label`` <= 0 are not positives. ``names`` renames the two sides in messages and labels.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        valid_path: str | None = None,
+        test_path: str | None = None,
+        user_col: str = "user_id",
+        item_col: str = "item_id",
+        timestamp_col: str | None = "timestamp",
+        rating_col: str | None = "rating",
+        label_col: str | None = "label",
+        format: str | None = None,
+        separator: str | None = None,
+        has_header: bool = True,
+        item_info_path: str | None = None,
+        min_rating: float | None = None,
+        names: Mapping[str, str] | None = None,
+    ) -> None:
+        self.paths = {"train": path, "valid": valid_path, "test": test_path}
+        self.columns = {"user_id": user_col, "item_id": item_col}
+        self.optional = {"timestamp": timestamp_col, "rating": rating_col, "label": label_col}
+        self.format = format
+        self.separator = separator
+        self.has_header = has_header
+        self.item_info_path = item_info_path
+        self.min_rating = min_rating
+        self.names = side_names(names)
+
+    def read(self) -> InteractionLog:
+        given = {name: path for name, path in self.paths.items() if path}
+        frames = {name: self._read_one(existing_path(path, "interaction file")) for name, path in given.items()}
+        frame = with_split_tag(frames) if len(frames) > 1 else frames["train"]
+        source = str(self.paths["train"])
+        return InteractionLog(normalise_ids(frame, source), item_info=self._item_info(), source=source,
+                              names=self.names, min_rating=self.min_rating)
+
+    def _read_one(self, path: Path) -> pl.DataFrame:
+        format = detect_format(path, self.format)
+        lazy = scan_table(path, format, self.separator, self.has_header)
+        with reading(path, format):
+            schema = lazy.collect_schema()
+        missing = [column for column in self.columns.values() if column not in schema]
+        if missing:
+            raise TwoTowerError(
+                f"{path}: missing column(s) {missing}; the file has {list(schema)[:20]}. "
+                "Name the id columns with data.user_col=... and data.item_col=..."
+            )
+        selected = [pl.col(column).alias(name) for name, column in self.columns.items()]
+        selected += [pl.col(column).alias(name) for name, column in self.optional.items() if column in schema]
+        frame = collect(lazy.select(selected), path, format)
+        if frame.height == 0:
+            raise TwoTowerError(f"{path}: the interaction log has a header but no rows")
+        return clean_value_columns(frame, path)
+
+    def _item_info(self) -> pl.DataFrame | None:
+        if not self.item_info_path:
+            return None
+        path = existing_path(self.item_info_path, "item info file")
+        format = detect_format(path, None)
+        frame = collect(scan_table(path, format), path, format)
+        item_col = self.columns["item_id"]
+        if item_col not in frame.columns:
+            raise TwoTowerError(f"{path}: item info needs the item id column '{item_col}'")
+        frame = normalise_ids(frame.rename({item_col: "item_id"}), str(path), columns=("item_id",))
+        return frame.unique("item_id", keep="first", maintain_order=True)
+
+
+def clean_value_columns(frame: pl.DataFrame, source: Path | str) -> pl.DataFrame:
+    """Cast timestamp/rating/label to numbers, with a clear error for values that are not numbers."""
+    casts = []
+    if "timestamp" in frame.columns:
+        dtype = frame.schema["timestamp"]
+        if dtype == pl.String:
+            parsed = frame["timestamp"].str.to_datetime(strict=False)
+            if parsed.null_count() > frame["timestamp"].null_count():
+                raise TwoTowerError(f"{source}: column 'timestamp' holds values that are neither numbers nor "
+                                    "dates")
+            frame = frame.with_columns(timestamp=parsed)
+            dtype = parsed.dtype
+        if dtype.is_temporal():
+            casts.append(pl.col("timestamp").dt.epoch("s").cast(pl.Int64))
+        elif dtype.is_numeric():
+            casts.append(pl.col("timestamp").cast(pl.Int64))
+        else:
+            raise TwoTowerError(f"{source}: column 'timestamp' must hold numbers or dates, not {dtype}")
+    for column in ("rating", "label"):
+        if column not in frame.columns:
+            continue
+        values = frame[column]
+        numeric = values.cast(pl.Float64, strict=False)
+        bad = numeric.is_null() | numeric.is_nan()
+        if bad.any():
+            example = values.filter(bad).head(1).to_list()
+            raise TwoTowerError(f"{source}: column '{column}' has {int(bad.sum())} missing or non-numeric "
+                                f"value(s), e.g. {example}")
+        casts.append(numeric.alias(column))
+    return frame.with_columns(casts) if casts else frame
+
+
+class UserLinesReader:
+    """One line per user: ``user item item ...`` separated by spaces (the LightGCN benchmark format)."""
+
+    def __init__(self, path: str, valid_path: str | None = None, test_path: str | None = None,
+                 names: Mapping[str, str] | None = None) -> None:
+        self.paths = {"train": path, "valid": valid_path, "test": test_path}
+        self.names = side_names(names)
+
+    def read(self) -> InteractionLog:
+        frames = {name: self._read_one(existing_path(path, "interaction file"))
+                  for name, path in self.paths.items() if path}
+        frame = with_split_tag(frames) if len(frames) > 1 else frames["train"]
+        return InteractionLog(frame, source=str(self.paths["train"]), names=self.names)
+
+    @staticmethod
+    def _read_one(path: Path) -> pl.DataFrame:
+        lines = collect(
+            pl.scan_csv(path, has_header=False, separator="\x1f", quote_char=None, new_columns=["line"],
+                        schema_overrides={"line": pl.String}),
+            path, "user lines",
+        )
+        tokens = lines.select(pl.col("line").str.strip_chars().str.split(" ").alias("tokens"))
+        frame = tokens.select(
+            pl.col("tokens").list.first().alias("user_id"),
+            pl.col("tokens").list.slice(1).alias("item_id"),
+        ).explode("item_id").filter(pl.col("item_id").is_not_null() & (pl.col("item_id") != ""))
+        try:
+            return frame.with_columns(pl.col("user_id", "item_id").cast(pl.Int64))
+        except pl.exceptions.InvalidOperationError as error:
+            raise TwoTowerError(f"{path}: every token must be an integer id ('user item item ...')") from error
+
+
+class MovieLensReader:
+    """A MovieLens folder: ml-100k (``u.data``, ``u.item``, ``u.user``) or ml-1m/10m (``ratings.dat`` ...).
+
+    Titles and genres become item metadata; age, gender and occupation become user metadata. Ratings
+    of at least ``min_rating`` count as positives (all ratings when it is None).
+    """
+
+    def __init__(self, path: str, min_rating: float | None = None, names: Mapping[str, str] | None = None
+                 ) -> None:
+        self.path = path
+        self.min_rating = min_rating
+        self.names = side_names(names)
+
+    def read(self) -> InteractionLog:
+        folder = existing_path(self.path, "MovieLens folder")
+        if (folder / "u.data").exists():
+            log = self._read_100k(folder)
+        elif (folder / "ratings.dat").exists():
+            log = self._read_dat(folder)
+        else:
+            raise TwoTowerError(f"{folder} is not a MovieLens folder: it has neither u.data nor ratings.dat")
+        return replace(log, names=self.names, min_rating=self.min_rating, example_item="Toy Story (1995)")
+
+    @staticmethod
+    def _read_100k(folder: Path) -> InteractionLog:
+        ratings = pl.read_csv(
+            folder / "u.data", separator="\t", has_header=False,
+            new_columns=["user_id", "item_id", "rating", "timestamp"],
+            schema_overrides={"user_id": pl.Int64, "item_id": pl.Int64, "rating": pl.Float64,
+                              "timestamp": pl.Int64},
+        )
+        item_info = user_info = None
+        if (folder / "u.item").exists():
+            genres = _latin1_table(folder / "u.genre", ["genre", "index"]).get_column("genre").to_list() \
+                if (folder / "u.genre").exists() else [f"genre_{i}" for i in range(19)]
+            items = _latin1_table(folder / "u.item",
+                                  ["item_id", "title", "release_date", "video_release_date", "url", *genres])
+            item_info = _with_genre_lists(items.select("item_id", "title", *genres), genres)
+        if (folder / "u.user").exists():
+            user_info = _latin1_table(folder / "u.user", ["user_id", "age", "gender", "occupation", "zip"]) \
+                .select("user_id", "age", "gender", "occupation")
+        return InteractionLog(ratings, item_info=item_info, user_info=user_info, source=str(folder))
+
+    @staticmethod
+    def _read_dat(folder: Path) -> InteractionLog:
+        ratings = _latin1_table(folder / "ratings.dat", ["user_id", "item_id", "rating", "timestamp"], "::")
+        ratings = ratings.with_columns(pl.col("rating").cast(pl.Float64))
+        item_info = user_info = None
+        if (folder / "movies.dat").exists():
+            movies = _latin1_table(folder / "movies.dat", ["item_id", "title", "genres"], "::")
+            item_info = movies.with_columns(pl.col("genres").str.split("|")).with_columns(
+                genre=pl.col("genres").list.first())
+        if (folder / "users.dat").exists():
+            user_info = _latin1_table(folder / "users.dat",
+                                      ["user_id", "gender", "age", "occupation", "zip"], "::") \
+                .select("user_id", "age", "gender", "occupation")
+        return InteractionLog(ratings, item_info=item_info, user_info=user_info, source=str(folder))
+
+
+def _latin1_table(path: Path, columns: Sequence[str], separator: str = "|") -> pl.DataFrame:
+    """MovieLens metadata files are Latin-1 and separated by '|' or '::'; Polars wants UTF-8 and one byte."""
+    text = path.read_bytes().decode("latin-1")
+    if len(separator) > 1:
+        text = text.replace(separator, "\t")
+        separator = "\t"
+    text = "\n".join(line for line in text.splitlines() if line.strip())
+    return pl.read_csv(io.StringIO(text), separator=separator, has_header=False, new_columns=list(columns),
+                       quote_char=None, infer_schema_length=None)
+
+
+def _with_genre_lists(items: pl.DataFrame, genres: Sequence[str]) -> pl.DataFrame:
+    """Turn 0/1 genre flag columns into a ``genres`` list and a single display ``genre`` (the first)."""
+    flags = pl.concat_list([pl.when(pl.col(g) == 1).then(pl.lit(g)) for g in genres]).list.drop_nulls()
+    return items.select("item_id", "title", flags.alias("genres")).with_columns(
+        genre=pl.col("genres").list.first())
+
+
+DEFAULT_DROPPED_LINKS = (
+    "hardcover", "paperback", "hardback", "e-book",
+    "wikipedia:wikiproject books", "wikipedia:wikiproject novels",
+)
+BOOK_INFO_FIELDS = ("author", "genre", "country", "language", "publisher", "series")
+
+
+class WikiBooksReader:
+    """Wikipedia book articles and their wikilinks (one JSON array per line, optionally gzipped).
+
+    Each line is ``[title, infobox, wikilinks, external_links, last_edit, length]``. Books become items and
+    wikilinks become the other tower ("users"): a (link, book) pair is one interaction. As in the original
+    book-embedding project, links are lower-cased, a few that say nothing about content (``hardcover``,
+    ``paperback`` ...) are dropped, and only links found in at least ``min_link_count`` books are kept.
+    """
+
+    def __init__(self, path: str, min_link_count: int = 4,
+                 drop_links: Sequence[str] = DEFAULT_DROPPED_LINKS, lowercase_links: bool = True,
+                 names: Mapping[str, str] | None = None, example_item: str | None = "The Beasts of Tarzan"
+                 ) -> None:
+        self.path = path
+        self.names = side_names(names or {"user": "link", "item": "book"})
+        self.example_item = example_item
+        self.min_link_count = min_link_count
+        self.drop_links = tuple(drop_links)
+        self.lowercase_links = lowercase_links
+
+    def read(self) -> InteractionLog:
+        path = existing_path(self.path, "book file")
+        books, pairs = self._parse(path)
+        frame = pl.DataFrame(pairs, schema={"item_id": pl.String, "user_id": pl.String}, orient="row")
+        if self.lowercase_links:
+            frame = frame.with_columns(pl.col("user_id").str.to_lowercase())
+        frame = frame.filter(~pl.col("user_id").is_in(list(self.drop_links))).unique(maintain_order=True)
+        books_per_link = frame.group_by("user_id").len()
+        kept = books_per_link.filter(pl.col("len") >= self.min_link_count).select("user_id")
+        frame = frame.join(kept, on="user_id", how="semi").select("user_id", "item_id")
+        if frame.height == 0:
+            raise TwoTowerError(f"{path}: no wikilink appears in at least {self.min_link_count} books; "
+                                "lower data.min_link_count")
+        item_info = pl.DataFrame(books, schema={"item_id": pl.String, "title": pl.String,
+                                                **{f: pl.String for f in BOOK_INFO_FIELDS}}, orient="row")
+        return InteractionLog(frame, item_info=item_info.unique("item_id", maintain_order=True),
+                              source=str(path), names=self.names, example_item=self.example_item)
+
+    @staticmethod
+    def _parse(path: Path) -> tuple[list[tuple], list[tuple[str, str]]]:
+        opener = gzip.open if path.suffix == ".gz" else open
+        books: list[tuple] = []
+        pairs: list[tuple[str, str]] = []
+        try:
+            with opener(path, "rt", encoding="utf-8") as lines:
+                for number, line in enumerate(lines, start=1):
+                    if not line.strip():
+                        continue
+                    record = json.loads(line)
+                    if not (isinstance(record, list) and len(record) >= 3 and isinstance(record[0], str)
+                            and isinstance(record[2], list)):
+                        raise TwoTowerError(f"{path}:{number}: expected [title, infobox, [wikilinks], ...]")
+                    title, infobox, links = record[0], record[1] if isinstance(record[1], dict) else {}, record[2]
+                    books.append((title, title, *(_text(infobox.get(f)) for f in BOOK_INFO_FIELDS)))
+                    pairs.extend((title, str(link)) for link in links)
+        except (json.JSONDecodeError, UnicodeDecodeError, OSError, EOFError) as error:
+            raise TwoTowerError(f"cannot read {path} as book/link NDJSON: {error}") from error
+        if not books:
+            raise TwoTowerError(f"{path} holds no books")
+        return books, pairs
+
+
+def _text(value: object) -> str | None:
+    """Infobox values are mostly strings; keep them short and single-line for labels and colours."""
+    if value is None:
+        return None
+    text = " ".join(str(value).split())
+    return text or None

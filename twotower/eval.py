@@ -1,0 +1,101 @@
+"""twotower-eval: full-ranking metrics of a finished run, from its exported vectors.
+
+    twotower-eval run_dir=DIR                  # its test split (training + validation items excluded)
+    twotower-eval run_dir=DIR split=valid      # its validation split (training items excluded)
+    twotower-eval run_dir=DIR path=later.csv   # another interaction log with the same ids
+
+Prints the metrics as JSON and writes them to ``DIR/metrics/<split or file name>.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import hydra
+import numpy as np
+import polars as pl
+import torch
+from omegaconf import DictConfig
+
+from twotower.artifacts import SPLIT_NAMES, RunPaths, read_manifest, write_json
+from twotower.cli import reported_errors
+from twotower.data.batches import RankingBatches, UserItems
+from twotower.data.datamodule import eval_chunk_size
+from twotower.data.interactions import positive_interactions
+from twotower.data.readers import InteractionFileReader
+from twotower.data.vocab import Vocabulary
+from twotower.embeddings import read_vectors
+from twotower.errors import TwoTowerError
+from twotower.metrics import RankingMetrics
+
+log = logging.getLogger("twotower")
+
+
+def pairs(frame: pl.DataFrame, n_users: int) -> UserItems:
+    return UserItems.from_pairs(frame["user"].to_numpy().astype(np.int64),
+                                frame["item"].to_numpy().astype(np.int64), n_users)
+
+
+def encode_known(frame: pl.DataFrame, user_vocab: Vocabulary, item_vocab: Vocabulary) -> pl.DataFrame:
+    """Map ids to indices, dropping (and counting) interactions with ids the run has never seen."""
+    users = user_vocab.frame.select(pl.col("id").alias("user_id"), pl.col("index").alias("user"))
+    items = item_vocab.frame.select(pl.col("id").alias("item_id"), pl.col("index").alias("item"))
+    frame = frame.with_columns(pl.col("user_id").cast(users.schema["user_id"], strict=False),
+                               pl.col("item_id").cast(items.schema["item_id"], strict=False))
+    known = frame.join(users, on="user_id").join(items, on="item_id").select("user", "item")
+    if known.height < frame.height:
+        log.warning("skipped %d of %d interactions whose user or item is not in the run's vocabulary",
+                    frame.height - known.height, frame.height)
+    if known.height == 0:
+        raise TwoTowerError("no interaction in the file has a user and an item known to the run")
+    return known
+
+
+def evaluate_run(run_dir: str | Path, split: str = "test", path: str | None = None, ks: Sequence[int] = (10, 20),
+                 user_col: str = "user_id", item_col: str = "item_id") -> dict[str, float]:
+    paths = RunPaths(Path(run_dir))
+    manifest = read_manifest(paths)
+    user_vocab = Vocabulary.load(paths.vocab("users"), manifest["names"]["user"])
+    item_vocab = Vocabulary.load(paths.vocab("items"), manifest["names"]["item"])
+    _, user_vectors = read_vectors(paths.embeddings("users"))
+    _, item_vectors = read_vectors(paths.embeddings("items"))
+    splits = {name: pl.read_parquet(paths.split(name)) for name in SPLIT_NAMES}
+    if path is not None:
+        interaction_log = InteractionFileReader(path, user_col=user_col, item_col=item_col).read()
+        targets = encode_known(positive_interactions(interaction_log), user_vocab, item_vocab)
+        seen = pl.concat([splits["train"], splits["valid"]])
+        targets = targets.join(seen, on=["user", "item"], how="anti")
+    elif split in ("valid", "test"):
+        targets = splits[split]
+        seen = splits["train"] if split == "valid" else pl.concat([splits["train"], splits["valid"]])
+    else:
+        raise TwoTowerError(f"split must be 'valid' or 'test', got '{split}'")
+    if targets.height == 0:
+        raise TwoTowerError(f"nothing to evaluate: the {'file' if path else split} has no held-out interactions")
+
+    n_users = len(user_vocab)
+    chunks = RankingBatches(pairs(seen, n_users), pairs(targets, n_users), eval_chunk_size(len(item_vocab)))
+    metrics = RankingMetrics(len(item_vocab), ks)
+    users, items = torch.from_numpy(user_vectors), torch.from_numpy(item_vectors)
+    for chunk in range(len(chunks)):
+        batch = chunks[chunk]
+        metrics.update(users[batch["users"]] @ items.T, batch)
+    results = {name: float(value) for name, value in metrics.compute().items()}
+    results["users"] = len(chunks.users)
+    return results
+
+
+@hydra.main(version_base="1.3", config_path="pkg://twotower.conf", config_name="eval")
+def main(cfg: DictConfig) -> None:
+    with reported_errors(cfg.debug):
+        results = evaluate_run(cfg.run_dir, cfg.split, cfg.path, list(cfg.ks), cfg.user_col, cfg.item_col)
+        name = Path(cfg.path).name.split(".")[0] if cfg.path else cfg.split
+        write_json(results, RunPaths(Path(cfg.run_dir)).metrics(name))
+        print(json.dumps(results, indent=2, sort_keys=True))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,235 @@
+"""Nearest-neighbour indexes over item vectors whose metric follows the model's score.
+
+Both backends answer "which items have the largest dot product with this query vector" for vectors from
+``embeddings/`` (already normalised for cosine models):
+
+- ``ExactIndex``: brute force, a batched matrix product. Ground truth, and right for small catalogues.
+- ``AnnoyIndex``: approximate, memory-mapped, shareable between processes. Annoy's own ``dot`` metric has
+  a tree-building bug in the released 1.17.3 that can crush recall, so dot-product search is mapped onto
+  the ``angular`` metric: items get one extra coordinate ``sqrt(M^2 - |x|^2)`` (M the largest item norm)
+  and queries a 0, which makes the angle order equal the dot-product order (Bachrach et al., 2014).
+  Cosine models index their unit vectors with ``angular`` directly.
+
+An index directory holds ``meta.json`` (backend, metric, transform, dimensions, fingerprints of the
+vectors and checkpoint it was built from) and the backend's files. ``meta.json`` is written last, so a
+directory without it is an unfinished build; loading checks every recorded fact against the run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from annoy import AnnoyIndex as _Annoy
+
+from twotower.artifacts import atomic_path, write_json
+from twotower.errors import TwoTowerError
+
+INDEX_FORMAT = 1
+SCORES = ("dot", "cosine")
+
+
+def fingerprint(data: np.ndarray | Path) -> str:
+    """A short SHA-256 of an array's bytes or a file's contents."""
+    digest = hashlib.sha256()
+    if isinstance(data, Path):
+        with data.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    else:
+        digest.update(np.ascontiguousarray(data).tobytes())
+    return digest.hexdigest()[:16]
+
+
+def exact_top(queries: np.ndarray, items: np.ndarray, n: int, batch_size: int = 1024
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """Top ``n`` items by dot product for each query: ``(indices, scores)``, both (queries, n), best first."""
+    n = min(n, len(items))
+    indices = np.empty((len(queries), n), dtype=np.int64)
+    scores = np.empty((len(queries), n), dtype=np.float32)
+    for start in range(0, len(queries), batch_size):
+        block = queries[start:start + batch_size] @ items.T  # (batch, n_items)
+        top = np.argpartition(-block, n - 1, axis=1)[:, :n] if n < len(items) else \
+            np.broadcast_to(np.arange(len(items)), block.shape)
+        top_scores = np.take_along_axis(block, top, axis=1)
+        order = np.argsort(-top_scores, axis=1, kind="stable")
+        indices[start:start + batch_size] = np.take_along_axis(top, order, axis=1)
+        scores[start:start + batch_size] = np.take_along_axis(top_scores, order, axis=1)
+    return indices, scores
+
+
+class ExactIndex:
+    """Brute-force search over the item vectors (kept in memory)."""
+
+    backend = "exact"
+
+    def __init__(self, batch_size: int = 1024) -> None:
+        self.batch_size = batch_size
+
+    def params(self) -> dict[str, Any]:
+        return {"batch_size": self.batch_size}
+
+    def build(self, vectors: np.ndarray, score: str, folder: Path) -> dict[str, Any]:
+        self.vectors = vectors
+        return {"metric": "dot", "transform": "none", "index_dim": vectors.shape[1]}
+
+    def load(self, vectors: np.ndarray, meta: dict[str, Any], folder: Path) -> None:
+        self.vectors = vectors
+
+    def search(self, queries: np.ndarray, n: int) -> np.ndarray:
+        """Candidate item indices for each query, (queries, n), best first."""
+        return exact_top(queries, self.vectors, n, self.batch_size)[0]
+
+
+class AnnoyIndex:
+    """Annoy over the angular metric (see the module docstring for how dot products get there).
+
+    ``n_trees`` trades build time and size for recall; ``search_k`` (nodes inspected per query, default
+    ``search_k_factor * n * n_trees``) trades query time for recall.
+    """
+
+    backend = "annoy"
+    FILE = "items.ann"
+
+    def __init__(self, n_trees: int = 50, search_k: int | None = None, search_k_factor: int = 1,
+                 seed: int = 0) -> None:
+        self.n_trees = n_trees
+        self.search_k = search_k
+        self.search_k_factor = search_k_factor
+        self.seed = seed
+        self._annoy: _Annoy | None = None
+
+    def params(self) -> dict[str, Any]:
+        return {"n_trees": self.n_trees, "search_k": self.search_k, "search_k_factor": self.search_k_factor,
+                "seed": self.seed}
+
+    def build(self, vectors: np.ndarray, score: str, folder: Path) -> dict[str, Any]:
+        items, transform, max_norm = self._items_for_angular(vectors, score)
+        annoy = _Annoy(items.shape[1], "angular")
+        annoy.set_seed(self.seed)
+        for index, vector in enumerate(items):
+            annoy.add_item(index, vector)
+        annoy.build(self.n_trees, n_jobs=1)  # one thread: a seeded build is then reproducible
+        with atomic_path(folder / self.FILE) as temporary:
+            annoy.save(str(temporary), prefault=False)
+        annoy.unload()
+        self._transform = transform
+        self._annoy = self._open(folder, items.shape[1])
+        return {"metric": "angular", "transform": transform, "index_dim": items.shape[1], "max_norm": max_norm}
+
+    def load(self, vectors: np.ndarray, meta: dict[str, Any], folder: Path) -> None:
+        self._transform = meta["transform"]
+        self._annoy = self._open(folder, meta["index_dim"])
+        if self._annoy.get_n_items() != meta["n_items"]:
+            raise TwoTowerError(f"{folder / self.FILE} holds {self._annoy.get_n_items()} items but its "
+                                f"metadata says {meta['n_items']}; rebuild the index")
+
+    def search(self, queries: np.ndarray, n: int) -> np.ndarray:
+        n_items = self._annoy.get_n_items()
+        n = min(n, n_items)
+        search_k = self.search_k or self.search_k_factor * n * self.n_trees
+        if self._transform == "dot_to_angular":
+            queries = np.hstack([queries, np.zeros((len(queries), 1), dtype=queries.dtype)])
+        found = np.full((len(queries), n), -1, dtype=np.int64)
+        for row, query in enumerate(queries):
+            neighbours = self._annoy.get_nns_by_vector(query, n, search_k)
+            found[row, :len(neighbours)] = neighbours
+        return found
+
+    @staticmethod
+    def _items_for_angular(vectors: np.ndarray, score: str) -> tuple[np.ndarray, str, float]:
+        if score == "cosine":
+            return vectors, "unit_vectors", 1.0
+        norms = np.linalg.norm(vectors, axis=1)
+        max_norm = float(norms.max()) if len(norms) else 0.0
+        extra = np.sqrt(np.clip(max_norm**2 - norms**2, 0.0, None))  # clip: rounding can make it < 0
+        return np.hstack([vectors, extra[:, None]]).astype(np.float32), "dot_to_angular", max_norm
+
+    def _open(self, folder: Path, dim: int) -> _Annoy:
+        path = folder / self.FILE
+        if not path.exists():
+            raise TwoTowerError(f"missing index file {path}; rebuild the index")
+        annoy = _Annoy(dim, "angular")
+        try:
+            annoy.load(str(path), prefault=False)  # memory-mapped: processes share the pages
+        except OSError as error:
+            raise TwoTowerError(f"cannot load index file {path} ({error}); it is damaged: rebuild it") from error
+        expected = path.stat().st_size
+        if annoy.get_n_items() == 0 and expected > 0:
+            raise TwoTowerError(f"{path} is damaged (no items readable); rebuild it")
+        return annoy
+
+
+Backend = ExactIndex | AnnoyIndex
+
+
+def build_index(index: Backend, vectors: np.ndarray, score: str, folder: Path,
+                checkpoint: str | None = None) -> dict[str, Any]:
+    """Build ``index`` over item ``vectors`` into ``folder`` and write its metadata; returns the metadata."""
+    if score not in SCORES:
+        raise TwoTowerError(f"unknown score '{score}'")
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "meta.json").unlink(missing_ok=True)  # the folder is unfinished until meta.json is back
+    started = time.perf_counter()
+    facts = index.build(vectors, score, folder)
+    meta = {
+        "format": INDEX_FORMAT,
+        "backend": index.backend,
+        "params": index.params(),
+        "score": score,
+        "dim": int(vectors.shape[1]),
+        "n_items": int(vectors.shape[0]),
+        "vectors_fingerprint": fingerprint(vectors),
+        "checkpoint_fingerprint": checkpoint,
+        "build_seconds": round(time.perf_counter() - started, 3),
+        **facts,
+    }
+    write_json(meta, folder / "meta.json")
+    return meta
+
+
+def read_meta(folder: Path) -> dict[str, Any]:
+    path = folder / "meta.json"
+    if not path.exists():
+        raise TwoTowerError(f"no finished index in {folder} (meta.json missing); build it with twotower-index")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise TwoTowerError(f"{path} is not valid JSON; rebuild the index") from error
+
+
+def load_index(folder: Path, vectors: np.ndarray, score: str, checkpoint: str | None = None,
+               index: Backend | None = None) -> tuple[Backend, dict[str, Any]]:
+    """Open the index in ``folder``, refusing one built from other vectors, score or checkpoint."""
+    meta = read_meta(folder)
+    problems = []
+    if meta.get("format") != INDEX_FORMAT:
+        problems.append(f"format {meta.get('format')} (this version reads {INDEX_FORMAT})")
+    if meta.get("score") != score:
+        problems.append(f"score '{meta.get('score')}' but the model scores by '{score}'")
+    if meta.get("dim") != vectors.shape[1] or meta.get("n_items") != vectors.shape[0]:
+        problems.append(f"{meta.get('n_items')} items of dimension {meta.get('dim')} but the run has "
+                        f"{vectors.shape[0]} of dimension {vectors.shape[1]}")
+    elif meta.get("vectors_fingerprint") != fingerprint(vectors):
+        problems.append("it was built from other item vectors")
+    if checkpoint and meta.get("checkpoint_fingerprint") and meta["checkpoint_fingerprint"] != checkpoint:
+        problems.append("it was built from another checkpoint")
+    if problems:
+        raise TwoTowerError(f"the index in {folder} does not match this run: {'; '.join(problems)}. "
+                            "Rebuild it with twotower-index")
+    if index is None:
+        index = AnnoyIndex(**meta["params"]) if meta["backend"] == "annoy" else ExactIndex(**meta["params"])
+    index.load(vectors, meta, folder)
+    return index, meta
+
+
+def recall_against_exact(index: Backend, queries: np.ndarray, vectors: np.ndarray, k: int = 10) -> float:
+    """Mean share of the exact top-k that the index returns in its top-k."""
+    truth = exact_top(queries, vectors, k)[0]
+    found = index.search(queries, k)
+    hits = [len(np.intersect1d(a, b[b >= 0])) for a, b in zip(truth, found, strict=True)]
+    return float(np.mean(hits) / truth.shape[1]) if len(hits) else 1.0

@@ -1,0 +1,86 @@
+"""Full-ranking evaluation: Recall, NDCG, HitRate and MRR at k, and catalogue coverage.
+
+Each user's candidates are the whole catalogue minus the items the user already has (in training, or
+training + validation for the test split). Metrics are computed per user and summed, so the result is the
+same for any chunk size (unlike averaging per-batch means), and chunks keep memory at (chunk x items).
+
+- Recall@k: hits in the top k / number of the user's held-out items;
+- NDCG@k: DCG of the top k / DCG of an ideal ranking of min(#held-out, k) hits;
+- HitRate@k: 1 if any held-out item is in the top k;
+- MRR@k: 1 / rank of the first hit in the top k (0 if none);
+- coverage@k: share of the catalogue that appears in at least one user's top k.
+All are averaged over users with at least one held-out item.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torchmetrics import Metric
+
+from twotower.data.batches import Batch
+
+METRICS = ("recall", "ndcg", "hitrate", "mrr")
+
+
+def ranking_metrics(hits: torch.Tensor, n_targets: torch.Tensor, ks: Sequence[int]) -> dict[str, torch.Tensor]:
+    """Per-user metrics from ``hits`` (users, k_max) — whether the item at each rank is held out."""
+    hits = hits.float()
+    ranks = torch.arange(hits.shape[1], device=hits.device)
+    discounts = 1.0 / torch.log2(ranks.float() + 2.0)  # rank 0 -> 1, rank 1 -> 1/log2(3) ...
+    first_hit = torch.where(hits.any(1), hits.argmax(1), hits.shape[1])
+    results = {}
+    for k in ks:
+        top = hits[:, :k]
+        found = top.sum(1)
+        ideal = torch.cumsum(discounts[:k], 0)[(n_targets.clamp(max=k) - 1).long()]
+        results[f"recall@{k}"] = found / n_targets
+        results[f"ndcg@{k}"] = (top * discounts[:k]).sum(1) / ideal
+        results[f"hitrate@{k}"] = (found > 0).float()
+        results[f"mrr@{k}"] = torch.where(first_hit < k, 1.0 / (first_hit.float() + 1.0), torch.zeros_like(found))
+    return results
+
+
+def exclude_and_rank(scores: torch.Tensor, batch: Batch, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k items per user after removing seen items, and whether each is a held-out target.
+
+    ``scores`` is (users, items); returns ``(top_items, hits)``, both (users, k).
+    """
+    scores = scores.index_put((batch["seen_rows"], batch["seen_items"]),
+                              torch.tensor(float("-inf"), dtype=scores.dtype, device=scores.device))
+    top_items = torch.topk(scores, k, dim=1).indices
+    targets = torch.zeros_like(scores, dtype=torch.bool)
+    targets[batch["target_rows"], batch["target_items"]] = True
+    return top_items, targets.gather(1, top_items)
+
+
+class RankingMetrics(Metric):
+    """Accumulates per-user metric sums over chunks; sums synchronise across processes under DDP."""
+
+    full_state_update = False
+
+    def __init__(self, n_items: int, ks: Sequence[int] = (10, 20)) -> None:
+        super().__init__()
+        self.ks = sorted({min(int(k), n_items) for k in ks})
+        self.names = [f"{metric}@{k}" for k in self.ks for metric in METRICS]
+        self.add_state("sums", torch.zeros(len(self.names), dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("users", torch.zeros((), dtype=torch.long), dist_reduce_fx="sum")
+        self.add_state("recommended", torch.zeros((len(self.ks), n_items), dtype=torch.long),
+                       dist_reduce_fx="sum")
+
+    def update(self, scores: torch.Tensor, batch: Batch) -> None:
+        top_items, hits = exclude_and_rank(scores, batch, self.ks[-1])
+        n_targets = torch.bincount(batch["target_rows"], minlength=scores.shape[0])
+        per_user = ranking_metrics(hits, n_targets, self.ks)
+        self.sums += torch.stack([per_user[name].double().sum() for name in self.names])
+        self.users += scores.shape[0]
+        for row, k in enumerate(self.ks):
+            self.recommended[row].index_fill_(0, top_items[:, :k].reshape(-1), 1)
+
+    def compute(self) -> dict[str, torch.Tensor]:
+        users = self.users.clamp(min=1)
+        results = {name: (total / users).float() for name, total in zip(self.names, self.sums, strict=True)}
+        for row, k in enumerate(self.ks):
+            results[f"coverage@{k}"] = (self.recommended[row] > 0).float().mean()
+        return results

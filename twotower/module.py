@@ -1,0 +1,115 @@
+"""The LightningModule: two towers, a score, a loss, and full-ranking validation metrics.
+
+Every constructor argument is a plain value (numbers, strings, dicts) except ``optimizer``, so
+``TwoTowerModel.load_from_checkpoint(path)`` rebuilds the model without Hydra or the training data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+
+import lightning as L
+import torch
+
+from twotower.data.batches import Batch
+from twotower.losses import build_loss
+from twotower.metrics import RankingMetrics
+from twotower.scoring import SCORES, project
+from twotower.towers import build_tower
+
+OptimizerFactory = Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer]
+
+
+class TwoTowerModel(L.LightningModule):
+    """Scores a (user, item) pair by the dot product of their tower outputs.
+
+    Args:
+        n_users, n_items: vocabulary sizes.
+        dim: vector dimension shared by both towers.
+        score: ``dot`` or ``cosine`` (L2-normalised vectors).
+        temperature: logits are scores divided by this; small values sharpen a cosine softmax.
+        loss: loss spec, e.g. ``{"name": "softmax", "logq_correction": True}`` (see ``losses.build_loss``).
+        user_tower, item_tower: tower specs, e.g. ``{"kind": "id"}`` (see ``towers.build_tower``).
+        optimizer: a factory taking the parameters (Hydra passes a ``_partial_`` optimizer); Adam if None.
+        eval_ks: cut-offs of the validation/test ranking metrics.
+        names: display names of the two sides, e.g. ``{"user": "link", "item": "book"}``.
+    """
+
+    def __init__(
+        self,
+        n_users: int,
+        n_items: int,
+        dim: int = 64,
+        score: str = "cosine",
+        temperature: float = 0.1,
+        loss: dict | None = None,
+        user_tower: dict | None = None,
+        item_tower: dict | None = None,
+        optimizer: OptimizerFactory | None = None,
+        eval_ks: Sequence[int] = (10, 20),
+        names: dict | None = None,
+    ) -> None:
+        super().__init__()
+        if score not in SCORES:
+            raise ValueError(f"unknown score '{score}'; choose one of {SCORES}")
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        self.save_hyperparameters(ignore=["optimizer"])
+        self.user_tower = build_tower(dict(user_tower or {}), n_users, dim)
+        self.item_tower = build_tower(dict(item_tower or {}), n_items, dim)
+        self.loss_fn = build_loss(dict(loss or {}))
+        self.optimizer_factory = optimizer
+        self.val_metrics = RankingMetrics(n_items, eval_ks)
+        self.test_metrics = RankingMetrics(n_items, eval_ks)
+        self._catalogue: torch.Tensor | None = None
+
+    def user_vectors(self, users: torch.Tensor) -> torch.Tensor:
+        return project(self.user_tower(users), self.hparams.score)
+
+    def item_vectors(self, items: torch.Tensor) -> torch.Tensor:
+        return project(self.item_tower(items), self.hparams.score)
+
+    def all_user_vectors(self) -> torch.Tensor:
+        """(n_users, dim): vectors whose dot product with ``all_item_vectors`` ranks like the model."""
+        return project(self.user_tower.all(), self.hparams.score)
+
+    def all_item_vectors(self) -> torch.Tensor:
+        return project(self.item_tower.all(), self.hparams.score)
+
+    def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """Scores of (user, item) pairs: (batch,)."""
+        return (self.user_vectors(users) * self.item_vectors(items)).sum(-1)
+
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        users = self.user_vectors(batch["users"]) / self.hparams.temperature  # (batch, dim)
+        items = self.item_vectors(batch["items"])  # (batch, dim)
+        negatives = self.item_vectors(batch["negatives"])  # (batch, n, dim)
+        loss = self.loss_fn(users, items, negatives, batch)
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(batch["users"]))
+        return loss
+
+    def _rank(self, metrics: RankingMetrics, batch: Batch) -> None:
+        if self._catalogue is None:  # once per evaluation pass: the items do not change within it
+            self._catalogue = self.all_item_vectors()
+        metrics.update(self.user_vectors(batch["users"]) @ self._catalogue.T, batch)
+
+    def _publish(self, metrics: RankingMetrics, stage: str) -> None:
+        self.log_dict({f"{stage}/{name}": value for name, value in metrics.compute().items()})
+        metrics.reset()
+        self._catalogue = None
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        self._rank(self.val_metrics, batch)
+
+    def on_validation_epoch_end(self) -> None:
+        self._publish(self.val_metrics, "val")
+
+    def test_step(self, batch: Batch, batch_idx: int) -> None:
+        self._rank(self.test_metrics, batch)
+
+    def on_test_epoch_end(self) -> None:
+        self._publish(self.test_metrics, "test")
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        factory = self.optimizer_factory or torch.optim.Adam
+        return factory(self.parameters())

@@ -1,0 +1,113 @@
+"""twotower-retrieve: top-k items for a user, items similar to an item, or a whole file of users.
+
+    twotower-retrieve run_dir=DIR user=196 k=10
+    twotower-retrieve run_dir=DIR item="Toy Story (1995)" output=json
+    twotower-retrieve run_dir=DIR users_file=users.txt output=csv output_file=recs.csv
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import hydra
+import polars as pl
+from omegaconf import DictConfig
+
+from twotower.artifacts import atomic_path
+from twotower.cli import reported_errors
+from twotower.data.readers import collect, detect_format, existing_path, scan_table
+from twotower.errors import TwoTowerError
+from twotower.retrieval import Retriever
+
+OUTPUTS = ("table", "json", "csv")
+
+
+def rows_for(retriever: Retriever, ids: Any, scores: Any) -> list[dict[str, Any]]:
+    """One dict per result: ``id``, ``score`` and, where the catalogue has titles, ``title``."""
+    titles = retriever.describe_items(ids) if retriever.item_vocab.has_titles else [None] * len(ids)
+    rows = []
+    for id_, score, title in zip(ids.tolist(), scores.tolist(), titles, strict=True):
+        row = {"id": id_, "score": round(float(score), 6)}
+        if title is not None:
+            row["title"] = title
+        rows.append(row)
+    return rows
+
+
+def print_table(heading: str, rows: list[dict[str, Any]]) -> None:
+    print(heading)
+    for rank, row in enumerate(rows, start=1):
+        label = row.get("title")
+        label = f"{label}  [{row['id']}]" if label is not None and label != row["id"] else row["id"]
+        print(f"{rank:3d}. {label}  ({row['score']:.4f})")
+
+
+def read_user_ids(path: str) -> list[Any]:
+    """User ids from a text file (one per line) or a CSV/Parquet/NDJSON table with a ``user_id`` column."""
+    file = existing_path(path, "users file")
+    if file.suffix.lower() in ("", ".txt", ".lst"):
+        ids = [line.strip() for line in file.read_text().splitlines() if line.strip()]
+        return [int(i) if i.lstrip("-").isdigit() else i for i in ids]
+    format = detect_format(file, None)
+    frame = collect(scan_table(file, format), file, format)
+    if "user_id" not in frame.columns:
+        raise TwoTowerError(f"{file}: needs a user_id column, found {frame.columns}")
+    return frame["user_id"].drop_nulls().to_list()
+
+
+def batch_results(retriever: Retriever, users: list[Any], k: int, exclude_seen: bool) -> pl.DataFrame:
+    results = retriever.recommend(users, k=k, exclude_seen=exclude_seen)
+    records = []
+    for user, (ids, scores) in zip(users, results, strict=True):
+        for rank, row in enumerate(rows_for(retriever, ids, scores), start=1):
+            records.append({"user_id": user, "rank": rank, **{("item_id" if key == "id" else key): value
+                                                               for key, value in row.items()}})
+    return pl.DataFrame(records)
+
+
+def run(cfg: DictConfig) -> None:
+    if cfg.output not in OUTPUTS:
+        raise TwoTowerError(f"output must be one of {OUTPUTS}, got '{cfg.output}'")
+    queries = [name for name in ("user", "item", "users_file") if cfg.get(name) is not None]
+    if len(queries) != 1:
+        raise TwoTowerError("give exactly one of user=ID, item=ID_OR_TITLE or users_file=FILE")
+    retriever = Retriever.load(cfg.run_dir, backend=cfg.backend)
+    names = retriever.names
+    if cfg.users_file is not None:
+        frame = batch_results(retriever, read_user_ids(cfg.users_file), cfg.k, cfg.exclude_seen)
+        if cfg.output_file:
+            with atomic_path(Path(cfg.output_file)) as temporary:
+                frame.write_json(temporary) if cfg.output == "json" else frame.write_csv(temporary)
+        elif cfg.output == "json":
+            print(json.dumps(frame.to_dicts(), indent=1))
+        else:
+            sys.stdout.write(frame.write_csv())
+        return
+    if cfg.user is not None:
+        ids, scores = retriever.recommend(cfg.user, k=cfg.k, exclude_seen=cfg.exclude_seen)
+        heading = f"Top {cfg.k} {names['item']}s for {names['user']} {cfg.user!r}:"
+    else:
+        ids, scores = retriever.similar_items(cfg.item, k=cfg.k)
+        anchor = retriever.item_vocab.resolve(cfg.item)
+        title = retriever.item_vocab.column("title", [anchor])[0] or retriever.item_vocab.ids[anchor]
+        heading = f"{names['item'].capitalize()}s most similar to {title!r}:"
+    rows = rows_for(retriever, ids, scores)
+    if cfg.output == "json":
+        print(json.dumps(rows, indent=1))
+    elif cfg.output == "csv":
+        sys.stdout.write(pl.DataFrame(rows).write_csv())
+    else:
+        print_table(heading, rows)
+
+
+@hydra.main(version_base="1.3", config_path="pkg://twotower.conf", config_name="retrieve")
+def main(cfg: DictConfig) -> None:
+    with reported_errors(cfg.debug):
+        run(cfg)
+
+
+if __name__ == "__main__":
+    main()

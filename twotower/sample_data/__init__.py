@@ -1,0 +1,1 @@
+"""Small real datasets bundled with the package."""
