@@ -77,8 +77,14 @@ def evaluate_run(run_dir: str | Path, split: str = "test", path: str | None = No
         raise TwoTowerError(f"nothing to evaluate: the {'file' if path else split} has no held-out interactions")
 
     n_users = len(user_vocab)
-    chunks = RankingBatches(pairs(seen, n_users), pairs(targets, n_users), eval_chunk_size(len(item_vocab)))
-    metrics = RankingMetrics(len(item_vocab), ks)
+    return evaluate_vectors(user_vectors, item_vectors, pairs(seen, n_users), pairs(targets, n_users), ks)
+
+
+def evaluate_vectors(user_vectors: np.ndarray, item_vectors: np.ndarray, seen: UserItems, targets: UserItems,
+                     ks: Sequence[int] = (10, 20)) -> dict[str, float]:
+    """Full-ranking metrics of dot-product scores, over users with targets, excluding their seen items."""
+    chunks = RankingBatches(seen, targets, eval_chunk_size(len(item_vectors)))
+    metrics = RankingMetrics(len(item_vectors), ks)
     users, items = torch.from_numpy(user_vectors), torch.from_numpy(item_vectors)
     for chunk in range(len(chunks)):
         batch = chunks[chunk]

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 from annoy import AnnoyIndex as _Annoy
 
-from twotower.artifacts import atomic_path, write_json
+from twotower.artifacts import atomic_directory, write_json
 from twotower.errors import TwoTowerError
 
 INDEX_FORMAT = 1
@@ -114,11 +114,8 @@ class AnnoyIndex:
         for index, vector in enumerate(items):
             annoy.add_item(index, vector)
         annoy.build(self.n_trees, n_jobs=1)  # one thread: a seeded build is then reproducible
-        with atomic_path(folder / self.FILE) as temporary:
-            annoy.save(str(temporary), prefault=False)
+        annoy.save(str(folder / self.FILE), prefault=False)
         annoy.unload()
-        self._transform = transform
-        self._annoy = self._open(folder, items.shape[1])
         return {"metric": "angular", "transform": transform, "index_dim": items.shape[1], "max_norm": max_norm}
 
     def load(self, vectors: np.ndarray, meta: dict[str, Any], folder: Path) -> None:
@@ -158,9 +155,6 @@ class AnnoyIndex:
             annoy.load(str(path), prefault=False)  # memory-mapped: processes share the pages
         except OSError as error:
             raise TwoTowerError(f"cannot load index file {path} ({error}); it is damaged: rebuild it") from error
-        expected = path.stat().st_size
-        if annoy.get_n_items() == 0 and expected > 0:
-            raise TwoTowerError(f"{path} is damaged (no items readable); rebuild it")
         return annoy
 
 
@@ -169,26 +163,29 @@ Backend = ExactIndex | AnnoyIndex
 
 def build_index(index: Backend, vectors: np.ndarray, score: str, folder: Path,
                 checkpoint: str | None = None) -> dict[str, Any]:
-    """Build ``index`` over item ``vectors`` into ``folder`` and write its metadata; returns the metadata."""
+    """Build ``index`` over item ``vectors`` into ``folder`` (replacing what was there only once the new
+    index is complete) and open it from there; returns its metadata."""
     if score not in SCORES:
         raise TwoTowerError(f"unknown score '{score}'")
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "meta.json").unlink(missing_ok=True)  # the folder is unfinished until meta.json is back
-    started = time.perf_counter()
-    facts = index.build(vectors, score, folder)
-    meta = {
-        "format": INDEX_FORMAT,
-        "backend": index.backend,
-        "params": index.params(),
-        "score": score,
-        "dim": int(vectors.shape[1]),
-        "n_items": int(vectors.shape[0]),
-        "vectors_fingerprint": fingerprint(vectors),
-        "checkpoint_fingerprint": checkpoint,
-        "build_seconds": round(time.perf_counter() - started, 3),
-        **facts,
-    }
-    write_json(meta, folder / "meta.json")
+    with atomic_directory(folder) as building:
+        started = time.perf_counter()
+        facts = index.build(vectors, score, building)
+        meta = {
+            "format": INDEX_FORMAT,
+            "backend": index.backend,
+            "params": index.params(),
+            "score": score,
+            "dim": int(vectors.shape[1]),
+            "n_items": int(vectors.shape[0]),
+            "vectors_fingerprint": fingerprint(vectors),
+            "checkpoint_fingerprint": checkpoint,
+            "build_seconds": round(time.perf_counter() - started, 3),
+            "files": {file.name: {"bytes": file.stat().st_size, "sha256": fingerprint(file)}
+                      for file in sorted(building.iterdir())},
+            **facts,
+        }
+        write_json(meta, building / "meta.json")
+    index.load(vectors, meta, folder)
     return meta
 
 
@@ -218,6 +215,14 @@ def load_index(folder: Path, vectors: np.ndarray, score: str, checkpoint: str | 
         problems.append("it was built from other item vectors")
     if checkpoint and meta.get("checkpoint_fingerprint") and meta["checkpoint_fingerprint"] != checkpoint:
         problems.append("it was built from another checkpoint")
+    for name, facts in meta.get("files", {}).items():
+        path = folder / name
+        if not path.exists():
+            problems.append(f"{name} is missing")
+        elif path.stat().st_size != facts["bytes"]:
+            problems.append(f"{name} has {path.stat().st_size} bytes, not {facts['bytes']} (truncated or replaced)")
+        elif fingerprint(path) != facts["sha256"]:
+            problems.append(f"{name} is damaged (its contents changed since it was built)")
     if problems:
         raise TwoTowerError(f"the index in {folder} does not match this run: {'; '.join(problems)}. "
                             "Rebuild it with twotower-index")
@@ -233,3 +238,24 @@ def recall_against_exact(index: Backend, queries: np.ndarray, vectors: np.ndarra
     found = index.search(queries, k)
     hits = [len(np.intersect1d(a, b[b >= 0])) for a, b in zip(truth, found, strict=True)]
     return float(np.mean(hits) / truth.shape[1]) if len(hits) else 1.0
+
+
+def index_report(index: Backend, users: np.ndarray, items: np.ndarray, meta: dict[str, Any], folder: Path,
+                 n_queries: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """Recall@10 of a built index against exact search on a sample of users, with its cost; saved in
+    ``folder/report.json``."""
+    rng = np.random.default_rng(seed)
+    sample = users[rng.choice(len(users), size=min(n_queries, len(users)), replace=False)]
+    started = time.perf_counter()
+    recall = recall_against_exact(index, sample, items, k=10) if len(sample) else None
+    report = {
+        "backend": meta["backend"],
+        "params": meta["params"],
+        "recall@10_vs_exact": None if recall is None else round(recall, 4),
+        "queries": len(sample),
+        "measure_seconds": round(time.perf_counter() - started, 3),
+        "build_seconds": meta["build_seconds"],
+        "size_bytes": sum(facts["bytes"] for facts in meta["files"].values()),
+    }
+    write_json(report, folder / "report.json")
+    return report

@@ -2,17 +2,20 @@
 
     from twotower import Retriever
     retriever = Retriever.load("outputs/my-run")
-    ids, scores = retriever.recommend(196, k=10)           # one user: two arrays of length <= k
-    results = retriever.recommend([196, 186], k=10)         # several: a list of (ids, scores)
+    ids, scores = retriever.recommend(196, k=10)            # one user: two arrays of length <= k
+    results = retriever.recommend([196, 186], k=10)          # several: a list of (ids, scores)
     ids, scores = retriever.similar_items("Toy Story (1995)", k=5)   # ids or titles
 
-The index proposes candidates; scores are always recomputed exactly from the exported vectors, and each
-user's training items are filtered out after over-fetching, so ``k`` results come back whenever the
-catalogue has ``k`` unseen items. Unknown ids raise ``TwoTowerError`` naming them.
+The index proposes candidates; scores are always recomputed exactly from the exported vectors. Each
+user's training items (and any ``deny`` list) are filtered out after over-fetching, so ``k`` results come
+back whenever the catalogue has ``k`` items left; an ``allow`` list restricts the answer to those items.
+Unknown ids raise ``TwoTowerError`` naming them, or, with ``unknown="popular"``, get the most popular
+items of the training data. A loaded retriever only reads its arrays, so threads may share it.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,10 +31,17 @@ from twotower.errors import TwoTowerError
 from twotower.index import Backend, ExactIndex, exact_top, load_index
 
 Result = tuple[np.ndarray, np.ndarray]
+UNKNOWN_POLICIES = ("error", "popular")
 
 
 def _is_batch(query: object) -> bool:
     return isinstance(query, (list, tuple, np.ndarray, pl.Series))
+
+
+def _check_k(k: object) -> int:
+    if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k <= 0:
+        raise TwoTowerError(f"k must be a positive integer, got {k!r}")
+    return int(k)
 
 
 class Retriever:
@@ -49,10 +59,16 @@ class Retriever:
         self.user_vectors = user_vectors
         self.item_vectors = item_vectors
         self.seen = seen
+        counts = np.bincount(seen.items, minlength=len(item_vocab))
+        self.popular_items = np.argsort(-counts, kind="stable")
+        self._model = None
+        self._model_lock = threading.Lock()
 
     @classmethod
     def load(cls, run_dir: str | Path, backend: str | None = None) -> Retriever:
         """Open a run directory; ``backend="exact"`` searches by brute force instead of its Annoy index."""
+        if backend not in (None, "exact", "annoy"):
+            raise TwoTowerError(f"unknown backend '{backend}'; choose annoy or exact")
         paths = RunPaths(Path(run_dir))
         manifest = read_manifest(paths)
         names = manifest["names"]
@@ -62,69 +78,141 @@ class Retriever:
         _, item_vectors = read_vectors(paths.embeddings("items"))
         if len(user_vectors) != len(user_vocab) or len(item_vectors) != len(item_vocab):
             raise TwoTowerError(f"{paths.root}: embeddings and vocabularies disagree in size; re-export the run")
-        index = ExactIndex() if backend == "exact" else None
-        if backend not in (None, "exact", "annoy"):
-            raise TwoTowerError(f"unknown backend '{backend}'; choose annoy or exact")
-        if index is None:
+        if backend == "exact":
+            index: Backend = ExactIndex()
+            index.load(item_vectors, {}, paths.index)
+        else:
             index, _ = load_index(paths.index, item_vectors, manifest["score"],
                                   checkpoint=manifest.get("checkpoint_fingerprint"))
-        else:
-            index.load(item_vectors, {}, paths.index)
-        train = pl.read_parquet(paths.split("train"))
-        seen = UserItems.from_pairs(train["user"].to_numpy().astype(np.int64),
-                                    train["item"].to_numpy().astype(np.int64), len(user_vocab))
+        trained = pl.concat([pl.read_parquet(paths.split(name)) for name in manifest.get("trained_on", ["train"])])
+        seen = UserItems.from_pairs(trained["user"].to_numpy().astype(np.int64),
+                                    trained["item"].to_numpy().astype(np.int64), len(user_vocab))
         return cls(paths, manifest, index, user_vocab, item_vocab, user_vectors, item_vectors, seen)
 
-    def recommend(self, users: object, k: int = 10, exclude_seen: bool = True) -> Result | list[Result]:
-        """Top-``k`` items for a user id (or a batch of ids), without the user's training items."""
+    def recommend(self, users: object, k: int = 10, exclude_seen: bool = True, allow: Iterable | None = None,
+                  deny: Iterable | None = None, unknown: str = "error") -> Result | list[Result]:
+        """Top-``k`` items for a user id (or a batch of ids), without the user's training items.
+
+        ``allow``/``deny`` are item ids to restrict to / leave out. ``unknown="popular"`` answers ids
+        outside the vocabulary with the most popular training items instead of raising.
+        """
+        if unknown not in UNKNOWN_POLICIES:
+            raise TwoTowerError(f"unknown must be one of {UNKNOWN_POLICIES}, got '{unknown}'")
+        k = _check_k(k)
         batch = list(users) if _is_batch(users) else [users]
-        rows = self.user_vocab.lookup(batch)
-        exclude = [self.seen.items[self.seen.indptr[u]:self.seen.indptr[u + 1]] for u in rows] \
-            if exclude_seen else [np.empty(0, dtype=np.int64)] * len(rows)
-        results = self._search(self.user_vectors[rows], k, exclude)
+        rows = self.user_vocab.lookup(batch, missing=-1 if unknown == "popular" else None)
+        denied = self._item_rows(deny)
+        exclude = [np.union1d(self.seen.items[self.seen.indptr[row]:self.seen.indptr[row + 1]], denied)
+                   if exclude_seen and row >= 0 else denied for row in rows]
+        known = rows >= 0
+        results: list[Result | None] = [None] * len(rows)
+        found = self.search(self.user_vectors[rows[known]], k, [e for e, ok in zip(exclude, known, strict=True) if ok],
+                            allow=allow)
+        for position, result in zip(np.flatnonzero(known), found, strict=True):
+            results[position] = result
+        for position in np.flatnonzero(~known):
+            results[position] = self.popular(k, exclude=exclude[position], allow=allow)
         return results if _is_batch(users) else results[0]
 
-    def similar_items(self, items: object, k: int = 10) -> Result | list[Result]:
+    def similar_items(self, items: object, k: int = 10, allow: Iterable | None = None,
+                      deny: Iterable | None = None) -> Result | list[Result]:
         """The ``k`` items closest to an item id or title (or a batch), by the model's score; not itself."""
         batch = list(items) if _is_batch(items) else [items]
         rows = np.array([self.item_vocab.resolve(item) for item in batch], dtype=np.int64)
-        results = self._search(self.item_vectors[rows], k, [np.array([row]) for row in rows])
+        denied = self._item_rows(deny)
+        results = self.search(self.item_vectors[rows], k, [np.union1d(denied, [row]) for row in rows], allow=allow)
         return results if _is_batch(items) else results[0]
 
     def similar_users(self, users: object, k: int = 10) -> Result | list[Result]:
         """The ``k`` users closest to a user id (or a batch), by exact search over the user vectors."""
+        k = _check_k(k)
         batch = list(users) if _is_batch(users) else [users]
         rows = np.array([self.user_vocab.resolve(user) for user in batch], dtype=np.int64)
-        indices, scores = exact_top(self.user_vectors[rows], self.user_vectors, _check_k(k) + 1)
+        indices, scores = exact_top(self.user_vectors[rows], self.user_vectors, k + 1)
         results = []
         for row, found, found_scores in zip(rows, indices, scores, strict=True):
             keep = found != row
             results.append((self.user_vocab.decode(found[keep][:k]), found_scores[keep][:k]))
         return results if _is_batch(users) else results[0]
 
-    def _search(self, queries: np.ndarray, k: int, exclude: Sequence[np.ndarray]) -> list[Result]:
+    def popular(self, k: int = 10, exclude: np.ndarray | None = None, allow: Iterable | None = None) -> Result:
+        """The ``k`` items with the most training interactions (the fallback for unknown users)."""
+        order = self.popular_items
+        if allow is not None:
+            order = order[np.isin(order, self._item_rows(allow))]
+        if exclude is not None and len(exclude):
+            order = order[~np.isin(order, exclude)]
+        top = order[:_check_k(k)]
+        counts = np.bincount(self.seen.items, minlength=len(self.item_vocab))[top]
+        return self.item_vocab.decode(top), counts.astype(np.float32)
+
+    def search(self, queries: np.ndarray, k: int, exclude: Sequence[np.ndarray] | None = None,
+               allow: Iterable | None = None) -> list[Result]:
+        """Top-``k`` items by dot product with each query vector, leaving out ``exclude[i]`` (item indices)."""
         k = _check_k(k)
-        results = []
-        # Over-fetch by the number of excluded items so that k remain after filtering them out.
-        for fetch in np.unique([min(k + len(e), len(self.item_vectors)) for e in exclude]):
-            members = [i for i, e in enumerate(exclude) if min(k + len(e), len(self.item_vectors)) == fetch]
-            candidates = self.index.search(queries[members], int(fetch))
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        exclude = exclude if exclude is not None else [np.empty(0, dtype=np.int64)] * len(queries)
+        if allow is not None:
+            return self._search_allowed(queries, k, exclude, self._item_rows(allow))
+        n_items = len(self.item_vectors)
+        # Over-fetch by the number of excluded items so that k remain; queries that need the same
+        # number of candidates go to the index together.
+        fetch = np.minimum(k + np.array([len(e) for e in exclude], dtype=np.int64), n_items)
+        results: list[Result | None] = [None] * len(queries)
+        for size in np.unique(fetch):
+            members = np.flatnonzero(fetch == size)
+            candidates = self.index.search(queries[members], int(size))
             for member, found in zip(members, candidates, strict=True):
                 found = found[found >= 0]
-                found = found[~np.isin(found, exclude[member])]
-                scores = self.item_vectors[found] @ queries[member]
-                order = np.argsort(-scores, kind="stable")[:k]
-                results.append((member, found[order], scores[order]))
-        results.sort(key=lambda result: result[0])
-        return [(self.item_vocab.decode(found), scores.astype(np.float32)) for _, found, scores in results]
+                results[member] = self._rank(queries[member], found[~np.isin(found, exclude[member])], k)
+        return results
+
+    def _search_allowed(self, queries: np.ndarray, k: int, exclude: Sequence[np.ndarray], allowed: np.ndarray
+                        ) -> list[Result]:
+        """An allow list is searched exactly: it is usually small, and an index cannot filter by it."""
+        return [self._rank(query, allowed[~np.isin(allowed, excluded)], k)
+                for query, excluded in zip(queries, exclude, strict=True)]
+
+    def _rank(self, query: np.ndarray, candidates: np.ndarray, k: int) -> Result:
+        scores = self.item_vectors[candidates] @ query
+        order = np.argsort(-scores, kind="stable")[:k]
+        return self.item_vocab.decode(candidates[order]), scores[order].astype(np.float32)
+
+    def _item_rows(self, ids: Iterable | None) -> np.ndarray:
+        if ids is None:
+            return np.empty(0, dtype=np.int64)
+        return np.unique(self.item_vocab.lookup(list(ids)))
 
     def describe_items(self, ids: Iterable[object]) -> list[str | None]:
         """Titles for item ids where the vocabulary has them."""
-        indices = self.item_vocab.lookup(list(ids))
-        return self.item_vocab.column("title", indices)
+        return self.item_vocab.column("title", self.item_vocab.lookup(list(ids)))
 
+    def model(self) -> Any:
+        """The trained ``TwoTowerModel`` (loaded on first use; needs PyTorch)."""
+        with self._model_lock:
+            if self._model is None:
+                from twotower.module import TwoTowerModel
 
-def _check_k(k: int) -> int:
-    if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k <= 0:
-        raise TwoTowerError(f"k must be a positive integer, got {k!r}")
-    return int(k)
+                self._model = TwoTowerModel.load_from_checkpoint(self.paths.root / self.manifest["checkpoint"],
+                                                                 map_location="cpu").eval()
+            return self._model
+
+    def embed(self, side: str, features: pl.DataFrame) -> np.ndarray:
+        """Vectors for new users or items (``side``) from their side features alone (cold start).
+
+        Only runs whose tower for that side is a feature tower can do this; ``features`` has one row per
+        new id and the feature columns the model was trained with (missing values are allowed).
+        """
+        import torch
+
+        from twotower.data.features import encode_features
+        from twotower.scoring import project
+        from twotower.towers import FeatureTower
+
+        tower = getattr(self.model(), f"{side}_tower", None)
+        if not isinstance(tower, FeatureTower):
+            raise TwoTowerError(f"this run's {self.names.get(side, side)} tower uses no features, so new "
+                                f"{self.names.get(side, side)}s cannot be embedded; use unknown='popular'")
+        with torch.no_grad():
+            vectors = project(tower.embed_features(encode_features(features, tower.specs)), self.manifest["score"])
+        return vectors.numpy()

@@ -13,23 +13,26 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any
 
 import hydra
 import lightning as L
 import numpy as np
 import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
 from twotower.artifacts import RunPaths, write_json, write_text
-from twotower.cli import quiet_framework_notices, register_resolvers, reported_errors
+from twotower.cli import quiet_framework_notices, register_resolvers, reported_errors, user_error
 from twotower.data.datamodule import InteractionDataModule
 from twotower.embeddings import write_vectors
 from twotower.errors import TwoTowerError
-from twotower.index import build_index, fingerprint, recall_against_exact
+from twotower.index import build_index, fingerprint, index_report
 from twotower.module import TwoTowerModel
 from twotower.retrieval import Retriever
+from twotower.towers import FeatureTower
 
 log = logging.getLogger("twotower")
 register_resolvers()
@@ -55,21 +58,29 @@ def export(model: TwoTowerModel, datamodule: InteractionDataModule, paths: RunPa
     return users, items
 
 
-def index_report(index: Any, users: np.ndarray, items: np.ndarray, meta: dict, paths: RunPaths,
-                 n_queries: int, seed: int) -> dict[str, Any]:
-    """Recall@10 of the built index against exact search on a sample of users, with its cost."""
-    rng = np.random.default_rng(seed)
-    sample = users[rng.choice(len(users), size=min(n_queries, len(users)), replace=False)]
-    size = sum(f.stat().st_size for f in paths.index.iterdir() if f.is_file())
-    report = {
-        "backend": meta["backend"],
-        "recall@10_vs_exact": round(recall_against_exact(index, sample, items, k=10), 4) if len(sample) else None,
-        "queries": len(sample),
-        "build_seconds": meta["build_seconds"],
-        "size_bytes": size,
-    }
-    write_json(report, paths.index / "report.json")
-    return report
+def build_model(model_cfg: DictConfig, datamodule: InteractionDataModule) -> TwoTowerModel:
+    """The configured model, sized for the data, with its feature towers' tables filled in."""
+    model_cfg = model_cfg.copy()
+    for side in ("user", "item"):  # assigned, not merged: a feature list becomes a list of specs
+        model_cfg[f"{side}_tower"] = datamodule.complete_tower(side, model_cfg.get(f"{side}_tower") or {})
+    model = instantiate(model_cfg, n_users=datamodule.n_users, n_items=datamodule.n_items)
+    for side in ("user", "item"):
+        tower = getattr(model, f"{side}_tower")
+        if isinstance(tower, FeatureTower):
+            tower.load_features(*datamodule.side_features(side, tower.specs))
+    return model
+
+
+def refit(cfg: DictConfig, datamodule: InteractionDataModule, epochs: int, paths: RunPaths
+          ) -> tuple[Path, L.Trainer]:
+    """Retrain from scratch on train + valid for the selected number of epochs (no validation)."""
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    datamodule.fit_on(("train", "valid"))
+    model = build_model(cfg.model, datamodule)
+    checkpoint = ModelCheckpoint(dirpath=paths.checkpoints, filename="refit", enable_version_counter=False)
+    trainer = instantiate(cfg.trainer, max_epochs=epochs, limit_val_batches=0, callbacks=[checkpoint], logger=False)
+    trainer.fit(model, datamodule=datamodule)
+    return Path(checkpoint.best_model_path), trainer
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
@@ -78,7 +89,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule: InteractionDataModule = instantiate(cfg.datamodule)
     datamodule.setup("fit")
-    model: TwoTowerModel = instantiate(cfg.model, n_users=datamodule.n_users, n_items=datamodule.n_items)
+    model = build_model(cfg.model, datamodule)
     callbacks = [instantiate(callback) for callback in (cfg.get("callbacks") or {}).values()]
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger)
@@ -91,6 +102,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
     best_path = Path(trainer.checkpoint_callback.best_model_path or paths.last_checkpoint)
     # Metrics of the selected checkpoint, not of the last epoch.
     metrics = trainer.validate(model, datamodule=datamodule, ckpt_path=str(best_path), verbose=False)[0]
+    if cfg.refit:
+        epochs = torch.load(best_path, map_location="cpu", weights_only=False)["epoch"] + 1
+        best_path, trainer = refit(cfg, datamodule, epochs, paths)
+        metrics["refit_epochs"] = epochs
     if cfg.test:
         metrics |= trainer.test(model, datamodule=datamodule, ckpt_path=str(best_path), verbose=False)[0]
     metrics = {name: float(value) for name, value in metrics.items()}
@@ -101,7 +116,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     users, items = export(best, datamodule, paths)
     index = instantiate(cfg.index)
     meta = build_index(index, items, best.hparams.score, paths.index, checkpoint=fingerprint(best_path))
-    report = index_report(index, users, items, meta, paths, cfg.index_recall_queries, cfg.seed)
+    report = index_report(index, users, items, meta, paths.index, cfg.index_recall_queries, cfg.seed)
     log.info("index: %s, recall@10 vs exact %s on %d queries, built in %.1fs", report["backend"],
              report["recall@10_vs_exact"], report["queries"], report["build_seconds"])
     write_json(metrics, paths.metrics("train"))
@@ -113,6 +128,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         "n_items": datamodule.n_items,
         "checkpoint": os.path.relpath(best_path, paths.root),
         "checkpoint_fingerprint": meta["checkpoint_fingerprint"],
+        "trained_on": ["train", "valid"] if cfg.refit else ["train"],
         "monitor": cfg.monitor,
         "metrics": metrics,
     }, paths.manifest)
@@ -135,8 +151,23 @@ def show_similar(paths: RunPaths, item: object, k: int) -> None:
         print(f"{rank:3d}. {label}  ({score:.3f})")
 
 
+def sweep_job(cfg: DictConfig) -> float:
+    """One job of a multirun: a failure is logged and saved in the job's directory as
+    ``metrics/error.json``, and the job returns NaN (a failed trial to sweepers) so the sweep goes on."""
+    try:
+        return train(cfg)[cfg.monitor]
+    except Exception as error:
+        cause = user_error(error)
+        log.error("job failed: %s", cause or error, exc_info=cause is None or cfg.get("debug", False))
+        write_json({"error": str(cause or error), "type": type(cause or error).__name__},
+                   RunPaths(Path(cfg.run_dir)).metrics("error"))
+        return float("nan")
+
+
 @hydra.main(version_base="1.3", config_path="pkg://twotower.conf", config_name="train")
 def main(cfg: DictConfig) -> float:
+    if HydraConfig.get().mode == RunMode.MULTIRUN:
+        return sweep_job(cfg)
     with reported_errors(cfg.get("debug", False)):
         return train(cfg)[cfg.monitor]
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from typing import Protocol
+from collections.abc import Mapping
+from typing import Any, Protocol
 
 import lightning as L
 import numpy as np
@@ -13,6 +14,7 @@ from torch.utils.data import DataLoader
 
 from twotower.artifacts import SPLIT_NAMES, RunPaths, write_parquet
 from twotower.data.batches import EpochBatchSampler, RankingBatches, ShardedChunks, TrainBatches, UserItems
+from twotower.data.features import FeatureSpec, encode_features, feature_specs
 from twotower.data.interactions import InteractionLog, positive_interactions
 from twotower.data.splits import Splits, check_splits
 from twotower.data.vocab import Vocabulary
@@ -77,7 +79,12 @@ class InteractionDataModule(L.LightningDataModule):
         log.info("%d %ss, %d %ss; interactions train/valid/test: %d/%d/%d", self.n_users, self.names["user"],
                  self.n_items, self.names["item"], counts["train"], counts["valid"], counts["test"])
 
-        train = self.splits["train"]
+        self.fit_on(("train",))
+
+    def fit_on(self, names: tuple[str, ...]) -> None:
+        """Train on the named splits: ``("train", "valid")`` refits a model on everything but the test split."""
+        frames = [self.splits[name] for name in names]
+        train = pl.concat(frames) if len(frames) > 1 else frames[0]
         self.train_users = torch.from_numpy(train["user"].to_numpy().astype(np.int64))
         self.train_items = torch.from_numpy(train["item"].to_numpy().astype(np.int64))
         self.sampler.fit(self.train_users, self.train_items, self.n_items)
@@ -89,6 +96,23 @@ class InteractionDataModule(L.LightningDataModule):
     @property
     def n_items(self) -> int:
         return len(self.item_vocab)
+
+    def vocab(self, side: str) -> Vocabulary:
+        return self.user_vocab if side == "user" else self.item_vocab
+
+    def complete_tower(self, side: str, spec: Mapping[str, Any]) -> dict[str, Any]:
+        """A tower spec ready for the model: a feature tower's feature names become full encodings."""
+        spec = dict(spec)
+        if spec.get("kind") == "features":
+            vocab = self.vocab(side)
+            spec["features"] = feature_specs(vocab.frame, spec.get("features") or [], vocab.name)
+        return spec
+
+    def side_features(self, side: str, specs: list[FeatureSpec]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """Feature tables of one side for a feature tower, and which ids have training interactions."""
+        ids = self.train_users if side == "user" else self.train_items
+        known = torch.bincount(ids, minlength=len(self.vocab(side))) > 0
+        return encode_features(self.vocab(side).frame, specs), known
 
     def user_items(self, *names: str) -> UserItems:
         """Each user's items over the named splits."""

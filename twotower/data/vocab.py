@@ -57,17 +57,19 @@ class Vocabulary:
                                 f"e.g. {examples}")
         return encoded.drop(column)
 
-    def lookup(self, ids: Sequence[object]) -> np.ndarray:
-        """Indices of ``ids``; unknown ids raise one error that lists them."""
+    def lookup(self, ids: Sequence[object], missing: int | None = None) -> np.ndarray:
+        """Indices of ``ids``; unknown ids raise one error that lists them, or map to ``missing`` if given."""
         query = pl.Series("id", list(ids))
         target = self.frame.schema["id"]
         if query.dtype != target:
             query = query.cast(pl.String).cast(target, strict=False) if target != pl.String else query.cast(pl.String)
         found = query.to_frame().with_row_index("position").join(
             self.frame.select("id", "index"), on="id", how="left").sort("position")
-        missing = found["index"].is_null()
-        if missing.any():
-            bad = [ids[i] for i in np.flatnonzero(missing.to_numpy())[:5]]
+        unknown = found["index"].is_null()
+        if unknown.any() and missing is not None:
+            return found["index"].fill_null(missing).to_numpy().astype(np.int64)
+        if unknown.any():
+            bad = [ids[i] for i in np.flatnonzero(unknown.to_numpy())[:5]]
             raise TwoTowerError(f"unknown {self.name} id(s) {bad}: not in the vocabulary of {len(self)} "
                                 f"{self.name}s (e.g. {self.ids.head(3).to_list()})")
         return found["index"].to_numpy().astype(np.int64)

@@ -1,0 +1,133 @@
+"""twotower-sweep: summarise a multirun directory into a table and a plot.
+
+    twotower-train -m model.dim=32,64 loss=bpr,softmax       # jobs in multirun/DATE/TIME/0, 1, ...
+    twotower-sweep multirun/DATE/TIME [--metric val/ndcg@20]
+
+Writes ``summary.csv``, ``summary.md`` and ``summary.png`` (the metric against each swept parameter) into
+the sweep directory and prints the Markdown table. Failed jobs are listed with their error, unfinished
+ones as such; neither stops the others from being reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import polars as pl
+import yaml
+
+from twotower.artifacts import RunPaths, atomic_path, write_text
+
+STATUS = ("ok", "failed", "unfinished")
+
+
+def read_overrides(folder: Path) -> dict[str, str]:
+    overrides = yaml.safe_load((folder / ".hydra" / "overrides.yaml").read_text()) or []
+    return dict(override.lstrip("+~").partition("=")[::2] for override in overrides)
+
+
+def read_job(folder: Path) -> dict:
+    """One job's overrides, status and metrics."""
+    row: dict = {"job": folder.name, **read_overrides(folder)}
+    paths = RunPaths(folder)
+    if paths.metrics("train").exists():
+        row["status"] = "ok"
+        row.update(json.loads(paths.metrics("train").read_text()))
+    elif paths.metrics("error").exists():
+        row["status"] = "failed"
+        row["error"] = json.loads(paths.metrics("error").read_text())["error"]
+    else:
+        row["status"] = "unfinished"
+    return row
+
+
+def collect(sweep_dir: Path) -> tuple[pl.DataFrame, list[str]]:
+    """All jobs of a sweep, and the parameters that vary between them."""
+    jobs = sorted((f for f in sweep_dir.iterdir() if (f / ".hydra" / "overrides.yaml").exists()),
+                  key=lambda f: (len(f.name), f.name))
+    if not jobs:
+        raise SystemExit(f"error: no sweep jobs (folders with .hydra/overrides.yaml) in {sweep_dir}")
+    frame = pl.DataFrame([read_job(job) for job in jobs], infer_schema_length=None)
+    keys = dict.fromkeys(key for job in jobs for key in read_overrides(job))
+    swept = [key for key in keys if frame[key].n_unique() > 1]
+    return frame, swept
+
+
+def markdown(frame: pl.DataFrame, columns: list[str]) -> str:
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for row in frame.select(columns).iter_rows():
+        cells = [f"{v:.4f}" if isinstance(v, float) else ("" if v is None else str(v)) for v in row]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(frame: pl.DataFrame, swept: list[str], metric: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    done = frame.filter(pl.col("status") == "ok")
+    figure, axes = plt.subplots(1, max(len(swept), 1), figsize=(4.5 * max(len(swept), 1), 3.6), squeeze=False)
+    for axis, parameter in zip(axes[0], swept or ["job"], strict=True):
+        values = done[parameter].cast(pl.String).to_list()
+        levels = sorted(set(values), key=lambda v: (float(v) if _is_number(v) else float("inf"), v))
+        positions = [levels.index(v) for v in values]
+        others = [p for p in swept if p != parameter]
+        labels = [", ".join(f"{p}={r[p]}" for p in others) for r in done.iter_rows(named=True)]
+        for label in sorted(set(labels)):
+            chosen = [i for i, lab in enumerate(labels) if lab == label]
+            points = sorted((positions[i], done[metric][i]) for i in chosen)
+            axis.plot([p for p, _ in points], [m for _, m in points], marker="o", label=label or None)
+        axis.set_xticks(range(len(levels)), levels)
+        axis.set_xlabel(parameter)
+        axis.set_ylabel(metric)
+        axis.grid(alpha=0.3)
+        if others:
+            axis.legend(fontsize=7)
+    failed = frame.filter(pl.col("status") != "ok").height
+    figure.suptitle(f"{metric} across {frame.height} jobs" + (f" ({failed} failed or unfinished)" if failed else ""))
+    figure.tight_layout()
+    with atomic_path(path) as temporary:
+        figure.savefig(temporary, dpi=120, format="png")
+    plt.close(figure)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def summarise(sweep_dir: Path, metric: str = "val/ndcg@20") -> pl.DataFrame:
+    frame, swept = collect(sweep_dir)
+    if metric not in frame.columns:
+        frame = frame.with_columns(pl.lit(None, dtype=pl.Float64).alias(metric))
+    columns = ["job", *swept, metric, "status"] + (["error"] if "error" in frame.columns else [])
+    table = frame.select(columns)
+    with atomic_path(sweep_dir / "summary.csv") as temporary:
+        table.write_csv(temporary)
+    write_text(markdown(table, columns), sweep_dir / "summary.md")
+    if table.filter(pl.col("status") == "ok").height:
+        plot(frame, swept, metric, sweep_dir / "summary.png")
+    return table
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("sweep_dir", type=Path)
+    parser.add_argument("--metric", default="val/ndcg@20")
+    args = parser.parse_args(argv)
+    if not args.sweep_dir.is_dir():
+        sys.exit(f"error: sweep directory not found: {args.sweep_dir}")
+    table = summarise(args.sweep_dir, args.metric)
+    print((args.sweep_dir / "summary.md").read_text(), end="")
+    print(f"\n{table.height} jobs; table and plot in {args.sweep_dir}/summary.*")
+
+
+if __name__ == "__main__":
+    main()
