@@ -4,8 +4,9 @@
     python scripts/benchmark_index.py --run-dir RUN            # also a trained run (e.g. the ml-1m model)
     python scripts/benchmark_index.py --sizes 100000 --queries 500
 
-Synthetic item vectors are unit vectors around 2,000 random centres (trained embeddings are clustered,
-not uniform), queries are drawn the same way. For each catalogue the script reports build time, then for
+Synthetic item vectors are unit vectors around 2,000 random centres plus Gaussian noise of ``--spread``
+times the centres' scale (trained embeddings are clustered but not cleanly separated); queries are drawn
+the same way. For each catalogue the script reports build time, then for
 the exact backend and for Annoy at each search_k: recall@10 against exact search, single-query
 throughput (one query per call, median of repeats) and batch throughput (all queries in one call).
 """
@@ -25,7 +26,7 @@ from twotower.embeddings import read_vectors
 from twotower.index import AnnoyIndex, ExactIndex, build_index, exact_top
 
 
-def synthetic(n: int, dim: int, seed: int, centres: int = 2000, spread: float = 0.35) -> np.ndarray:
+def synthetic(n: int, dim: int, seed: int, spread: float, centres: int = 2000) -> np.ndarray:
     rng = np.random.default_rng(seed)
     middle = np.random.default_rng(12345).normal(size=(centres, dim))  # shared by items and queries
     vectors = middle[rng.integers(centres, size=n)] + spread * rng.normal(size=(n, dim))
@@ -73,10 +74,13 @@ def compare(name: str, items: np.ndarray, queries: np.ndarray, score: str, searc
               f"{sum(f['bytes'] for f in meta['files'].values()) / 2**20:.0f} MiB", flush=True)
         for search_k in search_ks:
             annoy.search_k = search_k
-            rows.append({"index": "annoy", "search_k": search_k, "recall@10": recall(annoy.search(queries, k), truth),
+            rows.append({"index": "annoy" if search_k < len(items) else "annoy (exact: search_k >= items)",
+                         "search_k": search_k, "recall@10": recall(annoy.search(queries, k), truth),
                          "single_qps": single_query_qps(annoy, queries, k), "batch_qps": batch_qps(annoy, queries, k)})
         annoy.search_k = None  # the default: search_k_factor * k * n_trees
-        rows.append({"index": "annoy (default)", "search_k": annoy.search_k_factor * k * n_trees,
+        default_k = annoy.search_k_factor * k * n_trees
+        rows.append({"index": "annoy (default)" + (" (exact)" if default_k >= len(items) else ""),
+                     "search_k": default_k,
                      "recall@10": recall(annoy.search(queries, k), truth),
                      "single_qps": single_query_qps(annoy, queries, k), "batch_qps": batch_qps(annoy, queries, k)})
     print("| index | search_k | recall@10 | single-query q/s | x exact | batch q/s |\n|---|---|---|---|---|---|")
@@ -93,6 +97,7 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=1000)
     parser.add_argument("--search-k", type=int, nargs="*", default=[1_000, 5_000, 20_000, 50_000])
     parser.add_argument("--n-trees", type=int, default=AnnoyIndex().n_trees)
+    parser.add_argument("--spread", type=float, default=1.0, help="noise around the centres, relative to them")
     parser.add_argument("--run-dir", type=Path, default=None, help="a trained run: its users query its items")
     args = parser.parse_args()
 
@@ -104,8 +109,9 @@ def main() -> None:
         compare(f"trained model ({args.run_dir})", items, queries, read_manifest(paths)["score"],
                 [k for k in args.search_k if k <= 20 * len(items)], args.n_trees)
     for size in args.sizes:
-        compare("synthetic", synthetic(size, args.dim, seed=0), synthetic(args.queries, args.dim, seed=1), "cosine",
-                args.search_k, args.n_trees)
+        items = synthetic(size, args.dim, seed=0, spread=args.spread)
+        queries = synthetic(args.queries, args.dim, seed=1, spread=args.spread)
+        compare(f"synthetic (spread {args.spread})", items, queries, "cosine", args.search_k, args.n_trees)
 
 
 if __name__ == "__main__":

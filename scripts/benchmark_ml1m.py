@@ -23,8 +23,8 @@ from hydra import compose, initialize_config_module
 from scipy.sparse.linalg import svds
 
 from twotower.cli import register_resolvers
-from twotower.data.batches import UserItems
 from twotower.data.readers import UserLinesReader
+from twotower.data.user_items import UserItems
 from twotower.eval import evaluate_run, evaluate_vectors
 from twotower.train import train
 

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from twotower.data.batches import RankingBatches, UserItems
+from twotower.data.batches import RankingBatches
+from twotower.data.user_items import UserItems
 from twotower.metrics import RankingMetrics, ranking_metrics
 
 

@@ -22,10 +22,11 @@ from omegaconf import DictConfig
 
 from twotower.artifacts import SPLIT_NAMES, RunPaths, read_manifest, write_json
 from twotower.cli import reported_errors
-from twotower.data.batches import RankingBatches, UserItems
+from twotower.data.batches import RankingBatches
 from twotower.data.datamodule import eval_chunk_size
 from twotower.data.interactions import positive_interactions
 from twotower.data.readers import InteractionFileReader
+from twotower.data.user_items import UserItems
 from twotower.data.vocab import Vocabulary
 from twotower.embeddings import read_vectors
 from twotower.errors import TwoTowerError

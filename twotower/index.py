@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -45,10 +47,14 @@ def fingerprint(data: np.ndarray | Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def exact_top(queries: np.ndarray, items: np.ndarray, n: int, batch_size: int = 1024
+def exact_top(queries: np.ndarray, items: np.ndarray, n: int, batch_size: int | None = None
               ) -> tuple[np.ndarray, np.ndarray]:
-    """Top ``n`` items by dot product for each query: ``(indices, scores)``, both (queries, n), best first."""
+    """Top ``n`` items by dot product for each query: ``(indices, scores)``, both (queries, n), best first.
+
+    Queries go in blocks of ``batch_size`` (by default as many as keep a block's scores near 64 MiB).
+    """
     n = min(n, len(items))
+    batch_size = batch_size or max(1, (1 << 24) // max(len(items), 1))
     indices = np.empty((len(queries), n), dtype=np.int64)
     scores = np.empty((len(queries), n), dtype=np.float32)
     for start in range(0, len(queries), batch_size):
@@ -67,7 +73,7 @@ class ExactIndex:
 
     backend = "exact"
 
-    def __init__(self, batch_size: int = 1024) -> None:
+    def __init__(self, batch_size: int | None = None) -> None:
         self.batch_size = batch_size
 
     def params(self) -> dict[str, Any]:
@@ -89,23 +95,28 @@ class AnnoyIndex:
     """Annoy over the angular metric (see the module docstring for how dot products get there).
 
     ``n_trees`` trades build time and size for recall; ``search_k`` (nodes inspected per query, default
-    ``search_k_factor * n * n_trees``) trades query time for recall.
+    ``search_k_factor * n * n_trees`` for n results) trades query time for recall; when it reaches the
+    catalogue size the search is done exactly instead (small catalogues, users with long histories,
+    which need many candidates to survive the filtering of seen items). The defaults reach
+    recall@10 >= 0.95 against exact search on the ml-1m model and on 1M clustered synthetic vectors
+    (``scripts/benchmark_index.py``). ``build_threads`` > 1 builds faster, but not reproducibly.
     """
 
     backend = "annoy"
     FILE = "items.ann"
 
-    def __init__(self, n_trees: int = 50, search_k: int | None = None, search_k_factor: int = 1,
-                 seed: int = 0) -> None:
+    def __init__(self, n_trees: int = 50, search_k: int | None = None, search_k_factor: int = 10,
+                 seed: int = 0, build_threads: int = 1) -> None:
         self.n_trees = n_trees
         self.search_k = search_k
         self.search_k_factor = search_k_factor
         self.seed = seed
+        self.build_threads = build_threads
         self._annoy: _Annoy | None = None
 
     def params(self) -> dict[str, Any]:
         return {"n_trees": self.n_trees, "search_k": self.search_k, "search_k_factor": self.search_k_factor,
-                "seed": self.seed}
+                "seed": self.seed, "build_threads": self.build_threads}
 
     def build(self, vectors: np.ndarray, score: str, folder: Path) -> dict[str, Any]:
         items, transform, max_norm = self._items_for_angular(vectors, score)
@@ -113,12 +124,13 @@ class AnnoyIndex:
         annoy.set_seed(self.seed)
         for index, vector in enumerate(items):
             annoy.add_item(index, vector)
-        annoy.build(self.n_trees, n_jobs=1)  # one thread: a seeded build is then reproducible
+        annoy.build(self.n_trees, n_jobs=self.build_threads)  # one thread: a seeded build is reproducible
         annoy.save(str(folder / self.FILE), prefault=False)
         annoy.unload()
         return {"metric": "angular", "transform": transform, "index_dim": items.shape[1], "max_norm": max_norm}
 
     def load(self, vectors: np.ndarray, meta: dict[str, Any], folder: Path) -> None:
+        self._vectors = vectors
         self._transform = meta["transform"]
         self._annoy = self._open(folder, meta["index_dim"])
         if self._annoy.get_n_items() != meta["n_items"]:
@@ -129,12 +141,22 @@ class AnnoyIndex:
         n_items = self._annoy.get_n_items()
         n = min(n, n_items)
         search_k = self.search_k or self.search_k_factor * n * self.n_trees
+        if search_k >= n_items:  # the trees would visit the whole catalogue: brute force is faster and exact
+            return exact_top(queries, self._vectors, n)[0]
         if self._transform == "dot_to_angular":
             queries = np.hstack([queries, np.zeros((len(queries), 1), dtype=queries.dtype)])
         found = np.full((len(queries), n), -1, dtype=np.int64)
-        for row, query in enumerate(queries):
-            neighbours = self._annoy.get_nns_by_vector(query, n, search_k)
+
+        def one(row: int) -> None:
+            neighbours = self._annoy.get_nns_by_vector(queries[row], n, search_k)
             found[row, :len(neighbours)] = neighbours
+
+        if len(queries) < 64:
+            for row in range(len(queries)):
+                one(row)
+        else:  # Annoy releases the GIL while it searches, so threads use every core
+            with ThreadPoolExecutor(max_workers=os.cpu_count()) as pool:
+                list(pool.map(one, range(len(queries))))
         return found
 
     @staticmethod

@@ -24,7 +24,7 @@ import numpy as np
 import polars as pl
 
 from twotower.artifacts import RunPaths, read_manifest
-from twotower.data.batches import UserItems
+from twotower.data.user_items import UserItems
 from twotower.data.vocab import Vocabulary
 from twotower.embeddings import read_vectors
 from twotower.errors import TwoTowerError

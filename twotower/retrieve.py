@@ -3,6 +3,7 @@
     twotower-retrieve run_dir=DIR user=196 k=10
     twotower-retrieve run_dir=DIR item="Toy Story (1995)" output=json
     twotower-retrieve run_dir=DIR users_file=users.txt output=csv output_file=recs.csv
+    twotower-retrieve run_dir=DIR similar_user=196          # users (or links ...) closest to a user
 """
 
 from __future__ import annotations
@@ -71,9 +72,9 @@ def batch_results(retriever: Retriever, users: list[Any], k: int, exclude_seen: 
 def run(cfg: DictConfig) -> None:
     if cfg.output not in OUTPUTS:
         raise TwoTowerError(f"output must be one of {OUTPUTS}, got '{cfg.output}'")
-    queries = [name for name in ("user", "item", "users_file") if cfg.get(name) is not None]
+    queries = [name for name in ("user", "item", "users_file", "similar_user") if cfg.get(name) is not None]
     if len(queries) != 1:
-        raise TwoTowerError("give exactly one of user=ID, item=ID_OR_TITLE or users_file=FILE")
+        raise TwoTowerError("give exactly one of user=ID, item=ID_OR_TITLE, users_file=FILE or similar_user=ID")
     retriever = Retriever.load(cfg.run_dir, backend=cfg.backend)
     names = retriever.names
     if cfg.users_file is not None:
@@ -86,7 +87,12 @@ def run(cfg: DictConfig) -> None:
         else:
             sys.stdout.write(frame.write_csv())
         return
-    if cfg.user is not None:
+    if cfg.similar_user is not None:
+        ids, scores = retriever.similar_users(cfg.similar_user, k=cfg.k)
+        rows = [{"id": id_, "score": round(float(score), 6)} for id_, score in zip(ids.tolist(), scores.tolist(),
+                                                                                strict=True)]
+        heading = f"{names['user'].capitalize()}s most similar to {cfg.similar_user!r}:"
+    elif cfg.user is not None:
         ids, scores = retriever.recommend(cfg.user, k=cfg.k, exclude_seen=cfg.exclude_seen)
         heading = f"Top {cfg.k} {names['item']}s for {names['user']} {cfg.user!r}:"
     else:
@@ -94,7 +100,8 @@ def run(cfg: DictConfig) -> None:
         anchor = retriever.item_vocab.resolve(cfg.item)
         title = retriever.item_vocab.column("title", [anchor])[0] or retriever.item_vocab.ids[anchor]
         heading = f"{names['item'].capitalize()}s most similar to {title!r}:"
-    rows = rows_for(retriever, ids, scores)
+    if cfg.similar_user is None:
+        rows = rows_for(retriever, ids, scores)
     if cfg.output == "json":
         print(json.dumps(rows, indent=1))
     elif cfg.output == "csv":

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -77,7 +78,7 @@ def plot(frame: pl.DataFrame, swept: list[str], metric: str, path: Path) -> None
         positions = [levels.index(v) for v in values]
         others = [p for p in swept if p != parameter]
         labels = [", ".join(f"{p}={r[p]}" for p in others) for r in done.iter_rows(named=True)]
-        for label in sorted(set(labels)):
+        for label in sorted(set(labels), key=_natural):
             chosen = [i for i, lab in enumerate(labels) if lab == label]
             points = sorted((positions[i], done[metric][i]) for i in chosen)
             axis.plot([p for p, _ in points], [m for _, m in points], marker="o", label=label or None)
@@ -93,6 +94,11 @@ def plot(frame: pl.DataFrame, swept: list[str], metric: str, path: Path) -> None
     with atomic_path(path) as temporary:
         figure.savefig(temporary, dpi=120, format="png")
     plt.close(figure)
+
+
+def _natural(text: str) -> list:
+    """Sort key that orders "dim=8" before "dim=16"."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
 
 
 def _is_number(text: str) -> bool:

@@ -109,6 +109,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if cfg.test:
         metrics |= trainer.test(model, datamodule=datamodule, ckpt_path=str(best_path), verbose=False)[0]
     metrics = {name: float(value) for name, value in metrics.items()}
+    if trainer.world_size > 1:  # each process's view of the (synchronised) metrics, for the record
+        write_json(metrics, paths.metrics(f"rank{trainer.global_rank}"))
     if not trainer.is_global_zero:
         return metrics
 

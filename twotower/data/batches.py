@@ -17,6 +17,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Dataset, Sampler
 
+from twotower.data.user_items import UserItems
 from twotower.sampling import NegativeSampler
 
 Batch = dict[str, torch.Tensor]
@@ -27,32 +28,6 @@ def process_share() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
-
-
-class UserItems:
-    """Each user's items in compressed sparse rows: ``items[indptr[u]:indptr[u + 1]]``."""
-
-    def __init__(self, indptr: np.ndarray, items: np.ndarray) -> None:
-        self.indptr = indptr
-        self.items = items
-
-    @classmethod
-    def from_pairs(cls, users: np.ndarray, items: np.ndarray, n_users: int) -> UserItems:
-        order = np.argsort(users, kind="stable")
-        indptr = np.zeros(n_users + 1, dtype=np.int64)
-        np.cumsum(np.bincount(users, minlength=n_users), out=indptr[1:])
-        return cls(indptr, np.asarray(items, dtype=np.int64)[order])
-
-    def counts(self, users: np.ndarray) -> np.ndarray:
-        return self.indptr[users + 1] - self.indptr[users]
-
-    def gather(self, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """``(rows, items)``: every item of ``users[r]`` paired with its position ``r`` in ``users``."""
-        starts = self.indptr[users]
-        lengths = self.indptr[users + 1] - starts
-        rows = np.repeat(np.arange(len(users)), lengths)
-        offsets = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-        return rows, self.items[np.repeat(starts, lengths) + offsets]
 
 
 class EpochBatchSampler(Sampler):

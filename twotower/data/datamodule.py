@@ -13,10 +13,11 @@ import torch
 from torch.utils.data import DataLoader
 
 from twotower.artifacts import SPLIT_NAMES, RunPaths, write_parquet
-from twotower.data.batches import EpochBatchSampler, RankingBatches, ShardedChunks, TrainBatches, UserItems
+from twotower.data.batches import EpochBatchSampler, RankingBatches, ShardedChunks, TrainBatches, process_share
 from twotower.data.features import FeatureSpec, encode_features, feature_specs
 from twotower.data.interactions import InteractionLog, positive_interactions
 from twotower.data.splits import Splits, check_splits
+from twotower.data.user_items import UserItems
 from twotower.data.vocab import Vocabulary
 from twotower.errors import TwoTowerError
 from twotower.sampling import NegativeSampler
@@ -132,7 +133,11 @@ class InteractionDataModule(L.LightningDataModule):
         return self._ranking_loader(seen=("train", "valid"), target="test")
 
     def _ranking_loader(self, seen: tuple[str, ...], target: str) -> DataLoader:
-        dataset = RankingBatches(self.user_items(*seen), self.user_items(target), eval_chunk_size(self.n_items))
+        targets = self.user_items(target)
+        # Under DDP every process needs at least one chunk: split the users at least world-size ways.
+        users = int((np.diff(targets.indptr) > 0).sum())
+        chunk_size = max(1, min(eval_chunk_size(self.n_items), -(-users // process_share()[1])))
+        dataset = RankingBatches(self.user_items(*seen), targets, chunk_size)
         return self._loader(dataset, ShardedChunks(len(dataset)))
 
     def _loader(self, dataset: torch.utils.data.Dataset, sampler: torch.utils.data.Sampler) -> DataLoader:

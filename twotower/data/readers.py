@@ -307,6 +307,30 @@ DEFAULT_DROPPED_LINKS = (
     "wikipedia:wikiproject books", "wikipedia:wikiproject novels",
 )
 BOOK_INFO_FIELDS = ("author", "genre", "country", "language", "publisher", "series")
+# Infobox genres are free text ("Science fiction novel", "Fantasy, horror"...). For colouring maps they are
+# folded into a few broad groups: the first group with a keyword in the lower-cased genre wins.
+GENRE_GROUPS = (
+    ("science fiction", ("science fiction", "sci-fi", "space opera", "cyberpunk", "dystopia")),
+    ("fantasy", ("fantasy", "sword and sorcery")),
+    ("horror", ("horror", "weird", "supernatural", "ghost", "gothic")),
+    ("crime & mystery", ("crime", "mystery", "detective", "thriller", "gong'an", "spy")),
+    ("children's & young adult", ("children", "young adult", "picture book", "juvenile")),
+    ("romance", ("romance", "regency")),
+    ("historical", ("historical",)),
+    ("non-fiction", ("non-fiction", "nonfiction", "biography", "memoir", "essay", "philosophy", "politic",
+                     "history", "science", "dictionary", "encyclopedia", "reference", "travel")),
+    ("poetry", ("poetry", "poem")),
+    ("adventure & war", ("adventure", "war")),
+)
+
+
+def genre_group(genre: pl.Expr) -> pl.Expr:
+    lowered = genre.str.to_lowercase()
+    expression = pl.lit(None, dtype=pl.String)
+    for group, keywords in reversed(GENRE_GROUPS):
+        matched = pl.any_horizontal([lowered.str.contains(keyword, literal=True) for keyword in keywords])
+        expression = pl.when(matched).then(pl.lit(group)).otherwise(expression)
+    return expression
 
 
 class WikiBooksReader:
@@ -344,6 +368,7 @@ class WikiBooksReader:
                                 "lower data.min_link_count")
         item_info = pl.DataFrame(books, schema={"item_id": pl.String, "title": pl.String,
                                                 **{f: pl.String for f in BOOK_INFO_FIELDS}}, orient="row")
+        item_info = item_info.with_columns(genre_group=genre_group(pl.col("genre")))
         return InteractionLog(frame, item_info=item_info.unique("item_id", maintain_order=True),
                               source=str(path), names=self.names, example_item=self.example_item)
 

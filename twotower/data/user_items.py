@@ -1,0 +1,31 @@
+"""Each user's items as compressed sparse rows: what to exclude from a ranking, or what to find in it."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+class UserItems:
+    """Each user's items in compressed sparse rows: ``items[indptr[u]:indptr[u + 1]]``."""
+
+    def __init__(self, indptr: np.ndarray, items: np.ndarray) -> None:
+        self.indptr = indptr
+        self.items = items
+
+    @classmethod
+    def from_pairs(cls, users: np.ndarray, items: np.ndarray, n_users: int) -> UserItems:
+        order = np.argsort(users, kind="stable")
+        indptr = np.zeros(n_users + 1, dtype=np.int64)
+        np.cumsum(np.bincount(users, minlength=n_users), out=indptr[1:])
+        return cls(indptr, np.asarray(items, dtype=np.int64)[order])
+
+    def counts(self, users: np.ndarray) -> np.ndarray:
+        return self.indptr[users + 1] - self.indptr[users]
+
+    def gather(self, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(rows, items)``: every item of ``users[r]`` paired with its position ``r`` in ``users``."""
+        starts = self.indptr[users]
+        lengths = self.indptr[users + 1] - starts
+        rows = np.repeat(np.arange(len(users)), lengths)
+        offsets = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+        return rows, self.items[np.repeat(starts, lengths) + offsets]
