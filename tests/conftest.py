@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import signal
 from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_module
+from lightning import Callback, Trainer
 from omegaconf import DictConfig
 
 import twotower.cli
@@ -27,3 +30,14 @@ def shared_data() -> Path:
     if not SHARED_DATA.exists():
         pytest.skip(f"shared data not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+class KillAtStep(Callback):
+    """SIGKILLs its own process after a given global step: a crash mid-epoch, on cue."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer: Trainer, *args: object) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGKILL)

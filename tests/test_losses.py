@@ -4,6 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from twotower.errors import TwoTowerError
 from twotower.losses import BPRLoss, PointwiseLoss, SampledSoftmaxLoss, build_loss
 from twotower.towers import IdTower, build_tower
 
@@ -84,7 +85,7 @@ def test_logq_correction_pushes_popular_negatives_down_less() -> None:
 def test_build_loss_and_tower_from_specs() -> None:
     assert isinstance(build_loss({"name": "bpr"}), BPRLoss)
     assert build_loss({"name": "softmax", "logq_correction": False}).logq_correction is False
-    with pytest.raises(ValueError, match="unknown loss"):
+    with pytest.raises(TwoTowerError, match="unknown loss"):
         build_loss({"name": "hinge"})
     tower = build_tower({"kind": "id"}, n=10, dim=4)
     assert isinstance(tower, IdTower)

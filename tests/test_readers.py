@@ -112,3 +112,11 @@ def test_bundled_book_sample_reads() -> None:
     log = WikiBooksReader(str(files("twotower.sample_data") / "wiki_books.ndjson.gz")).read()
     assert log.item_info.height == 1413
     assert "The Beasts of Tarzan" in set(log.interactions["item_id"])
+
+
+def test_csv_ids_that_are_not_plain_integers_stay_text(tmp_path: Path) -> None:
+    path = tmp_path / "log.csv"
+    path.write_text("user_id,item_id\n1,007\n2,7\n3,7\n")
+    frame = InteractionFileReader(str(path)).read().interactions
+    assert frame["user_id"].dtype == pl.Int64
+    assert frame["item_id"].to_list() == ["007", "7", "7"]  # two different items, not one

@@ -43,7 +43,7 @@ def test_ddp_on_two_cpu_processes_shards_batches_and_agrees_on_metrics(tmp_path:
     ranks = [json.loads((tmp_path / "ddp" / "metrics" / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert ranks[0] == ranks[1]
     # The two processes evaluated different users; their synchronised result is the full evaluation.
-    full = evaluate_run(tmp_path / "ddp", split="valid")
+    full = evaluate_run(tmp_path / "ddp", holdout="valid")
     assert ranks[0]["val/ndcg@20"] == pytest.approx(full["ndcg@20"], abs=1e-5)
     assert ranks[0]["val/recall@10"] == pytest.approx(full["recall@10"], abs=1e-5)
 

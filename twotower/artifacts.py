@@ -68,12 +68,26 @@ class RunPaths:
         return self.root / "run.json"
 
 
+def read_parquet(path: Path) -> pl.DataFrame:
+    """A run's Parquet artifact, or one clear error when it is missing or damaged."""
+    if not path.exists():
+        raise TwoTowerError(f"missing {path}; is this a finished run directory?")
+    try:
+        return pl.read_parquet(path)
+    except (pl.exceptions.PolarsError, OSError) as error:
+        raise TwoTowerError(f"cannot read {path}: the file is damaged ({str(error).splitlines()[0]}); "
+                            "train the run again") from error
+
+
 def read_manifest(paths: RunPaths) -> dict[str, Any]:
     if not paths.root.is_dir():
         raise TwoTowerError(f"run directory not found: {paths.root}")
     if not paths.manifest.exists():
         raise TwoTowerError(f"{paths.root} is not a finished run directory (run.json missing)")
-    return json.loads(paths.manifest.read_text())
+    try:
+        return json.loads(paths.manifest.read_text())
+    except json.JSONDecodeError as error:
+        raise TwoTowerError(f"{paths.manifest} is damaged (not valid JSON); train the run again") from error
 
 
 @contextmanager

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from twotower.artifacts import write_parquet
+from twotower.artifacts import read_parquet, write_parquet
 from twotower.errors import TwoTowerError
 
 
@@ -25,9 +25,7 @@ def write_vectors(ids: pl.Series, vectors: np.ndarray, path: Path) -> None:
 
 def read_vectors(path: Path) -> tuple[pl.Series, np.ndarray]:
     """``(ids, vectors)`` with vectors as a writable, C-contiguous float32 (n, dim) array."""
-    if not path.exists():
-        raise TwoTowerError(f"missing embeddings file {path}; is this a finished run directory?")
-    frame = pl.read_parquet(path)
+    frame = read_parquet(path)
     if frame.columns != ["id", "vector"]:
         raise TwoTowerError(f"{path}: expected columns ['id', 'vector'], found {frame.columns}")
     lengths = frame["vector"].list.len().unique()

@@ -1,10 +1,10 @@
 """twotower-eval: full-ranking metrics of a finished run, from its exported vectors.
 
     twotower-eval run_dir=DIR                  # its test split (training + validation items excluded)
-    twotower-eval run_dir=DIR split=valid      # its validation split (training items excluded)
+    twotower-eval run_dir=DIR holdout=valid    # its validation split (training items excluded)
     twotower-eval run_dir=DIR path=later.csv   # another interaction log with the same ids
 
-Prints the metrics as JSON and writes them to ``DIR/metrics/<split or file name>.json``.
+Prints the metrics as JSON and writes them to ``DIR/metrics/<holdout or file name>.json``.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import polars as pl
 import torch
 from omegaconf import DictConfig
 
-from twotower.artifacts import SPLIT_NAMES, RunPaths, read_manifest, write_json
+from twotower.artifacts import SPLIT_NAMES, RunPaths, read_manifest, read_parquet, write_json
 from twotower.cli import reported_errors
 from twotower.data.batches import RankingBatches
 from twotower.data.datamodule import eval_chunk_size
@@ -55,7 +55,7 @@ def encode_known(frame: pl.DataFrame, user_vocab: Vocabulary, item_vocab: Vocabu
     return known
 
 
-def evaluate_run(run_dir: str | Path, split: str = "test", path: str | None = None, ks: Sequence[int] = (10, 20),
+def evaluate_run(run_dir: str | Path, holdout: str = "test", path: str | None = None, ks: Sequence[int] = (10, 20),
                  user_col: str = "user_id", item_col: str = "item_id") -> dict[str, float]:
     paths = RunPaths(Path(run_dir))
     manifest = read_manifest(paths)
@@ -63,19 +63,19 @@ def evaluate_run(run_dir: str | Path, split: str = "test", path: str | None = No
     item_vocab = Vocabulary.load(paths.vocab("items"), manifest["names"]["item"])
     _, user_vectors = read_vectors(paths.embeddings("users"))
     _, item_vectors = read_vectors(paths.embeddings("items"))
-    splits = {name: pl.read_parquet(paths.split(name)) for name in SPLIT_NAMES}
+    splits = {name: read_parquet(paths.split(name)) for name in SPLIT_NAMES}
     if path is not None:
         interaction_log = InteractionFileReader(path, user_col=user_col, item_col=item_col).read()
         targets = encode_known(positive_interactions(interaction_log), user_vocab, item_vocab)
         seen = pl.concat([splits["train"], splits["valid"]])
         targets = targets.join(seen, on=["user", "item"], how="anti")
-    elif split in ("valid", "test"):
-        targets = splits[split]
-        seen = splits["train"] if split == "valid" else pl.concat([splits["train"], splits["valid"]])
+    elif holdout in ("valid", "test"):
+        targets = splits[holdout]
+        seen = splits["train"] if holdout == "valid" else pl.concat([splits["train"], splits["valid"]])
     else:
-        raise TwoTowerError(f"split must be 'valid' or 'test', got '{split}'")
+        raise TwoTowerError(f"holdout must be 'valid' or 'test', got '{holdout}'")
     if targets.height == 0:
-        raise TwoTowerError(f"nothing to evaluate: the {'file' if path else split} has no held-out interactions")
+        raise TwoTowerError(f"nothing to evaluate: the {'file' if path else holdout} has no held-out interactions")
 
     n_users = len(user_vocab)
     return evaluate_vectors(user_vectors, item_vectors, pairs(seen, n_users), pairs(targets, n_users), ks)
@@ -98,8 +98,8 @@ def evaluate_vectors(user_vectors: np.ndarray, item_vectors: np.ndarray, seen: U
 @hydra.main(version_base="1.3", config_path="pkg://twotower.conf", config_name="eval")
 def main(cfg: DictConfig) -> None:
     with reported_errors(cfg.debug):
-        results = evaluate_run(cfg.run_dir, cfg.split, cfg.path, list(cfg.ks), cfg.user_col, cfg.item_col)
-        name = Path(cfg.path).name.split(".")[0] if cfg.path else cfg.split
+        results = evaluate_run(cfg.run_dir, cfg.holdout, cfg.path, list(cfg.ks), cfg.user_col, cfg.item_col)
+        name = Path(cfg.path).name.split(".")[0] if cfg.path else cfg.holdout
         write_json(results, RunPaths(Path(cfg.run_dir)).metrics(name))
         print(json.dumps(results, indent=2, sort_keys=True))
 

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from twotower.data.batches import Batch
+from twotower.errors import TwoTowerError
 
 
 def pair_logits(users: torch.Tensor, items: torch.Tensor, negatives: torch.Tensor
@@ -32,7 +33,7 @@ class PointwiseLoss:
 
     def __init__(self, kind: str = "bce") -> None:
         if kind not in ("bce", "mse"):
-            raise ValueError(f"unknown pointwise loss '{kind}'")
+            raise TwoTowerError(f"unknown pointwise loss '{kind}'")
         self.kind = kind
 
     def __call__(self, users: torch.Tensor, items: torch.Tensor, negatives: torch.Tensor, batch: Batch
@@ -100,4 +101,4 @@ def build_loss(spec: dict) -> PointwiseLoss | BPRLoss | SampledSoftmaxLoss:
         return BPRLoss(**options)
     if name == "softmax":
         return SampledSoftmaxLoss(**options)
-    raise ValueError(f"unknown loss '{name}'; choose bce, mse, bpr or softmax")
+    raise TwoTowerError(f"unknown loss '{name}'; choose bce, mse, bpr or softmax")

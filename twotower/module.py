@@ -12,6 +12,7 @@ import lightning as L
 import torch
 
 from twotower.data.batches import Batch
+from twotower.errors import TwoTowerError
 from twotower.losses import build_loss
 from twotower.metrics import RankingMetrics
 from twotower.scoring import SCORES, project
@@ -51,9 +52,11 @@ class TwoTowerModel(L.LightningModule):
     ) -> None:
         super().__init__()
         if score not in SCORES:
-            raise ValueError(f"unknown score '{score}'; choose one of {SCORES}")
+            raise TwoTowerError(f"unknown score '{score}'; choose one of {SCORES}")
         if temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
+            raise TwoTowerError(f"model.temperature must be > 0, got {temperature}")
+        if dim < 1:
+            raise TwoTowerError(f"model.dim must be >= 1, got {dim}")
         self.save_hyperparameters(ignore=["optimizer"])
         self.user_tower = build_tower(dict(user_tower or {}), n_users, dim)
         self.item_tower = build_tower(dict(item_tower or {}), n_items, dim)

@@ -20,7 +20,7 @@ import numpy as np
 import polars as pl
 from omegaconf import DictConfig
 
-from twotower.artifacts import RunPaths, atomic_path, read_manifest, write_text
+from twotower.artifacts import RunPaths, atomic_path, read_manifest, read_parquet, write_text
 from twotower.cli import reported_errors
 from twotower.data.vocab import Vocabulary
 from twotower.embeddings import read_vectors
@@ -155,7 +155,7 @@ def plot_run(run_dir: str | Path, side: str = "items", color: str | None = "auto
     method = available_method(method)
     log.info("projecting %d %s vectors with %s", len(vectors), name, method)
     coordinates = project_2d(vectors, method, seed)
-    train = pl.read_parquet(paths.split("train"))
+    train = read_parquet(paths.split("train"))
     counts = np.bincount(train["item" if side == "items" else "user"].to_numpy(), minlength=len(vocab))
     labelled = spread_out(coordinates, np.argsort(-counts, kind="stable")[:10 * labels], labels)
     names = vocab.column("title", labelled) if vocab.has_titles else [None] * len(labelled)

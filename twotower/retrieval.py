@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from twotower.artifacts import RunPaths, read_manifest
+from twotower.artifacts import RunPaths, read_manifest, read_parquet
 from twotower.data.user_items import UserItems
 from twotower.data.vocab import Vocabulary
 from twotower.embeddings import read_vectors
@@ -84,7 +84,7 @@ class Retriever:
         else:
             index, _ = load_index(paths.index, item_vectors, manifest["score"],
                                   checkpoint=manifest.get("checkpoint_fingerprint"))
-        trained = pl.concat([pl.read_parquet(paths.split(name)) for name in manifest.get("trained_on", ["train"])])
+        trained = pl.concat([read_parquet(paths.split(name)) for name in manifest.get("trained_on", ["train"])])
         seen = UserItems.from_pairs(trained["user"].to_numpy().astype(np.int64),
                                     trained["item"].to_numpy().astype(np.int64), len(user_vocab))
         return cls(paths, manifest, index, user_vocab, item_vocab, user_vectors, item_vectors, seen)

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from twotower.data.features import FeatureSpec
+from twotower.errors import TwoTowerError
 
 
 class IdTower(nn.Module):
@@ -45,7 +46,7 @@ class FeatureTower(nn.Module):
                  hidden: Sequence[int] = (128,), feature_dim: int = 16, init_std: float = 0.1) -> None:
         super().__init__()
         if not features:
-            raise ValueError("a feature tower needs at least one feature")
+            raise TwoTowerError("a feature tower needs at least one feature (model.*_tower.features=[...])")
         self.specs = [dict(spec) for spec in features]
         self.tables = nn.ModuleDict()
         width = 0
@@ -112,4 +113,4 @@ def build_tower(spec: dict, n: int, dim: int) -> nn.Module:
         return IdTower(n, dim, **options)
     if kind == "features":
         return FeatureTower(n, dim, **options)
-    raise ValueError(f"unknown tower kind '{kind}'; choose id or features")
+    raise TwoTowerError(f"unknown tower kind '{kind}'; choose id or features")

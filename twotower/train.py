@@ -95,6 +95,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger)
     resume = checkpoint_to_resume(cfg.ckpt_path, paths)
     if trainer.is_global_zero:
+        # run.json marks a finished run; without it nobody loads this directory while it is rewritten.
+        paths.manifest.unlink(missing_ok=True)
         write_text(OmegaConf.to_yaml(cfg, resolve=True), paths.config)
         datamodule.save(paths)
 

@@ -104,11 +104,14 @@ def positive_interactions(log_: InteractionLog) -> pl.DataFrame:
             raise TwoTowerError(f"{source}: no interaction has a rating >= {min_rating}")
 
     keys = ["user_id", "item_id", *(["split"] if "split" in frame.columns else [])]
+    rows = frame.height
     if "timestamp" in frame.columns:
         frame = frame.sort("timestamp", maintain_order=True)
         frame = frame.unique(subset=keys, keep="last", maintain_order=True)
     else:
         frame = frame.unique(subset=keys, keep="first", maintain_order=True)
+    if frame.height < rows:
+        log.info("%s: %d repeated (user, item) interaction(s) counted once", source, rows - frame.height)
 
     if "split" in frame.columns:
         train_pairs = frame.filter(pl.col("split") == "train").select(ID_COLUMNS)

@@ -57,11 +57,16 @@ def detect_format(path: Path, format: str | None) -> str:
     return _FORMATS[suffixes[-1]]
 
 
-def scan_table(path: Path, format: str, separator: str | None = None, has_header: bool = True) -> pl.LazyFrame:
-    """A lazy frame over one tabular file; reading errors surface when it is collected."""
+def scan_table(path: Path, format: str, separator: str | None = None, has_header: bool = True,
+               text_columns: Sequence[str] = ()) -> pl.LazyFrame:
+    """A lazy frame over one tabular file; reading errors surface when it is collected.
+
+    In CSV/TSV, ``text_columns`` are read as text (ids: "007" and "7" must stay two ids).
+    """
     if format in ("csv", "tsv"):
         sep = separator or ("\t" if format == "tsv" else ",")
-        return pl.scan_csv(path, separator=sep, has_header=has_header, infer_schema_length=10_000)
+        return pl.scan_csv(path, separator=sep, has_header=has_header, infer_schema_length=10_000,
+                           schema_overrides={column: pl.String for column in text_columns})
     if format == "parquet":
         return pl.scan_parquet(path)
     return pl.scan_ndjson(path, infer_schema_length=10_000)
@@ -141,11 +146,15 @@ class InteractionFileReader:
                 f"{path}: missing column(s) {missing}; the file has {list(schema)[:20]}. "
                 "Name the id columns with data.user_col=... and data.item_col=..."
             )
+        if format in ("csv", "tsv"):
+            lazy = scan_table(path, format, self.separator, self.has_header, text_columns=self.columns.values())
         selected = [pl.col(column).alias(name) for name, column in self.columns.items()]
         selected += [pl.col(column).alias(name) for name, column in self.optional.items() if column in schema]
         frame = collect(lazy.select(selected), path, format)
         if frame.height == 0:
             raise TwoTowerError(f"{path}: the interaction log has a header but no rows")
+        if format in ("csv", "tsv"):
+            frame = integer_ids_as_integers(frame, list(self.columns))
         return clean_value_columns(frame, path)
 
     def _item_info(self) -> pl.DataFrame | None:
@@ -153,12 +162,28 @@ class InteractionFileReader:
             return None
         path = existing_path(self.item_info_path, "item info file")
         format = detect_format(path, None)
-        frame = collect(scan_table(path, format), path, format)
         item_col = self.columns["item_id"]
-        if item_col not in frame.columns:
-            raise TwoTowerError(f"{path}: item info needs the item id column '{item_col}'")
+        lazy = scan_table(path, format)
+        with reading(path, format):
+            if item_col not in lazy.collect_schema():
+                raise TwoTowerError(f"{path}: item info needs the item id column '{item_col}'")
+        frame = collect(scan_table(path, format, text_columns=[item_col]), path, format)
+        if format in ("csv", "tsv"):
+            frame = integer_ids_as_integers(frame, [item_col])
         frame = normalise_ids(frame.rename({item_col: "item_id"}), str(path), columns=("item_id",))
         return frame.unique("item_id", keep="first", maintain_order=True)
+
+
+def integer_ids_as_integers(frame: pl.DataFrame, columns: Sequence[str]) -> pl.DataFrame:
+    """Text id columns whose every value is a plain integer ("12", "-3"; not "007" or "1e3") become Int64."""
+    casts = []
+    for column in columns:
+        values = frame[column]
+        plain = values.str.contains(r"^-?(0|[1-9][0-9]*)$").fill_null(True).all()
+        numbers = values.cast(pl.Int64, strict=False)  # null where a value overflows Int64
+        if plain and values.null_count() < len(values) and numbers.null_count() == values.null_count():
+            casts.append(numbers)
+    return frame.with_columns(casts) if casts else frame
 
 
 def clean_value_columns(frame: pl.DataFrame, source: Path | str) -> pl.DataFrame:
@@ -167,10 +192,14 @@ def clean_value_columns(frame: pl.DataFrame, source: Path | str) -> pl.DataFrame
     if "timestamp" in frame.columns:
         dtype = frame.schema["timestamp"]
         if dtype == pl.String:
-            parsed = frame["timestamp"].str.to_datetime(strict=False)
+            unparseable = TwoTowerError(f"{source}: column 'timestamp' holds values that are neither numbers "
+                                        f"nor dates, e.g. {frame['timestamp'].drop_nulls().head(1).to_list()}")
+            try:
+                parsed = frame["timestamp"].str.to_datetime(strict=False)
+            except pl.exceptions.PolarsError as error:
+                raise unparseable from error
             if parsed.null_count() > frame["timestamp"].null_count():
-                raise TwoTowerError(f"{source}: column 'timestamp' holds values that are neither numbers nor "
-                                    "dates")
+                raise unparseable
             frame = frame.with_columns(timestamp=parsed)
             dtype = parsed.dtype
         if dtype.is_temporal():

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from twotower.artifacts import write_parquet
+from twotower.artifacts import read_parquet, write_parquet
 from twotower.errors import TwoTowerError
 
 
@@ -114,6 +114,4 @@ class Vocabulary:
 
     @classmethod
     def load(cls, path: Path, name: str) -> Vocabulary:
-        if not path.exists():
-            raise TwoTowerError(f"missing vocabulary file {path}; is this a finished run directory?")
-        return cls(pl.read_parquet(path), name)
+        return cls(read_parquet(path), name)

@@ -1,0 +1,206 @@
+"""Bad input, table-driven: every case goes through a real command-line entry point and must end in one
+readable error line that names the problem, a non-zero exit status, and no Python traceback; with
+``debug=true`` the traceback is shown."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import re
+import shutil
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from tests.conftest import compose_train
+from twotower import eval as eval_app
+from twotower import reindex, retrieve
+from twotower import train as train_app
+from twotower.synthetic import planted_interactions
+
+GOOD = planted_interactions(n_users=60, n_items=40, n_clusters=4, interactions_per_user=8, seed=5)
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("finished")
+    GOOD.write_csv(folder / "log.csv")
+    train_app.train(compose_train(folder / "run", "data=interactions", f"data.path={folder / 'log.csv'}",
+                                  "trainer.max_epochs=1", "model.dim=8"))
+    return folder / "run"
+
+
+def write_log(frame: pl.DataFrame, name: str = "log.csv") -> Callable[[Path], str]:
+    def make(folder: Path) -> str:
+        path = folder / name
+        if name.endswith(".parquet"):
+            frame.write_parquet(path)
+        elif name.endswith(".ndjson"):
+            frame.write_ndjson(path)
+        else:
+            frame.write_csv(path)
+        return str(path)
+    return make
+
+
+def write_text(text: str | bytes, name: str) -> Callable[[Path], str]:
+    def make(folder: Path) -> str:
+        path = folder / name
+        path.write_bytes(text if isinstance(text, bytes) else text.encode())
+        return str(path)
+    return make
+
+
+def damaged_run(damage: Callable[[Path], None]) -> Callable[[Path, Path], str]:
+    """A copy of the finished run with something broken in it."""
+    def make(folder: Path, run: Path) -> str:
+        copy = folder / "copy"
+        shutil.copytree(run, copy)
+        damage(copy)
+        return str(copy)
+    return make
+
+
+def truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def flip_bytes(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2: len(data) // 2 + 64] = bytes(64)
+    path.write_bytes(bytes(data))
+
+
+def edit_meta(run: Path) -> None:
+    meta = json.loads((run / "index" / "meta.json").read_text())
+    meta["score"] = "dot"
+    (run / "index" / "meta.json").write_text(json.dumps(meta))
+
+
+def with_rating(values: list) -> pl.DataFrame:
+    return pl.DataFrame({"user_id": [1, 2, 3], "item_id": [1, 2, 3], "rating": values})
+
+
+TRAIN = "train"
+TRAIN_CASES = [
+    # (case, data file maker, extra overrides, expected message)
+    ("missing file", lambda f: str(f / "nope.csv"), [], r"interaction file not found: .*nope\.csv"),
+    ("unreadable parquet", write_text(b"this is not parquet" * 10, "log.parquet"), [], r"cannot read .*log\.parquet as parquet"),
+    ("unknown format", write_text("a,b\n", "log.xlsx"), [], r"cannot tell the format of .*log\.xlsx"),
+    ("missing item column", write_log(GOOD.rename({"item_id": "movie"})), [], r"missing column\(s\) \['item_id'\].*'movie'"),
+    ("misnamed user column", write_log(GOOD), ["data.user_col=customer"], r"missing column\(s\) \['customer'\]"),
+    ("empty file", write_text("", "log.csv"), [], r"log\.csv is empty"),
+    ("header only", write_text("user_id,item_id\n", "log.csv"), [], r"header but no rows"),
+    ("all-negative labels", write_log(GOOD.with_columns(label=pl.lit(0))), [], r"every label is <= 0"),
+    ("non-numeric rating", write_log(with_rating(["5", "good", "3"])), [], r"'rating' has 1 missing or non-numeric value\(s\), e\.g\. \['good'\]"),
+    ("NaN rating", write_log(with_rating([5.0, float("nan"), 3.0]), "log.parquet"), [], r"'rating' has 1 missing or non-numeric"),
+    ("null ids", write_text("user_id,item_id\n1,2\n,3\n2,3\n", "log.csv"), [], r"'user_id' has 1 empty \(null\) value"),
+    ("fractional number ids", write_log(pl.DataFrame({"user_id": [1.5, 2.0], "item_id": [2, 3]}), "log.parquet"), [], r"'user_id' holds non-integer numbers"),
+    ("unparseable timestamps", write_log(GOOD.with_columns(timestamp=pl.lit("yesterday"))), [], r"'timestamp' holds values that are neither numbers nor dates"),
+    ("corrupt gzip", write_text(b"\x1f\x8b\x08garbage", "log.csv.gz"), [], r"cannot read .*log\.csv\.gz"),
+    ("every user has one interaction", write_log(GOOD.unique("user_id")), ["split=temporal"], r"validation split is empty"),
+    ("rating threshold without ratings", write_log(GOOD), ["data.min_rating=4"], r"min_rating=4 is set but the log has no rating column"),
+    ("no rating reaches the threshold", write_log(with_rating([1, 2, 3])), ["data.min_rating=4"], r"no interaction has a rating >= 4"),
+    ("temporal split without timestamps", write_log(GOOD.drop("timestamp")), ["split=temporal"], r"split=temporal needs timestamps"),
+    ("presplit without files", write_log(GOOD), ["split=presplit"], r"split=presplit needs separate files"),
+    ("split fractions over 1", write_log(GOOD), ["split.valid_fraction=0.6", "split.test_fraction=0.5"], r"split fractions must .* sum to less than 1"),
+    ("zero negatives", write_log(GOOD), ["sampler.n_negatives=0"], r"sampler.n_negatives must be >= 1, got 0"),
+    ("unknown sampler distribution", write_log(GOOD), ["sampler.distribution=zipf"], r"unknown sampler distribution 'zipf'"),
+    ("negative temperature", write_log(GOOD), ["model.temperature=-1"], r"model.temperature must be > 0, got -1"),
+    ("unknown feature column", write_log(GOOD), ["model.item_tower.kind=features", "+model.item_tower.features=[genre]"], r"item feature\(s\) \['genre'\] not in the item metadata"),
+    ("resume from a missing checkpoint", write_log(GOOD), ["ckpt_path=last"], r"checkpoint to resume from not found: .*last\.ckpt"),
+]
+
+RUN_CASES = [
+    # (case, entry point, run-dir maker or None for the finished run, arguments, expected message)
+    ("retrieve: missing run directory", retrieve, lambda f, r: str(f / "nope"), ["user=1"], r"run directory not found"),
+    ("retrieve: unfinished run", retrieve, damaged_run(lambda run: (run / "run.json").unlink()), ["user=1"], r"not a finished run directory \(run\.json missing\)"),
+    ("retrieve: unknown user", retrieve, None, ["user=123456"], r"unknown user id\(s\) \[123456\]"),
+    ("retrieve: unknown item", retrieve, None, ["item=123456"], r"unknown item id\(s\) \[123456\]"),
+    ("retrieve: k = 0", retrieve, None, ["user=1", "k=0"], r"k must be a positive integer, got 0"),
+    ("retrieve: k < 0", retrieve, None, ["item=1", "k=-5"], r"k must be a positive integer, got -5"),
+    ("retrieve: two queries", retrieve, None, ["user=1", "item=1"], r"give exactly one of user=ID, item="),
+    ("retrieve: unknown output", retrieve, None, ["user=1", "output=xml"], r"output must be one of \('table', 'json', 'csv'\)"),
+    ("retrieve: users file without user_id", retrieve, None, ["users_file=USERS"], r"needs a user_id column"),
+    ("retrieve: truncated index file", retrieve, damaged_run(lambda run: truncate(run / "index" / "items.ann")), ["user=1"], r"items\.ann has \d+ bytes, not \d+ \(truncated or replaced\)"),
+    ("retrieve: corrupt index file", retrieve, damaged_run(lambda run: flip_bytes(run / "index" / "items.ann")), ["user=1"], r"items\.ann is damaged"),
+    ("retrieve: index metadata of another model", retrieve, damaged_run(edit_meta), ["user=1"], r"score 'dot' but the model scores by 'cosine'"),
+    ("retrieve: index of other vectors", retrieve, damaged_run(lambda run: shutil.copy(run / "embeddings" / "users.parquet", run / "embeddings" / "items.parquet")), ["user=1"], r"embeddings and vocabularies disagree|does not match this run"),
+    ("retrieve: missing index metadata", retrieve, damaged_run(lambda run: (run / "index" / "meta.json").unlink()), ["user=1"], r"meta\.json missing"),
+    ("retrieve: corrupt embeddings file", retrieve, damaged_run(lambda run: truncate(run / "embeddings" / "items.parquet")), ["user=1"], r"cannot read .*items\.parquet"),
+    ("eval: unknown holdout", eval_app, None, ["holdout=train"], r"holdout must be 'valid' or 'test', got 'train'"),
+    ("eval: file of unknown users", eval_app, None, ["path=STRANGERS"], r"no interaction in the file has a user and an item known to the run"),
+    ("index: unfinished run", reindex, damaged_run(lambda run: (run / "run.json").unlink()), [], r"not a finished run directory"),
+]
+
+
+def invoke(module, arguments: list[str], capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+           ) -> tuple[int, str]:
+    monkeypatch.setattr(sys, "argv", [module.__name__, *arguments])
+    with pytest.raises(SystemExit) as exit_info:
+        module.main()
+    return exit_info.value.code, capsys.readouterr().err
+
+
+def assert_one_clean_error(code: int, stderr: str, expected: str) -> None:
+    assert code not in (0, None)
+    assert "Traceback" not in stderr, stderr
+    errors = [line for line in stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, stderr
+    assert re.search(expected, errors[0]), errors[0]
+
+
+@pytest.mark.parametrize(("case", "make", "overrides", "expected"), TRAIN_CASES, ids=[c[0] for c in TRAIN_CASES])
+def test_training_input(case: str, make: Callable, overrides: list[str], expected: str, tmp_path: Path,
+                        capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    arguments = ["data=interactions", f"data.path={make(tmp_path)}", f"hydra.run.dir={tmp_path / 'run'}",
+                 "trainer.max_epochs=1", "trainer.enable_progress_bar=false", "logger=none", *overrides]
+    code, stderr = invoke(train_app, arguments, capsys, monkeypatch)
+    assert_one_clean_error(code, stderr, expected)
+    assert not (tmp_path / "run" / "run.json").exists()
+
+
+@pytest.mark.parametrize(("case", "module", "make", "arguments", "expected"), RUN_CASES, ids=[c[0] for c in RUN_CASES])
+def test_run_directory_input(case: str, module, make: Callable | None, arguments: list[str], expected: str,
+                             tmp_path: Path, finished_run: Path, capsys: pytest.CaptureFixture,
+                             monkeypatch: pytest.MonkeyPatch) -> None:
+    run_dir = make(tmp_path, finished_run) if make else str(finished_run)
+    (tmp_path / "users.csv").write_text("customer\n1\n")
+    pl.DataFrame({"user_id": [99991], "item_id": [99992]}).write_csv(tmp_path / "strangers.csv")
+    arguments = [a.replace("USERS", str(tmp_path / "users.csv")).replace("STRANGERS", str(tmp_path / "strangers.csv"))
+                 for a in arguments]
+    code, stderr = invoke(module, [f"run_dir={run_dir}", *arguments], capsys, monkeypatch)
+    assert_one_clean_error(code, stderr, expected)
+
+
+def test_config_typos_are_reported_by_hydra_without_a_traceback(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    for typo, expected in (("model.dimm=3", "Could not override 'model.dimm'"),
+                           ("loss=hinge", "Could not find 'loss/hinge'")):
+        code, stderr = invoke(train_app, [typo, f"hydra.run.dir={tmp_path}"], capsys, monkeypatch)
+        assert code != 0 and expected in stderr and "Traceback" not in stderr
+
+
+def test_debug_flag_shows_the_traceback(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys, "argv", ["twotower-retrieve", f"run_dir={tmp_path / 'nope'}", "user=1", "debug=true"])
+    with pytest.raises(SystemExit) as exit_info:
+        retrieve.main()
+    assert exit_info.value.code != 0
+    assert "Traceback" in capsys.readouterr().err
+
+
+def test_repeated_interactions_count_once(tmp_path: Path) -> None:
+    doubled = pl.concat([GOOD, GOOD])
+    doubled.write_csv(tmp_path / "log.csv")
+    with gzip.open(tmp_path / "log.csv.gz", "wb") as handle:
+        handle.write(doubled.write_csv().encode())
+    from twotower.data.interactions import positive_interactions
+    from twotower.data.readers import InteractionFileReader
+
+    for name in ("log.csv", "log.csv.gz"):
+        positives = positive_interactions(InteractionFileReader(str(tmp_path / name)).read())
+        assert positives.height == GOOD.height

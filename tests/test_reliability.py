@@ -1,0 +1,135 @@
+"""Interrupted runs and concurrent readers: nothing is lost, nothing half-written is ever loaded."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+
+from tests.conftest import compose_train
+from twotower.artifacts import atomic_path, write_json
+from twotower.errors import TwoTowerError
+from twotower.retrieval import Retriever
+from twotower.synthetic import planted_interactions
+from twotower.train import train
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def log_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("log") / "log.parquet"
+    planted_interactions(n_users=500, n_items=150, n_clusters=10, interactions_per_user=16, seed=6).write_parquet(path)
+    return path
+
+
+def cli(run_dir: Path, log_file: Path, *overrides: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "twotower.train", "data=interactions", f"data.path={log_file}",
+         f"hydra.run.dir={run_dir}", "trainer.max_epochs=4", "datamodule.batch_size=128", "model.dim=16",
+         "trainer.enable_progress_bar=false", "show_similar_to=null", *overrides],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_atomic_writes_keep_the_previous_file_when_interrupted(tmp_path: Path) -> None:
+    target = tmp_path / "metrics.json"
+    write_json({"version": 1}, target)
+    with pytest.raises(RuntimeError), atomic_path(target) as temporary:
+        temporary.write_text('{"version": 2, "trunc')
+        raise RuntimeError("killed while writing")
+    assert json.loads(target.read_text()) == {"version": 1}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json"]
+
+
+def test_same_seed_same_data_same_metrics(tmp_path: Path, log_file: Path) -> None:
+    runs = [train(compose_train(tmp_path / name, "data=interactions", f"data.path={log_file}",
+                                "trainer.max_epochs=2", "model.dim=16", "datamodule.batch_size=128"))
+            for name in ("first", "second")]
+    assert runs[0] == runs[1]
+    other = train(compose_train(tmp_path / "third", "data=interactions", f"data.path={log_file}",
+                                "trainer.max_epochs=2", "model.dim=16", "datamodule.batch_size=128", "seed=1"))
+    assert other != runs[0]
+
+
+@pytest.mark.slow
+def test_killed_mid_epoch_and_resumed_finishes_like_an_uninterrupted_run(tmp_path: Path, log_file: Path) -> None:
+    straight = cli(tmp_path / "straight", log_file)
+    assert straight.wait(timeout=600) == 0, straight.stderr.read()[-2000:]
+    finished = torch.load(tmp_path / "straight" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    steps_per_epoch = finished["global_step"] // 4
+
+    middle_of_third_epoch = steps_per_epoch * 2 + steps_per_epoch // 2
+    killer = f"+callbacks.kill._target_=tests.conftest.KillAtStep +callbacks.kill.step={middle_of_third_epoch}"
+    crashed = cli(tmp_path / "resumed", log_file, *killer.split())
+    assert crashed.wait(timeout=600) == -signal.SIGKILL
+    last = torch.load(tmp_path / "resumed" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert last["epoch"] == 1  # the last complete epoch before the crash in the third one
+    assert not (tmp_path / "resumed" / "run.json").exists()
+
+    resumed = cli(tmp_path / "resumed", log_file, "ckpt_path=last")
+    assert resumed.wait(timeout=600) == 0, resumed.stderr.read()[-2000:]
+    straight_metrics, resumed_metrics = (json.loads((tmp_path / name / "metrics" / "train.json").read_text())
+                                         for name in ("straight", "resumed"))
+    assert straight_metrics == resumed_metrics
+
+
+@pytest.mark.slow
+def test_a_run_killed_at_any_moment_leaves_only_complete_artifacts(tmp_path: Path, log_file: Path) -> None:
+    for attempt, delay in enumerate((2.0, 5.0, 7.0, 9.0, 11.0)):
+        run_dir = tmp_path / f"run{attempt}"
+        process = cli(run_dir, log_file, "trainer.max_epochs=2")
+        time.sleep(delay)
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=60)
+        for path in run_dir.rglob("*"):
+            if path.name.endswith(".tmp") or not path.is_file():
+                continue  # temporary names are never read by anything
+            if path.suffix == ".parquet":
+                pl.read_parquet(path)
+            elif path.suffix == ".json":
+                json.loads(path.read_text())
+            elif path.suffix == ".ckpt":
+                torch.load(path, map_location="cpu", weights_only=False)
+        if (run_dir / "run.json").exists():
+            Retriever.load(run_dir).recommend(0, k=3)
+        else:
+            with pytest.raises(TwoTowerError, match=r"not a finished run|not found"):
+                Retriever.load(run_dir)
+
+
+def test_many_threads_share_one_retriever(tmp_path: Path, log_file: Path) -> None:
+    train(compose_train(tmp_path, "data=interactions", f"data.path={log_file}", "trainer.max_epochs=1",
+                        "model.dim=16"))
+    retriever = Retriever.load(tmp_path)
+    users = retriever.user_vocab.ids.to_list()[:200]
+    items = retriever.item_vocab.ids.to_list()[:100]
+    expected_users = {u: retriever.recommend(u, k=10) for u in users}
+    expected_items = {i: retriever.similar_items(i, k=10) for i in items}
+    queries = [("user", u) for u in users] * 4 + [("item", i) for i in items] * 4
+    np.random.default_rng(0).shuffle(queries)
+    mismatches = []
+    lock = threading.Lock()
+
+    def ask(query: tuple[str, object]) -> None:
+        kind, key = query
+        ids, scores = retriever.recommend(key, k=10) if kind == "user" else retriever.similar_items(key, k=10)
+        want = expected_users[key] if kind == "user" else expected_items[key]
+        if list(ids) != list(want[0]) or not np.array_equal(scores, want[1]):
+            with lock:
+                mismatches.append(query)
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        list(pool.map(ask, queries, timeout=120))
+    assert not mismatches
+    assert time.perf_counter() - started < 120
