@@ -198,9 +198,9 @@ def test_repeated_interactions_count_once(tmp_path: Path) -> None:
     doubled.write_csv(tmp_path / "log.csv")
     with gzip.open(tmp_path / "log.csv.gz", "wb") as handle:
         handle.write(doubled.write_csv().encode())
-    from twotower.data.interactions import positive_interactions
+    from twotower.data.interactions import deduplicate, positives
     from twotower.data.readers import InteractionFileReader
 
     for name in ("log.csv", "log.csv.gz"):
-        positives = positive_interactions(InteractionFileReader(str(tmp_path / name)).read())
-        assert positives.height == GOOD.height
+        frame = positives(InteractionFileReader(str(tmp_path / name)).read())
+        assert deduplicate(frame.rename({"user_id": "user", "item_id": "item"})).height == GOOD.height

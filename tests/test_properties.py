@@ -10,7 +10,7 @@ import polars as pl
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from twotower.data.interactions import InteractionLog, positive_interactions
+from twotower.data.interactions import InteractionLog, deduplicate, positives
 from twotower.data.readers import InteractionFileReader
 from twotower.data.vocab import Vocabulary
 
@@ -50,5 +50,5 @@ def test_vocabulary_round_trip(ids: list, data: st.DataObject) -> None:
 @given(pairs=st.lists(st.tuples(st.integers(0, 5), st.integers(0, 5)), min_size=1, max_size=60))
 def test_positives_have_each_pair_once(pairs: list[tuple[int, int]]) -> None:
     frame = pl.DataFrame(pairs, schema={"user_id": pl.Int64, "item_id": pl.Int64}, orient="row")
-    positives = positive_interactions(InteractionLog(frame))
-    assert sorted(positives.rows()) == sorted(set(pairs))
+    kept = deduplicate(positives(InteractionLog(frame)).rename({"user_id": "user", "item_id": "item"}))
+    assert kept.rows() == sorted(set(pairs))  # each pair once, sorted by user then item

@@ -1,7 +1,7 @@
 import polars as pl
 import pytest
 
-from twotower.data.interactions import InteractionLog, positive_interactions
+from twotower.data.interactions import InteractionLog, deduplicate, positives
 from twotower.data.splits import PresplitSplit, RandomSplit, TemporalSplit
 from twotower.errors import TwoTowerError
 from twotower.synthetic import planted_interactions
@@ -55,8 +55,7 @@ def test_temporal_split_needs_timestamps() -> None:
 def test_presplit_drops_held_out_pairs_already_in_train() -> None:
     frame = pl.DataFrame({
         "user_id": [0, 0, 0, 1], "item_id": [1, 2, 1, 3], "split": ["train", "test", "test", "valid"]})
-    positives = positive_interactions(InteractionLog(frame))
-    splits = PresplitSplit().split(encoded(positives))
+    splits = PresplitSplit().split(deduplicate(encoded(positives(InteractionLog(frame)))))
     assert splits["test"].rows() == [(0, 2)]
     assert splits["valid"].rows() == [(1, 3)]
 
@@ -64,8 +63,8 @@ def test_presplit_drops_held_out_pairs_already_in_train() -> None:
 def test_positives_by_rating_label_and_dedup() -> None:
     frame = pl.DataFrame({"user_id": [1, 1, 1, 2], "item_id": [1, 1, 2, 3], "rating": [5.0, 4.0, 2.0, 4.0],
                           "timestamp": [1, 2, 3, 4]})
-    positives = positive_interactions(InteractionLog(frame, min_rating=4))
-    assert positives.select("user_id", "item_id", "timestamp").rows() == [(1, 1, 2), (2, 3, 4)]
+    kept = deduplicate(encoded(positives(InteractionLog(frame, min_rating=4))))
+    assert kept.select("user", "item", "timestamp").rows() == [(1, 1, 2), (2, 3, 4)]
     labels = pl.DataFrame({"user_id": [1, 2], "item_id": [1, 1], "label": [0.0, -1.0]})
     with pytest.raises(TwoTowerError, match="every label is <= 0"):
-        positive_interactions(InteractionLog(labels))
+        positives(InteractionLog(labels))

@@ -40,6 +40,19 @@ def test_encode_joins_and_refuses_unknown() -> None:
         vocab.encode(pl.DataFrame({"item_id": ["z"]}), "item_id", "item")
 
 
+def test_encode_integer_ids_across_chunks_and_refuses_unknown() -> None:
+    # Integer ids take the binary-search path, chunk by chunk: a two-chunk frame exercises the alignment.
+    vocab = Vocabulary.build(pl.concat([pl.Series([50, 30]), pl.Series([30, 90])], rechunk=False), "item")
+    assert vocab.ids.to_list() == [30, 50, 90]
+    frame = pl.concat([pl.DataFrame({"item_id": [90, 30], "user": [0, 1]}),
+                       pl.DataFrame({"item_id": [50], "user": [2]})], rechunk=False)
+    encoded = vocab.encode(frame, "item_id", "item")
+    assert encoded.to_dict(as_series=False) == {"user": [0, 1, 2], "item": [2, 0, 1]}
+    assert encoded.schema["item"] == pl.Int32
+    with pytest.raises(TwoTowerError, match=r"2 interaction\(s\) .* outside the vocabulary, e.g. \[40, 95\]"):
+        vocab.encode(pl.DataFrame({"item_id": [30, 40, 95]}), "item_id", "item")
+
+
 def test_resolve_by_title() -> None:
     info = pl.DataFrame({"item_id": [1, 2, 3], "title": ["Toy Story (1995)", "Heat (1995)", "Toy Soldiers"]})
     vocab = Vocabulary.build(pl.Series([1, 2, 3]), "movie", info, "item_id")

@@ -24,7 +24,7 @@ from twotower.artifacts import SPLIT_NAMES, RunPaths, read_manifest, read_parque
 from twotower.cli import reported_errors
 from twotower.data.batches import RankingBatches
 from twotower.data.datamodule import eval_chunk_size
-from twotower.data.interactions import positive_interactions
+from twotower.data.interactions import deduplicate, positives
 from twotower.data.readers import InteractionFileReader
 from twotower.data.user_items import UserItems
 from twotower.data.vocab import Vocabulary
@@ -36,8 +36,8 @@ log = logging.getLogger("twotower")
 
 
 def pairs(frame: pl.DataFrame, n_users: int) -> UserItems:
-    return UserItems.from_pairs(frame["user"].to_numpy().astype(np.int64),
-                                frame["item"].to_numpy().astype(np.int64), n_users)
+    return UserItems.from_pairs(frame["user"].to_numpy(),
+                                frame["item"].to_numpy(), n_users)
 
 
 def encode_known(frame: pl.DataFrame, user_vocab: Vocabulary, item_vocab: Vocabulary) -> pl.DataFrame:
@@ -66,7 +66,7 @@ def evaluate_run(run_dir: str | Path, holdout: str = "test", path: str | None = 
     splits = {name: read_parquet(paths.split(name)) for name in SPLIT_NAMES}
     if path is not None:
         interaction_log = InteractionFileReader(path, user_col=user_col, item_col=item_col).read()
-        targets = encode_known(positive_interactions(interaction_log), user_vocab, item_vocab)
+        targets = deduplicate(encode_known(positives(interaction_log), user_vocab, item_vocab))
         seen = pl.concat([splits["train"], splits["valid"]])
         targets = targets.join(seen, on=["user", "item"], how="anti")
     elif holdout in ("valid", "test"):

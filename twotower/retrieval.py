@@ -85,8 +85,8 @@ class Retriever:
             index, _ = load_index(paths.index, item_vectors, manifest["score"],
                                   checkpoint=manifest.get("checkpoint_fingerprint"))
         trained = pl.concat([read_parquet(paths.split(name)) for name in manifest.get("trained_on", ["train"])])
-        seen = UserItems.from_pairs(trained["user"].to_numpy().astype(np.int64),
-                                    trained["item"].to_numpy().astype(np.int64), len(user_vocab))
+        seen = UserItems.from_pairs(trained["user"].to_numpy(),
+                                    trained["item"].to_numpy(), len(user_vocab))
         return cls(paths, manifest, index, user_vocab, item_vocab, user_vectors, item_vectors, seen)
 
     def recommend(self, users: object, k: int = 10, exclude_seen: bool = True, allow: Iterable | None = None,

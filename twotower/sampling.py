@@ -30,8 +30,10 @@ class NegativeSampler:
     def fit(self, users: torch.Tensor, items: torch.Tensor, n_items: int) -> NegativeSampler:
         """Remember the known positives and the item distribution of the training data."""
         self.n_items = n_items
-        self.known = torch.unique(users.long() * n_items + items.long())  # sorted
-        counts = torch.bincount(items.long(), minlength=n_items).double()
+        keys = users.to(torch.int64, copy=True).mul_(n_items).add_(items)  # one int64 key per (user, item)
+        # Deduplicated training pairs usually arrive sorted by (user, item): then they need no sort.
+        self.known = keys if bool((keys[1:] > keys[:-1]).all()) else torch.unique(keys)  # sorted, unique
+        counts = torch.bincount(items, minlength=n_items).double()
         weights = counts.pow(self.alpha) if self.distribution == "popularity" else torch.ones(n_items).double()
         self.probs = weights / weights.sum()
         self.cdf = torch.cumsum(self.probs, 0)

@@ -21,8 +21,8 @@ def planted_interactions(
     seed: int = 0,
     with_timestamps: bool = True,
 ) -> pl.DataFrame:
-    """A deduplicated log with ``user_id``, ``item_id`` (and ``timestamp``), about ``n_users *
-    interactions_per_user`` rows. Item popularity follows a Zipf law with ``popularity_exponent``."""
+    """A log with ``user_id``, ``item_id`` (and ``timestamp``): ``interactions_per_user`` distinct items per
+    user where the catalogue allows. Item popularity follows a Zipf law with ``popularity_exponent``."""
     rng = np.random.default_rng(seed)
     user_cluster = rng.integers(n_clusters, size=n_users)
     item_cluster = rng.permutation(np.arange(n_items) % n_clusters)
@@ -35,8 +35,9 @@ def planted_interactions(
     weights = popularity[order]
     cumulative = np.concatenate([[0.0], np.cumsum(weights)])
 
-    total = n_users * interactions_per_user
-    users = np.repeat(np.arange(n_users), interactions_per_user)
+    draws_per_user = 2 * interactions_per_user  # repeats are dropped below, so draw more than needed
+    total = n_users * draws_per_user
+    users = np.repeat(np.arange(n_users), draws_per_user)
     in_cluster = rng.random(total) < affinity
     clusters = user_cluster[users]
     low = np.where(in_cluster, cumulative[cluster_start[clusters]], 0.0)
@@ -48,4 +49,5 @@ def planted_interactions(
     frame = pl.DataFrame({"user_id": users.astype(np.int64), "item_id": items.astype(np.int64)})
     if with_timestamps:
         frame = frame.with_columns(timestamp=pl.Series(rng.integers(0, 10**9, size=total)))
-    return frame.unique(["user_id", "item_id"], keep="first", maintain_order=True)
+    frame = frame.unique(["user_id", "item_id"], keep="first", maintain_order=True)
+    return frame.filter(pl.int_range(pl.len()).over("user_id") < interactions_per_user)

@@ -20,11 +20,17 @@ from twotower.errors import TwoTowerError
 
 
 class IdTower(nn.Module):
-    """One learned vector per id: an embedding table."""
+    """One learned vector per id: an embedding table.
 
-    def __init__(self, n: int, dim: int, init_std: float = 0.1) -> None:
+    ``sparse=True`` makes its gradient cover only the rows a batch touched, so that with a sparse-aware
+    optimizer (``torch.optim.SparseAdam``; ``model=sparse``) a step costs the same however many ids exist.
+    With dense gradients, Adam updates every row on every step: fine for tens of thousands of ids, the
+    bottleneck for millions.
+    """
+
+    def __init__(self, n: int, dim: int, init_std: float = 0.1, sparse: bool = False) -> None:
         super().__init__()
-        self.embedding = nn.Embedding(n, dim)
+        self.embedding = nn.Embedding(n, dim, sparse=sparse)
         nn.init.normal_(self.embedding.weight, std=init_std)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:

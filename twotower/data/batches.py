@@ -87,7 +87,7 @@ class TrainBatches(Dataset):
     def __getitem__(self, key: tuple[int, int]) -> Batch:
         epoch, batch = key
         rows = self.order(epoch)[batch * self.batch_size:(batch + 1) * self.batch_size]
-        users, items = self.users[rows], self.items[rows]
+        users, items = self.users[rows].long(), self.items[rows].long()
         generator = torch.Generator().manual_seed((self.seed * 1_000_003 + epoch) * 1_000_033 + batch)
         negatives, valid = self.sampler.sample(users, generator)
         return {

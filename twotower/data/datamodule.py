@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 from twotower.artifacts import SPLIT_NAMES, RunPaths, write_parquet
 from twotower.data.batches import EpochBatchSampler, RankingBatches, ShardedChunks, TrainBatches, process_share
 from twotower.data.features import FeatureSpec, encode_features, feature_specs
-from twotower.data.interactions import InteractionLog, positive_interactions
+from twotower.data.interactions import InteractionLog, deduplicate, positives
 from twotower.data.splits import Splits, check_splits
 from twotower.data.user_items import UserItems
 from twotower.data.vocab import Vocabulary
@@ -30,6 +30,8 @@ class Reader(Protocol):
 
 
 class Splitter(Protocol):
+    columns: tuple[str, ...]  # what it needs besides user and item (timestamp, split)
+
     def split(self, frame: pl.DataFrame) -> Splits: ...
 
 
@@ -68,13 +70,17 @@ class InteractionDataModule(L.LightningDataModule):
         interaction_log = self.source.read()
         self.names = interaction_log.names
         self.example_item = interaction_log.example_item
-        positives = positive_interactions(interaction_log)
-        self.user_vocab = Vocabulary.build(positives["user_id"], self.names["user"],
-                                           interaction_log.user_info, "user_id")
-        self.item_vocab = Vocabulary.build(positives["item_id"], self.names["item"],
-                                           interaction_log.item_info, "item_id")
-        encoded = self.item_vocab.encode(self.user_vocab.encode(positives, "user_id", "user"), "item_id", "item")
-        self.splits = self.splitter.split(encoded)
+        frame = positives(interaction_log)
+        # Only what the split needs travels on: a timestamp costs more memory than a user and an item.
+        frame = frame.select("user_id", "item_id", *(c for c in self.splitter.columns if c in frame.columns))
+        self.user_vocab = Vocabulary.build(frame["user_id"], self.names["user"], interaction_log.user_info, "user_id")
+        self.item_vocab = Vocabulary.build(frame["item_id"], self.names["item"], interaction_log.item_info, "item_id")
+        source = interaction_log.source
+        del interaction_log  # from here on only integer indices: the raw log's memory can go
+        frame = self.item_vocab.encode(self.user_vocab.encode(frame, "user_id", "user"), "item_id", "item")
+        frame = deduplicate(frame, source)
+        self.splits = self.splitter.split(frame)
+        del frame  # the splits hold what is needed; fit_on below should not have this copy alongside
         check_splits(self.splits)
         counts = {name: frame.height for name, frame in self.splits.items()}
         log.info("%d %ss, %d %ss; interactions train/valid/test: %d/%d/%d", self.n_users, self.names["user"],
@@ -86,8 +92,9 @@ class InteractionDataModule(L.LightningDataModule):
         """Train on the named splits: ``("train", "valid")`` refits a model on everything but the test split."""
         frames = [self.splits[name] for name in names]
         train = pl.concat(frames) if len(frames) > 1 else frames[0]
-        self.train_users = torch.from_numpy(train["user"].to_numpy().astype(np.int64))
-        self.train_items = torch.from_numpy(train["item"].to_numpy().astype(np.int64))
+        # int32 halves the memory of the largest tensors; batches are widened to int64 when sliced.
+        self.train_users = torch.from_numpy(train["user"].to_numpy().astype(np.int32))
+        self.train_items = torch.from_numpy(train["item"].to_numpy().astype(np.int32))
         self.sampler.fit(self.train_users, self.train_items, self.n_items)
 
     @property
@@ -119,8 +126,8 @@ class InteractionDataModule(L.LightningDataModule):
         """Each user's items over the named splits."""
         frames = [self.splits[name] for name in names]
         pairs = pl.concat(frames) if len(frames) > 1 else frames[0]
-        return UserItems.from_pairs(pairs["user"].to_numpy().astype(np.int64),
-                                    pairs["item"].to_numpy().astype(np.int64), self.n_users)
+        return UserItems.from_pairs(pairs["user"].to_numpy(),
+                                    pairs["item"].to_numpy(), self.n_users)
 
     def train_dataloader(self) -> DataLoader:
         dataset = TrainBatches(self.train_users, self.train_items, self.batch_size, self.sampler, self.seed)

@@ -81,13 +81,13 @@ def normalise_ids(frame: pl.DataFrame, source: str, columns: tuple[str, ...] = I
     return frame.with_columns(casts) if casts else frame
 
 
-def positive_interactions(log_: InteractionLog) -> pl.DataFrame:
-    """Keep the interactions that count as positives and drop repeated (user, item) pairs.
+def positives(log_: InteractionLog) -> pl.DataFrame:
+    """The interactions that count as positives: ``user_id``, ``item_id`` and, when present, ``timestamp``
+    and ``split``.
 
-    A row is positive when its ``label`` is > 0 (if there is a label) and its ``rating`` is at least
-    the log's ``min_rating`` (if a threshold is set). Repeats of a pair keep the latest timestamp (or the first row).
-    Pre-split logs are deduplicated within each split, and valid/test pairs already in train are dropped
-    so that no evaluation target is an item the model was trained on for that user.
+    A row is positive when its ``label`` is > 0 (if there is a label) and its ``rating`` is at least the
+    log's ``min_rating`` (if a threshold is set). Repeated pairs stay; ``deduplicate`` removes them once
+    the ids are indices.
     """
     frame = log_.interactions
     source = log_.source
@@ -102,35 +102,45 @@ def positive_interactions(log_: InteractionLog) -> pl.DataFrame:
         frame = frame.filter(pl.col("rating") >= min_rating)
         if frame.height == 0:
             raise TwoTowerError(f"{source}: no interaction has a rating >= {min_rating}")
+    return frame.select(c for c in ("user_id", "item_id", "timestamp", "split") if c in frame.columns)
 
-    keys = ["user_id", "item_id", *(["split"] if "split" in frame.columns else [])]
-    rows = frame.height
-    if "timestamp" in frame.columns:
-        frame = frame.sort("timestamp", maintain_order=True)
-        frame = frame.unique(subset=keys, keep="last", maintain_order=True)
-    else:
-        frame = frame.unique(subset=keys, keep="first", maintain_order=True)
-    if frame.height < rows:
-        log.info("%s: %d repeated (user, item) interaction(s) counted once", source, rows - frame.height)
 
+# Which split keeps a pair found in several: train first (a held-out copy of a training pair would be a
+# target the model was trained on), then test, then valid.
+SPLIT_PRIORITY = {"train": 0, "test": 1, "valid": 2}
+
+
+def deduplicate(frame: pl.DataFrame, source: str = "interactions") -> pl.DataFrame:
+    """One row per (user, item) pair, sorted by user then item; a repeated pair keeps its latest timestamp.
+
+    ``frame`` has integer ``user`` and ``item`` columns. In a pre-split log a pair that is in train is
+    dropped from valid and test, and one in both valid and test stays in test only.
+    """
+    keys = ["user", "item"]
+    order = [*keys]
+    descending = [False, False]
     if "split" in frame.columns:
-        train_pairs = frame.filter(pl.col("split") == "train").select(ID_COLUMNS)
-        held_out = frame.filter(pl.col("split") != "train")
-        leaked = held_out.join(train_pairs, on=list(ID_COLUMNS), how="semi")
-        if leaked.height:
-            log.warning("%s: dropped %d valid/test interactions whose (user, item) pair is also in train",
-                        source, leaked.height)
-            frame = pl.concat([
-                frame.filter(pl.col("split") == "train"),
-                held_out.join(train_pairs, on=list(ID_COLUMNS), how="anti"),
-            ])
-        # A pair in both valid and test is a target twice; keep it in test only.
-        valid_test = frame.filter(pl.col("split") == "test").select(ID_COLUMNS)
-        frame = pl.concat([
-            frame.filter(pl.col("split") != "valid"),
-            frame.filter(pl.col("split") == "valid").join(valid_test, on=list(ID_COLUMNS), how="anti"),
-        ])
-    return frame
+        frame = frame.with_columns(_priority=pl.col("split").replace_strict(SPLIT_PRIORITY, return_dtype=pl.UInt8))
+        order.append("_priority")
+        descending.append(False)
+    if "timestamp" in frame.columns:
+        order.append("timestamp")
+        descending.append(True)
+    frame = frame.sort(order, descending=descending)
+    first = (pl.col("user") != pl.col("user").shift(1)) | (pl.col("item") != pl.col("item").shift(1))
+    frame = frame.with_columns(_first=first.fill_null(True))
+    if "split" in frame.columns:
+        kept_split = pl.when(pl.col("_first")).then(pl.col("split")).forward_fill()
+        moved = frame.select((~pl.col("_first") & (pl.col("split") != kept_split)).sum()).item()
+        if moved:
+            log.warning("%s: dropped %d valid/test interaction(s) whose (user, item) pair is also in train "
+                        "(or in test, for valid)", source, moved)
+    else:
+        moved = 0
+    repeats = int(frame.height - frame["_first"].sum()) - moved
+    if repeats:
+        log.info("%s: %d repeated (user, item) interaction(s) counted once", source, repeats)
+    return frame.filter(pl.col("_first")).drop("_first", "_priority", strict=False)
 
 
 def with_split_tag(frames: dict[str, pl.DataFrame]) -> pl.DataFrame:

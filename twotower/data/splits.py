@@ -1,8 +1,9 @@
 """Splitting positives into train / valid / test per user, without leaking held-out pairs into train.
 
-Each strategy takes the deduplicated positives (``user``, ``item`` indices, optional ``timestamp`` and
-``split``) and returns three frames of ``user`` and ``item``. Every user keeps at least one training
-interaction; a pair is in exactly one split.
+Each strategy takes deduplicated positives (``user``, ``item`` indices sorted by user then item, with
+``timestamp`` and ``split`` when the log has them) and returns three frames of ``user`` and ``item``.
+Every user keeps at least one training interaction; a pair is in exactly one split. The per-user work is
+done on sorted numpy arrays, so memory stays a few integers per interaction.
 """
 
 from __future__ import annotations
@@ -20,28 +21,43 @@ log = logging.getLogger(__name__)
 Splits = dict[str, pl.DataFrame]
 
 
-def _by_rank(frame: pl.DataFrame, rank: pl.Expr, n_test: pl.Expr, n_valid: pl.Expr) -> Splits:
-    """Assign each user's rows by ``rank`` (0 = first held out): test first, then valid, the rest train.
-
-    Held-out counts are capped so that every user keeps at least one training row.
-    """
-    size = pl.len().over("user")
-    test = pl.min_horizontal(n_test, size - 1)
-    valid = pl.min_horizontal(n_valid, size - 1 - test)
-    tagged = frame.with_columns(_rank=rank).with_columns(
-        split=pl.when(pl.col("_rank") < test).then(pl.lit("test"))
-        .when(pl.col("_rank") < test + valid).then(pl.lit("valid"))
-        .otherwise(pl.lit("train"))
-    )
-    return _partition(tagged)
+def positions_in_groups(groups: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For rows sorted by ``groups``: each row's position within its group, and each row's group size
+    (int32: a user has fewer than 2**31 interactions)."""
+    starts = np.flatnonzero(np.r_[True, groups[1:] != groups[:-1]]).astype(np.int32)
+    sizes = np.diff(np.r_[starts, np.int32(len(groups))])
+    positions = np.arange(len(groups), dtype=np.int32)
+    positions -= np.repeat(starts, sizes)
+    return positions, np.repeat(sizes, sizes)
 
 
-def _partition(tagged: pl.DataFrame) -> Splits:
-    return {name: tagged.filter(pl.col("split") == name).select("user", "item") for name in SPLIT_NAMES}
+def hold_out(frame: pl.DataFrame, rank: np.ndarray, n_test: np.ndarray, n_valid: np.ndarray,
+             size: np.ndarray) -> Splits:
+    """Rows with ``rank`` (0 = first held out) below the user's test count go to test, the next ones to
+    valid, the rest to train; the counts are capped so that every user keeps one training row."""
+    test = np.minimum(n_test, size - 1)
+    valid = np.minimum(n_valid, size - 1 - test)
+    labels = np.zeros(len(rank), dtype=np.uint8)
+    labels[rank < test + valid] = 1
+    labels[rank < test] = 2
+    return partition(frame, labels)
+
+
+def partition(frame: pl.DataFrame, labels: np.ndarray) -> Splits:
+    """Frames of the rows labelled 0 (train), 1 (valid) and 2 (test)."""
+    pairs = frame.select("user", "item")
+    return {name: pairs.filter(pl.Series(labels == code)) for code, name in enumerate(SPLIT_NAMES)}
+
+
+def is_sorted_by_user_and_item(frame: pl.DataFrame) -> bool:
+    step_user, step_item = pl.col("user").diff(), pl.col("item").diff()
+    return bool(frame.select(((step_user > 0) | ((step_user == 0) & (step_item > 0))).fill_null(True).all()).item())
 
 
 class RandomSplit:
     """Hold out a random ``test_fraction`` and ``valid_fraction`` of each user's interactions (rounded)."""
+
+    columns: tuple[str, ...] = ()  # what it needs besides user and item
 
     def __init__(self, valid_fraction: float = 0.1, test_fraction: float = 0.1, seed: int = 0) -> None:
         if not (0 <= valid_fraction < 1 and 0 <= test_fraction < 1 and valid_fraction + test_fraction < 1):
@@ -52,17 +68,21 @@ class RandomSplit:
         self.seed = seed
 
     def split(self, frame: pl.DataFrame) -> Splits:
-        # Sorting first makes the split depend on the data, not on the order of the rows in the file.
-        frame = frame.sort("user", "item")
-        noise = np.random.default_rng(self.seed).random(frame.height)
-        frame = frame.with_columns(_noise=pl.Series(noise))
-        size = pl.len().over("user").cast(pl.Float64)
-        return _by_rank(
-            frame,
-            rank=pl.col("_noise").rank("ordinal").over("user") - 1,
-            n_test=(size * self.test_fraction).round().cast(pl.Int64),
-            n_valid=(size * self.valid_fraction).round().cast(pl.Int64),
-        )
+        # Sorted first, the split depends on the data, not on the order of the rows in the file.
+        if not is_sorted_by_user_and_item(frame):
+            frame = frame.sort("user", "item")
+        users = frame["user"].to_numpy()
+        key = users.astype(np.int64)
+        key <<= 31  # in place, as below: at 10M rows every temporary copy is 80 MB
+        key |= np.random.default_rng(self.seed).integers(0, 1 << 31, size=len(users), dtype=np.int32)
+        order = np.argsort(key)  # by user, then in a random order within the user
+        del key
+        position, group_size = positions_in_groups(users[order])
+        rank, size = np.empty_like(position), np.empty_like(group_size)
+        rank[order], size[order] = position, group_size
+        del order, position, group_size
+        return hold_out(frame, rank, np.floor(size * self.test_fraction + 0.5).astype(np.int32),
+                        np.floor(size * self.valid_fraction + 0.5).astype(np.int32), size)
 
 
 class TemporalSplit:
@@ -70,6 +90,8 @@ class TemporalSplit:
 
     A user with too few interactions keeps them in train (a user with one interaction is train only).
     """
+
+    columns: tuple[str, ...] = ("timestamp",)
 
     def __init__(self, valid_last: int = 1, test_last: int = 1) -> None:
         if valid_last < 0 or test_last < 0 or valid_last + test_last == 0:
@@ -83,25 +105,24 @@ class TemporalSplit:
             raise TwoTowerError("split=temporal needs timestamps, but the log has no timestamp column "
                                 "(name it with data.timestamp_col=...)")
         frame = frame.sort("user", "timestamp", "item")
-        splits = _by_rank(
-            frame,
-            rank=pl.int_range(pl.len()).reverse().over("user"),
-            n_test=pl.lit(self.test_last),
-            n_valid=pl.lit(self.valid_last),
-        )
-        single = frame.group_by("user").len().filter(pl.col("len") == 1).height
+        position, size = positions_in_groups(frame["user"].to_numpy())
+        single = int(np.sum(size == 1))
         if single:
             log.info("temporal split: %d user(s) with a single interaction stay in train only", single)
-        return splits
+        return hold_out(frame, size - 1 - position, np.full_like(size, self.test_last),
+                        np.full_like(size, self.valid_last), size)
 
 
 class PresplitSplit:
     """Use the split a pre-split source came with (``train``/``valid``/``test`` files)."""
 
+    columns: tuple[str, ...] = ("split",)
+
     def split(self, frame: pl.DataFrame) -> Splits:
         if "split" not in frame.columns:
             raise TwoTowerError("split=presplit needs separate files: set data.valid_path and data.test_path")
-        return _partition(frame)
+        codes = {name: code for code, name in enumerate(SPLIT_NAMES)}
+        return partition(frame, frame["split"].replace_strict(codes, return_dtype=pl.UInt8).to_numpy())
 
 
 def check_splits(splits: Splits) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import difflib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +11,20 @@ import polars as pl
 
 from twotower.artifacts import read_parquet, write_parquet
 from twotower.errors import TwoTowerError
+
+
+def integer_chunks(ids: pl.Series) -> Iterator[np.ndarray]:
+    """``ids`` (integers, no nulls) chunk by chunk as numpy views: numpy temporaries stay a chunk's size
+    (a Parquet row group, say) at any log size, and results built per chunk line up with the frame's other
+    columns, which spares Polars a copy of the whole frame to realign them."""
+    start = 0
+    for length in ids.chunk_lengths():
+        yield ids.slice(start, length).to_numpy()
+        start += length
+
+
+def plain_integers(ids: pl.Series) -> bool:
+    return ids.dtype.is_integer() and ids.null_count() == 0
 
 
 class Vocabulary:
@@ -26,8 +40,13 @@ class Vocabulary:
     @classmethod
     def build(cls, ids: pl.Series, name: str, info: pl.DataFrame | None = None, info_key: str = "") -> Vocabulary:
         """From every id seen in the log; ``info`` (keyed by ``info_key``) adds metadata columns."""
-        frame = ids.unique().sort().alias("id").to_frame().with_row_index("index")
-        frame = frame.with_columns(pl.col("index").cast(pl.Int64))
+        if plain_integers(ids) and len(ids):
+            unique = np.unique(np.concatenate([np.unique(values) for values in integer_chunks(ids)]))
+            frame = pl.DataFrame({"index": np.arange(len(unique), dtype=np.int64),
+                                  "id": pl.Series(unique, dtype=ids.dtype)})
+        else:
+            frame = ids.unique().sort().alias("id").to_frame().with_row_index("index")
+            frame = frame.with_columns(pl.col("index").cast(pl.Int64))
         if info is not None:
             info = info.rename({info_key: "id"}).with_columns(pl.col("id").cast(frame.schema["id"], strict=False))
             extra = [c for c in info.columns if c not in ("id", "index")]
@@ -47,14 +66,28 @@ class Vocabulary:
         return "title" in self.frame.columns
 
     def encode(self, frame: pl.DataFrame, column: str, alias: str) -> pl.DataFrame:
-        """Replace ``column`` (original ids) with ``alias`` (indices) by a join; every id must be known."""
-        mapping = self.frame.select(pl.col("id").alias(column), pl.col("index").alias(alias))
-        encoded = frame.join(mapping, on=column, how="left", maintain_order="left")
-        unknown = encoded[alias].null_count()
-        if unknown:
-            examples = encoded.filter(pl.col(alias).is_null())[column].unique().head(5).to_list()
-            raise TwoTowerError(f"{unknown} interaction(s) have a {self.name} id outside the vocabulary, "
-                                f"e.g. {examples}")
+        """Replace ``column`` (original ids) with ``alias`` (Int32 indices) by a join; every id must be known.
+
+        Row order is not kept (the pipeline sorts afterwards)."""
+        ids = frame[column]
+        if plain_integers(ids) and self.ids.dtype.is_integer():
+            # Integer ids: a binary search in the sorted vocabulary, chunk by chunk; no hash table.
+            vocabulary = self.ids.to_numpy()
+            parts, unknown = [], False
+            for values in integer_chunks(ids):
+                found = np.searchsorted(vocabulary, values).clip(max=len(vocabulary) - 1)
+                unknown = unknown or bool((vocabulary[found] != values).any())
+                parts.append(pl.Series(alias, found.astype(np.int32)))
+            encoded = frame.with_columns(pl.concat(parts, rechunk=False) if parts else pl.Series(alias, [], pl.Int32))
+            unknown = ~ids.is_in(self.ids.implode()) if unknown else pl.Series([False])
+        else:
+            mapping = self.frame.select(pl.col("id").alias(column), pl.col("index").cast(pl.Int32).alias(alias))
+            encoded = frame.join(mapping, on=column, how="left")
+            unknown = encoded[alias].is_null()
+        if unknown.any():
+            examples = encoded.filter(unknown)[column].unique().sort().head(5).to_list()
+            raise TwoTowerError(f"{int(unknown.sum())} interaction(s) have a {self.name} id outside the "
+                                f"vocabulary, e.g. {examples}")
         return encoded.drop(column)
 
     def lookup(self, ids: Sequence[object], missing: int | None = None) -> np.ndarray:
