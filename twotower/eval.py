@@ -35,11 +35,6 @@ from twotower.metrics import RankingMetrics
 log = logging.getLogger("twotower")
 
 
-def pairs(frame: pl.DataFrame, n_users: int) -> UserItems:
-    return UserItems.from_pairs(frame["user"].to_numpy(),
-                                frame["item"].to_numpy(), n_users)
-
-
 def encode_known(frame: pl.DataFrame, user_vocab: Vocabulary, item_vocab: Vocabulary) -> pl.DataFrame:
     """Map ids to indices, dropping (and counting) interactions with ids the run has never seen."""
     users = user_vocab.frame.select(pl.col("id").alias("user_id"), pl.col("index").alias("user"))
@@ -78,7 +73,8 @@ def evaluate_run(run_dir: str | Path, holdout: str = "test", path: str | None = 
         raise TwoTowerError(f"nothing to evaluate: the {'file' if path else holdout} has no held-out interactions")
 
     n_users = len(user_vocab)
-    return evaluate_vectors(user_vectors, item_vectors, pairs(seen, n_users), pairs(targets, n_users), ks)
+    return evaluate_vectors(user_vectors, item_vectors, UserItems.from_frame(seen, n_users),
+                            UserItems.from_frame(targets, n_users), ks)
 
 
 def evaluate_vectors(user_vectors: np.ndarray, item_vectors: np.ndarray, seen: UserItems, targets: UserItems,

@@ -59,8 +59,8 @@ class Retriever:
         self.user_vectors = user_vectors
         self.item_vectors = item_vectors
         self.seen = seen
-        counts = np.bincount(seen.items, minlength=len(item_vocab))
-        self.popular_items = np.argsort(-counts, kind="stable")
+        self.item_counts = np.bincount(seen.items, minlength=len(item_vocab))
+        self.popular_items = np.argsort(-self.item_counts, kind="stable")
         self._model = None
         self._model_lock = threading.Lock()
 
@@ -85,8 +85,7 @@ class Retriever:
             index, _ = load_index(paths.index, item_vectors, manifest["score"],
                                   checkpoint=manifest.get("checkpoint_fingerprint"))
         trained = pl.concat([read_parquet(paths.split(name)) for name in manifest.get("trained_on", ["train"])])
-        seen = UserItems.from_pairs(trained["user"].to_numpy(),
-                                    trained["item"].to_numpy(), len(user_vocab))
+        seen = UserItems.from_frame(trained, len(user_vocab))
         return cls(paths, manifest, index, user_vocab, item_vocab, user_vectors, item_vectors, seen)
 
     def recommend(self, users: object, k: int = 10, exclude_seen: bool = True, allow: Iterable | None = None,
@@ -143,8 +142,7 @@ class Retriever:
         if exclude is not None and len(exclude):
             order = order[~np.isin(order, exclude)]
         top = order[:_check_k(k)]
-        counts = np.bincount(self.seen.items, minlength=len(self.item_vocab))[top]
-        return self.item_vocab.decode(top), counts.astype(np.float32)
+        return self.item_vocab.decode(top), self.item_counts[top].astype(np.float32)
 
     def search(self, queries: np.ndarray, k: int, exclude: Sequence[np.ndarray] | None = None,
                allow: Iterable | None = None) -> list[Result]:

@@ -34,6 +34,7 @@ class NegativeSampler:
         # Deduplicated training pairs usually arrive sorted by (user, item): then they need no sort.
         self.known = keys if bool((keys[1:] > keys[:-1]).all()) else torch.unique(keys)  # sorted, unique
         counts = torch.bincount(items, minlength=n_items).double()
+        self.frequency = counts / counts.sum()  # share of the training positives per item
         weights = counts.pow(self.alpha) if self.distribution == "popularity" else torch.ones(n_items).double()
         self.probs = weights / weights.sum()
         self.cdf = torch.cumsum(self.probs, 0)

@@ -71,7 +71,6 @@ class TrainBatches(Dataset):
         self.batch_size = batch_size
         self.sampler = sampler
         self.seed = seed
-        self.frequency = torch.bincount(items, minlength=sampler.n_items).double() / len(items)
         self._order: tuple[int, torch.Tensor] | None = None
 
     def __len__(self) -> int:
@@ -101,7 +100,7 @@ class TrainBatches(Dataset):
 
     def log_expected_count(self, items: torch.Tensor, in_batch: int, sampled: int) -> torch.Tensor:
         """log E[times each item is a candidate] = log(in_batch * frequency + sampled * sampler prob)."""
-        return (in_batch * self.frequency[items] + sampled * self.sampler.probs[items]).log().float()
+        return (in_batch * self.sampler.frequency[items] + sampled * self.sampler.probs[items]).log().float()
 
 
 class RankingBatches(Dataset):

@@ -88,10 +88,14 @@ class InteractionDataModule(L.LightningDataModule):
 
         self.fit_on(("train",))
 
+    def stacked(self, names: tuple[str, ...]) -> pl.DataFrame:
+        """The named splits as one frame."""
+        frames = [self.splits[name] for name in names]
+        return pl.concat(frames) if len(frames) > 1 else frames[0]
+
     def fit_on(self, names: tuple[str, ...]) -> None:
         """Train on the named splits: ``("train", "valid")`` refits a model on everything but the test split."""
-        frames = [self.splits[name] for name in names]
-        train = pl.concat(frames) if len(frames) > 1 else frames[0]
+        train = self.stacked(names)
         # int32 halves the memory of the largest tensors; batches are widened to int64 when sliced.
         self.train_users = torch.from_numpy(train["user"].to_numpy().astype(np.int32))
         self.train_items = torch.from_numpy(train["item"].to_numpy().astype(np.int32))
@@ -124,10 +128,7 @@ class InteractionDataModule(L.LightningDataModule):
 
     def user_items(self, *names: str) -> UserItems:
         """Each user's items over the named splits."""
-        frames = [self.splits[name] for name in names]
-        pairs = pl.concat(frames) if len(frames) > 1 else frames[0]
-        return UserItems.from_pairs(pairs["user"].to_numpy(),
-                                    pairs["item"].to_numpy(), self.n_users)
+        return UserItems.from_frame(self.stacked(names), self.n_users)
 
     def train_dataloader(self) -> DataLoader:
         dataset = TrainBatches(self.train_users, self.train_items, self.batch_size, self.sampler, self.seed)

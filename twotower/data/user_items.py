@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import polars as pl
 
 
 class UserItems:
@@ -22,8 +23,10 @@ class UserItems:
             return cls(indptr, items)
         return cls(indptr, items[np.argsort(users, kind="stable")])
 
-    def counts(self, users: np.ndarray) -> np.ndarray:
-        return self.indptr[users + 1] - self.indptr[users]
+    @classmethod
+    def from_frame(cls, frame: pl.DataFrame, n_users: int) -> UserItems:
+        """From a frame of ``user`` and ``item`` indices (a split)."""
+        return cls.from_pairs(frame["user"].to_numpy(), frame["item"].to_numpy(), n_users)
 
     def gather(self, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(rows, items)``: every item of ``users[r]`` paired with its position ``r`` in ``users``."""
