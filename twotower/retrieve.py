@@ -20,15 +20,16 @@ from omegaconf import DictConfig
 from twotower.artifacts import atomic_path
 from twotower.cli import reported_errors
 from twotower.data.readers import collect, detect_format, existing_path, scan_table
+from twotower.data.vocab import Vocabulary
 from twotower.errors import TwoTowerError
 from twotower.retrieval import Retriever
 
 OUTPUTS = ("table", "json", "csv")
 
 
-def rows_for(retriever: Retriever, ids: Any, scores: Any) -> list[dict[str, Any]]:
-    """One dict per result: ``id``, ``score`` and, where the catalogue has titles, ``title``."""
-    titles = retriever.describe_items(ids) if retriever.item_vocab.has_titles else [None] * len(ids)
+def rows_for(vocab: Vocabulary, ids: Any, scores: Any) -> list[dict[str, Any]]:
+    """One dict per result: ``id``, ``score`` and, where ``vocab`` has titles, ``title``."""
+    titles = vocab.column("title", vocab.lookup(list(ids))) if vocab.has_titles else [None] * len(ids)
     rows = []
     for id_, score, title in zip(ids.tolist(), scores.tolist(), titles, strict=True):
         row = {"id": id_, "score": round(float(score), 6)}
@@ -63,7 +64,7 @@ def batch_results(retriever: Retriever, users: list[Any], k: int, exclude_seen: 
     results = retriever.recommend(users, k=k, exclude_seen=exclude_seen)
     records = []
     for user, (ids, scores) in zip(users, results, strict=True):
-        for rank, row in enumerate(rows_for(retriever, ids, scores), start=1):
+        for rank, row in enumerate(rows_for(retriever.item_vocab, ids, scores), start=1):
             records.append({"user_id": user, "rank": rank, **{("item_id" if key == "id" else key): value
                                                                for key, value in row.items()}})
     return pl.DataFrame(records)
@@ -89,19 +90,18 @@ def run(cfg: DictConfig) -> None:
         return
     if cfg.similar_user is not None:
         ids, scores = retriever.similar_users(cfg.similar_user, k=cfg.k)
-        rows = [{"id": id_, "score": round(float(score), 6)} for id_, score in zip(ids.tolist(), scores.tolist(),
-                                                                                strict=True)]
+        rows = rows_for(retriever.user_vocab, ids, scores)
         heading = f"{names['user'].capitalize()}s most similar to {cfg.similar_user!r}:"
     elif cfg.user is not None:
         ids, scores = retriever.recommend(cfg.user, k=cfg.k, exclude_seen=cfg.exclude_seen)
+        rows = rows_for(retriever.item_vocab, ids, scores)
         heading = f"Top {cfg.k} {names['item']}s for {names['user']} {cfg.user!r}:"
     else:
         ids, scores = retriever.similar_items(cfg.item, k=cfg.k)
+        rows = rows_for(retriever.item_vocab, ids, scores)
         anchor = retriever.item_vocab.resolve(cfg.item)
         title = retriever.item_vocab.column("title", [anchor])[0] or retriever.item_vocab.ids[anchor]
         heading = f"{names['item'].capitalize()}s most similar to {title!r}:"
-    if cfg.similar_user is None:
-        rows = rows_for(retriever, ids, scores)
     if cfg.output == "json":
         print(json.dumps(rows, indent=1))
     elif cfg.output == "csv":
