@@ -133,6 +133,9 @@ RUN_CASES = [
     ("retrieve: corrupt embeddings file", retrieve, damaged_run(lambda run: truncate(run / "embeddings" / "items.parquet")), ["user=1"], r"cannot read .*items\.parquet"),
     ("eval: unknown holdout", eval_app, None, ["holdout=train"], r"holdout must be 'valid' or 'test', got 'train'"),
     ("eval: file of unknown users", eval_app, None, ["path=STRANGERS"], r"no interaction in the file has a user and an item known to the run"),
+    ("eval: the test split the final model saw", eval_app, None, [], r"trained on the test split .*metrics/train\.json"),
+    ("eval: the valid split the final model saw", eval_app, None, ["holdout=valid"], r"trained on the valid split"),
+    ("eval: the run's own log", eval_app, None, ["path=OWNLOG"], r"every interaction in .* is one the run trained"),
     ("index: unfinished run", reindex, damaged_run(lambda run: (run / "run.json").unlink()), [], r"not a finished run directory"),
 ]
 
@@ -171,7 +174,7 @@ def test_run_directory_input(case: str, module, make: Callable | None, arguments
     (tmp_path / "users.csv").write_text("customer\n1\n")
     pl.DataFrame({"user_id": [99991], "item_id": [99992]}).write_csv(tmp_path / "strangers.csv")
     arguments = [a.replace("USERS", str(tmp_path / "users.csv")).replace("STRANGERS", str(tmp_path / "strangers.csv"))
-                 for a in arguments]
+                 .replace("OWNLOG", str(finished_run.parent / "log.csv")) for a in arguments]
     code, stderr = invoke(module, [f"run_dir={run_dir}", *arguments], capsys, monkeypatch)
     assert_one_clean_error(code, stderr, expected)
 

@@ -10,25 +10,27 @@ import polars as pl
 import pytest
 
 from tests.conftest import compose_train
+from twotower.errors import TwoTowerError
 from twotower.eval import evaluate_run
 from twotower.retrieval import Retriever
 from twotower.synthetic import planted_interactions
 from twotower.train import train
 
 
+def split_items(run_dir: Path, *names: str) -> dict[int, set[int]]:
+    frame = pl.concat([pl.read_parquet(run_dir / "splits" / f"{name}.parquet") for name in names])
+    return {user: set(items) for user, items in frame.group_by("user").agg(pl.col("item")).rows()}
+
+
 def recall_through_index(retriever: Retriever, run_dir: Path, k: int = 10) -> float:
-    """Mean recall@k of each user's test items, retrieved through the run's index with seen items removed."""
-    test = pl.read_parquet(run_dir / "splits" / "test.parquet")
-    valid = pl.read_parquet(run_dir / "splits" / "valid.parquet")
-    per_user = test.group_by("user").agg(pl.col("item")).sort("user")
-    valid_items = dict(valid.group_by("user").agg(pl.col("item")).rows())
-    users = retriever.user_vocab.decode(per_user["user"].to_numpy())
-    results = retriever.recommend(list(users), k=k + 5)
-    recalls = []
-    for (user, targets), (ids, _) in zip(per_user.rows(), results, strict=True):
-        found = retriever.item_vocab.lookup(list(ids))
-        found = [i for i in found if i not in set(valid_items.get(user, []))][:k]  # valid items are not seen
-        recalls.append(len(set(found) & set(targets)) / len(targets))
+    """Mean recall@k of each user's test items, searched through the run's index with the user's train and
+    valid items left out (retrieval itself leaves out the test items too: the user has them)."""
+    test, known = split_items(run_dir, "test"), split_items(run_dir, "train", "valid")
+    users = sorted(test)
+    exclude = [np.array(sorted(known.get(user, ())), dtype=np.int64) for user in users]
+    results = retriever.search(retriever.user_vectors[users], k, exclude)
+    recalls = [len(set(retriever.item_vocab.lookup(list(ids))) & test[user]) / len(test[user])
+               for user, (ids, _) in zip(users, results, strict=True)]
     return float(np.mean(recalls))
 
 
@@ -37,7 +39,7 @@ def test_planted_structure_is_recovered_through_the_index(tmp_path: Path) -> Non
     log.write_csv(tmp_path / "log.csv")
     run_dir = tmp_path / "run"
     cfg = compose_train(run_dir, "data=interactions", f"data.path={tmp_path / 'log.csv'}",
-                        "trainer.max_epochs=15", "datamodule.batch_size=256")
+                        "trainer.max_epochs=15", "datamodule.batch_size=256", "final_fit=false")
     metrics = train(cfg)
     retriever = Retriever.load(run_dir)
     recall = recall_through_index(retriever, run_dir)
@@ -50,7 +52,34 @@ def test_planted_structure_is_recovered_through_the_index(tmp_path: Path) -> Non
     evaluated = evaluate_run(run_dir)
     assert evaluated["recall@10"] == pytest.approx(metrics["test/recall@10"], abs=1e-6)
     report = json.loads((run_dir / "index" / "report.json").read_text())
-    assert report["recall@10_vs_exact"] >= 0.9
+    assert report["recall@10_vs_exact"] >= 0.9 and report["seen_filtered"]
+    manifest = json.loads((run_dir / "run.json").read_text())
+    assert manifest["trained_on"] == ["train"] and manifest["checkpoint"] == manifest["selected_checkpoint"]
+
+
+def test_final_model_learns_from_every_split_and_is_never_scored_on_them(tmp_path: Path) -> None:
+    log = planted_interactions(n_users=300, n_items=200, n_clusters=10, interactions_per_user=15, seed=1)
+    log.write_csv(tmp_path / "log.csv")
+    run_dir = tmp_path / "run"
+    metrics = train(compose_train(run_dir, "data=interactions", f"data.path={tmp_path / 'log.csv'}",
+                                  "trainer.max_epochs=4", "datamodule.batch_size=256", "model.dim=16"))
+    manifest = json.loads((run_dir / "run.json").read_text())
+    assert manifest["trained_on"] == ["train", "valid", "test"]
+    assert manifest["checkpoint"] == "checkpoints/final.ckpt" != manifest["selected_checkpoint"]
+    # The reported held-out metrics are the selected model's, measured before the final fit saw them.
+    assert manifest["metrics_from"]["test"] == {"model": "selected", "trained_on": ["train"]}
+    assert 1 <= metrics["final_fit_epochs"] <= 4 and "test/ndcg@20" in manifest["metrics"]
+    for holdout in ("test", "valid"):
+        with pytest.raises(TwoTowerError, match=rf"trained on the {holdout} split.*metrics/train\.json"):
+            evaluate_run(run_dir, holdout=holdout)
+    with pytest.raises(TwoTowerError, match=r"every interaction in .* is one the run trained or selected on"):
+        evaluate_run(run_dir, path=str(tmp_path / "log.csv"))
+    # Seen means seen: nothing a user has anywhere in the log comes back, whichever split it fell into.
+    retriever = Retriever.load(run_dir)
+    users = log["user_id"].unique().to_list()
+    had = {user: set(items) for user, items in log.group_by("user_id").agg("item_id").rows()}
+    for user, (ids, _) in zip(users, retriever.recommend(users, k=10), strict=True):
+        assert len(ids) == 10 and not set(ids.tolist()) & had[user]
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
@@ -75,13 +104,14 @@ def test_movielens_100k_trains_indexes_and_retrieves(tmp_path: Path, shared_data
     assert len(rows) == 10 and {"id", "score", "title"} <= set(rows[0])
     ratings = pl.read_csv(shared_data / "ml-100k" / "u.data", separator="\t", has_header=False,
                           new_columns=["user", "item", "rating", "time"])
+    rated = set(ratings.filter(pl.col("user") == 196)["item"])  # a low rating is not a positive, but seen
     seen = set(ratings.filter((pl.col("user") == 196) & (pl.col("rating") >= 4))["item"])
     train_items = pl.read_parquet(run_dir / "splits" / "train.parquet")
     vocab = pl.read_parquet(run_dir / "vocab" / "items.parquet")
     user_index = pl.read_parquet(run_dir / "vocab" / "users.parquet").filter(pl.col("id") == 196)["index"][0]
     trained_items = set(vocab.filter(pl.col("index").is_in(
         train_items.filter(pl.col("user") == user_index)["item"].implode()))["id"])
-    assert trained_items <= seen and not trained_items & {row["id"] for row in rows}
+    assert trained_items <= seen and not rated & {row["id"] for row in rows}  # nothing the user has in the log
     assert [row["score"] for row in rows] == sorted((row["score"] for row in rows), reverse=True)
 
     similar = run_cli("twotower.retrieve", f"run_dir={run_dir}", 'item="Toy Story (1995)"', "k=5")
@@ -99,3 +129,28 @@ def test_default_main_job_prints_books_similar_to_a_famous_title(tmp_path: Path)
     ids, scores = retriever.similar_items("The Beasts of Tarzan", k=5)
     assert len(ids) == 5 and "The Beasts of Tarzan" not in list(ids)
     assert list(scores) == sorted(scores, reverse=True)
+
+
+def test_no_user_is_offered_what_their_log_already_has(tmp_path: Path, shared_data: Path) -> None:
+    """MovieLens-100K as one plain CSV with the defaults: whichever split an interaction fell into, and
+    whatever its rating, the user's recommendations never include it."""
+    ratings = pl.read_csv(shared_data / "ml-100k" / "u.data", separator="\t", has_header=False,
+                          new_columns=["user_id", "item_id", "rating", "timestamp"])
+    ratings.write_csv(tmp_path / "log.csv")
+    run_dir = tmp_path / "run"
+    train(compose_train(run_dir, "data=interactions", f"data.path={tmp_path / 'log.csv'}", "trainer.max_epochs=1",
+                        "data.min_rating=4"))  # low ratings are not positives, but the user has seen them
+    retriever = Retriever.load(run_dir)
+    users = retriever.user_vocab.ids.to_list()
+    had = {user: set(items) for user, items in ratings.group_by("user_id").agg("item_id").rows()}
+    offered = retriever.recommend(users, k=10)
+    assert all(len(ids) == 10 for ids, _ in offered)
+    assert sum(len(set(ids.tolist()) & had[user]) for user, (ids, _) in zip(users, offered, strict=True)) == 0
+    # The same users through the batch command line path.
+    pl.DataFrame({"user_id": users}).write_csv(tmp_path / "users.csv")
+    batch = run_cli("twotower.retrieve", f"run_dir={run_dir}", f"users_file={tmp_path / 'users.csv'}", "k=10",
+                    "output=csv", f"output_file={tmp_path / 'recs.csv'}")
+    assert batch.returncode == 0, batch.stderr[-2000:]
+    recs = pl.read_csv(tmp_path / "recs.csv")
+    assert recs.height == 10 * len(users)
+    assert recs.join(ratings, on=["user_id", "item_id"]).height == 0

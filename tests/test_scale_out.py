@@ -7,8 +7,11 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+import torch
 
-from twotower.eval import evaluate_run
+from twotower.data.user_items import UserItems
+from twotower.eval import evaluate_vectors
+from twotower.module import TwoTowerModel
 from twotower.sweep import summarise
 from twotower.synthetic import planted_interactions
 
@@ -42,8 +45,16 @@ def test_ddp_on_two_cpu_processes_shards_batches_and_agrees_on_metrics(tmp_path:
     assert steps_per_epoch(tmp_path / "ddp") == steps_per_epoch(tmp_path / "single") // 2
     ranks = [json.loads((tmp_path / "ddp" / "metrics" / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert ranks[0] == ranks[1]
-    # The two processes evaluated different users; their synchronised result is the full evaluation.
-    full = evaluate_run(tmp_path / "ddp", holdout="valid")
+    # The two processes evaluated different users; their synchronised result is the full evaluation of the
+    # selected model (the exported one is the final fit, which ran under DDP too and saw the valid split).
+    run_dir = tmp_path / "ddp"
+    assert json.loads((run_dir / "run.json").read_text())["trained_on"] == ["train", "valid", "test"]
+    selected = TwoTowerModel.load_from_checkpoint(run_dir / "checkpoints" / "best.ckpt", map_location="cpu")
+    with torch.no_grad():
+        users, items = selected.all_user_vectors().numpy(), selected.all_item_vectors().numpy()
+    train, valid = (pl.read_parquet(run_dir / "splits" / f"{name}.parquet") for name in ("train", "valid"))
+    full = evaluate_vectors(users, items, UserItems.from_frame(train, len(users)),
+                            UserItems.from_frame(valid, len(users)))
     assert ranks[0]["val/ndcg@20"] == pytest.approx(full["ndcg@20"], abs=1e-5)
     assert ranks[0]["val/recall@10"] == pytest.approx(full["recall@10"], abs=1e-5)
 

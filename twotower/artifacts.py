@@ -52,6 +52,11 @@ class RunPaths:
     def split(self, name: str) -> Path:
         return self.root / "splits" / f"{name}.parquet"
 
+    @property
+    def non_positive(self) -> Path:
+        """Pairs of the log that are not positives (low ratings, labels <= 0): seen, never trained on."""
+        return self.root / "splits" / "non_positive.parquet"
+
     def embeddings(self, side: str) -> Path:
         return self.root / "embeddings" / f"{side}.parquet"
 

@@ -24,11 +24,13 @@ def register_resolvers() -> None:
 
 def quiet_framework_notices() -> None:
     """Drop framework messages that say nothing about the user's run: an advert for a hosted logger, a
-    deprecation inside Lightning itself, and the logging-interval hint for epochs shorter than it."""
+    deprecation inside Lightning itself, the logging-interval hint for epochs shorter than it, and the
+    notice that the checkpoint folder is not empty (the final fit writes beside the selected model)."""
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
         lambda record: "litlogger" not in record.getMessage())
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
     warnings.filterwarnings("ignore", message=r".*smaller than the logging interval.*")
+    warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
 
 
 def user_error(error: BaseException) -> TwoTowerError | None:

@@ -4,7 +4,10 @@
     twotower-eval run_dir=DIR holdout=valid    # its validation split (training items excluded)
     twotower-eval run_dir=DIR path=later.csv   # another interaction log with the same ids
 
-Prints the metrics as JSON and writes them to ``DIR/metrics/<holdout or file name>.json``.
+Prints the metrics as JSON and writes them to ``DIR/metrics/eval-<holdout or file name>.json``. The exported
+model is never scored on interactions it was trained on: after the default final fit on every split of a
+single log, that is all of them, and the held-out metrics are those the run measured before the final fit
+(``DIR/metrics/train.json``); score it on later interactions with ``path=``.
 """
 
 from __future__ import annotations
@@ -59,18 +62,28 @@ def evaluate_run(run_dir: str | Path, holdout: str = "test", path: str | None = 
     _, user_vectors = read_vectors(paths.embeddings("users"))
     _, item_vectors = read_vectors(paths.embeddings("items"))
     splits = {name: read_parquet(paths.split(name)) for name in SPLIT_NAMES}
+    # The exported vectors learnt from these splits: scoring them there would measure memory, not ranking.
+    trained_on = manifest.get("trained_on", ["train"])
     if path is not None:
         interaction_log = InteractionFileReader(path, user_col=user_col, item_col=item_col).read()
         targets = deduplicate(encode_known(positives(interaction_log), user_vocab, item_vocab))
-        seen = pl.concat([splits["train"], splits["valid"]])
+        seen = pl.concat([splits[name] for name in SPLIT_NAMES if name in {"train", "valid", *trained_on}])
         targets = targets.join(seen, on=["user", "item"], how="anti")
+        if targets.height == 0:
+            raise TwoTowerError(f"nothing to evaluate: every interaction in {path} with known ids is one the "
+                                f"run trained or selected on ({', '.join(sorted({'train', 'valid', *trained_on}))})")
     elif holdout in ("valid", "test"):
+        if holdout in trained_on:
+            raise TwoTowerError(
+                f"the exported model was trained on the {holdout} split (final fit on {', '.join(trained_on)}), so "
+                f"it cannot be scored there; the selected model's held-out metrics, measured before the final "
+                f"fit, are in {paths.metrics('train')} (and run.json 'metrics')")
         targets = splits[holdout]
         seen = splits["train"] if holdout == "valid" else pl.concat([splits["train"], splits["valid"]])
+        if targets.height == 0:
+            raise TwoTowerError(f"nothing to evaluate: the {holdout} split has no interactions")
     else:
         raise TwoTowerError(f"holdout must be 'valid' or 'test', got '{holdout}'")
-    if targets.height == 0:
-        raise TwoTowerError(f"nothing to evaluate: the {'file' if path else holdout} has no held-out interactions")
 
     n_users = len(user_vocab)
     return evaluate_vectors(user_vectors, item_vectors, UserItems.from_frame(seen, n_users),
@@ -96,7 +109,8 @@ def main(cfg: DictConfig) -> None:
     with reported_errors(cfg.debug):
         results = evaluate_run(cfg.run_dir, cfg.holdout, cfg.path, list(cfg.ks), cfg.user_col, cfg.item_col)
         name = Path(cfg.path).name.split(".")[0] if cfg.path else cfg.holdout
-        write_json(results, RunPaths(Path(cfg.run_dir)).metrics(name))
+        # "eval-" keeps these apart from the metrics the training run wrote (metrics/train.json).
+        write_json(results, RunPaths(Path(cfg.run_dir)).metrics(f"eval-{name}"))
         print(json.dumps(results, indent=2, sort_keys=True))
 
 

@@ -3,8 +3,9 @@
     twotower-index run_dir=DIR index.n_trees=100 index.search_k_factor=10
     twotower-index run_dir=DIR index=exact
 
-The new index replaces the old one only when it is complete; its recall@10 against exact search, build
-time and size are printed and saved in ``DIR/index/report.json``.
+The new index replaces the old one only when it is complete; its recall@10 against exact search (on the
+task retrieval serves: each user's seen items left out), build time and size are printed and saved in
+``DIR/index/report.json``.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from twotower.artifacts import RunPaths, read_manifest
 from twotower.cli import register_resolvers, reported_errors
 from twotower.embeddings import read_vectors
 from twotower.index import build_index, index_report
+from twotower.retrieval import read_seen
 
 register_resolvers()
 
@@ -31,7 +33,8 @@ def reindex(cfg: DictConfig) -> dict:
     _, items = read_vectors(paths.embeddings("items"))
     index = instantiate(cfg.index)
     meta = build_index(index, items, manifest["score"], paths.index, checkpoint=manifest["checkpoint_fingerprint"])
-    return index_report(index, users, items, meta, paths.index, cfg.index_recall_queries, cfg.seed)
+    seen = read_seen(paths, len(users))
+    return index_report(index, users, items, seen, meta, paths.index, cfg.index_recall_queries, cfg.seed)
 
 
 @hydra.main(version_base="1.3", config_path="pkg://twotower.conf", config_name="reindex")

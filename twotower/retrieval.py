@@ -6,11 +6,12 @@
     results = retriever.recommend([196, 186], k=10)          # several: a list of (ids, scores)
     ids, scores = retriever.similar_items("Toy Story (1995)", k=5)   # ids or titles
 
-The index proposes candidates; scores are always recomputed exactly from the exported vectors. Each
-user's training items (and any ``deny`` list) are filtered out after over-fetching, so ``k`` results come
-back whenever the catalogue has ``k`` items left; an ``allow`` list restricts the answer to those items.
-Unknown ids raise ``TwoTowerError`` naming them, or, with ``unknown="popular"``, get the most popular
-items of the training data. A loaded retriever only reads its arrays, so threads may share it.
+The index proposes candidates; scores are always recomputed exactly from the exported vectors. Every item
+a user has anywhere in the run's log (whichever split it fell into), and any ``deny`` list, is filtered out
+after over-fetching, so ``k`` results come back whenever the catalogue has ``k`` items left; an ``allow``
+list restricts the answer to those items. Unknown ids raise ``TwoTowerError`` naming them, or, with
+``unknown="popular"``, get the most popular items of the run's log. A loaded retriever only reads its
+arrays, so threads may share it.
 """
 
 from __future__ import annotations
@@ -23,12 +24,12 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from twotower.artifacts import RunPaths, read_manifest, read_parquet
+from twotower.artifacts import SPLIT_NAMES, RunPaths, read_manifest, read_parquet
 from twotower.data.user_items import UserItems
 from twotower.data.vocab import Vocabulary
 from twotower.embeddings import read_vectors
 from twotower.errors import TwoTowerError
-from twotower.index import Backend, ExactIndex, exact_top, load_index
+from twotower.index import Backend, ExactIndex, exact_top, load_index, rank_candidates, search_excluding
 
 Result = tuple[np.ndarray, np.ndarray]
 UNKNOWN_POLICIES = ("error", "popular")
@@ -44,8 +45,17 @@ def _check_k(k: object) -> int:
     return int(k)
 
 
+def read_seen(paths: RunPaths, n_users: int) -> UserItems:
+    """Each user's items anywhere in the log the run was given (every split, and the pairs that were not
+    positives): what they already have."""
+    frames = [read_parquet(paths.split(name)) for name in SPLIT_NAMES]
+    if paths.non_positive.exists():
+        frames.append(read_parquet(paths.non_positive))
+    return UserItems.from_frame(pl.concat(frames), n_users)
+
+
 class Retriever:
-    """Top-k retrieval over a finished run: its vocabularies, vectors, training interactions and index."""
+    """Top-k retrieval over a finished run: its vocabularies, vectors, interactions and index."""
 
     def __init__(self, paths: RunPaths, manifest: dict[str, Any], index: Backend,
                  user_vocab: Vocabulary, item_vocab: Vocabulary,
@@ -84,13 +94,12 @@ class Retriever:
         else:
             index, _ = load_index(paths.index, item_vectors, manifest["score"],
                                   checkpoint=manifest.get("checkpoint_fingerprint"))
-        trained = pl.concat([read_parquet(paths.split(name)) for name in manifest.get("trained_on", ["train"])])
-        seen = UserItems.from_frame(trained, len(user_vocab))
-        return cls(paths, manifest, index, user_vocab, item_vocab, user_vectors, item_vectors, seen)
+        return cls(paths, manifest, index, user_vocab, item_vocab, user_vectors, item_vectors,
+                   read_seen(paths, len(user_vocab)))
 
     def recommend(self, users: object, k: int = 10, exclude_seen: bool = True, allow: Iterable | None = None,
                   deny: Iterable | None = None, unknown: str = "error") -> Result | list[Result]:
-        """Top-``k`` items for a user id (or a batch of ids), without the user's training items.
+        """Top-``k`` items for a user id (or a batch of ids), without the items the user already has.
 
         ``allow``/``deny`` are item ids to restrict to / leave out. ``unknown="popular"`` answers ids
         outside the vocabulary with the most popular training items instead of raising.
@@ -135,7 +144,7 @@ class Retriever:
         return results if _is_batch(users) else results[0]
 
     def popular(self, k: int = 10, exclude: np.ndarray | None = None, allow: Iterable | None = None) -> Result:
-        """The ``k`` items with the most training interactions (the fallback for unknown users)."""
+        """The ``k`` items with the most interactions in the run's log (the fallback for unknown users)."""
         order = self.popular_items
         if allow is not None:
             order = order[np.isin(order, self._item_rows(allow))]
@@ -152,18 +161,8 @@ class Retriever:
         exclude = exclude if exclude is not None else [np.empty(0, dtype=np.int64)] * len(queries)
         if allow is not None:
             return self._search_allowed(queries, k, exclude, self._item_rows(allow))
-        n_items = len(self.item_vectors)
-        # Over-fetch by the number of excluded items so that k remain; queries that need the same
-        # number of candidates go to the index together.
-        fetch = np.minimum(k + np.array([len(e) for e in exclude], dtype=np.int64), n_items)
-        results: list[Result | None] = [None] * len(queries)
-        for size in np.unique(fetch):
-            members = np.flatnonzero(fetch == size)
-            candidates = self.index.search(queries[members], int(size))
-            for member, found in zip(members, candidates, strict=True):
-                found = found[found >= 0]
-                results[member] = self._rank(queries[member], found[~np.isin(found, exclude[member])], k)
-        return results
+        found = search_excluding(self.index, self.item_vectors, queries, k, exclude)
+        return [(self.item_vocab.decode(indices), scores) for indices, scores in found]
 
     def _search_allowed(self, queries: np.ndarray, k: int, exclude: Sequence[np.ndarray], allowed: np.ndarray
                         ) -> list[Result]:
@@ -172,9 +171,8 @@ class Retriever:
                 for query, excluded in zip(queries, exclude, strict=True)]
 
     def _rank(self, query: np.ndarray, candidates: np.ndarray, k: int) -> Result:
-        scores = self.item_vectors[candidates] @ query
-        order = np.argsort(-scores, kind="stable")[:k]
-        return self.item_vocab.decode(candidates[order]), scores[order].astype(np.float32)
+        indices, scores = rank_candidates(self.item_vectors, query, candidates, k)
+        return self.item_vocab.decode(indices), scores
 
     def _item_rows(self, ids: Iterable | None) -> np.ndarray:
         if ids is None:

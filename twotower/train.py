@@ -71,20 +71,21 @@ def build_model(model_cfg: DictConfig, datamodule: InteractionDataModule) -> Two
     return model
 
 
-def refit(cfg: DictConfig, datamodule: InteractionDataModule, epochs: int, paths: RunPaths
-          ) -> tuple[Path, L.Trainer]:
-    """Retrain from scratch on train + valid for the selected number of epochs (no validation)."""
+def final_fit(cfg: DictConfig, datamodule: InteractionDataModule, epochs: int, paths: RunPaths
+              ) -> tuple[Path, L.Trainer]:
+    """Train the model to export from scratch on every split the user gave, for the selected number of
+    epochs (no validation: nothing is held out any more)."""
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    datamodule.fit_on(("train", "valid"))
+    datamodule.fit_on(datamodule.final_fit_splits)
     model = build_model(cfg.model, datamodule)
-    checkpoint = ModelCheckpoint(dirpath=paths.checkpoints, filename="refit", enable_version_counter=False)
+    checkpoint = ModelCheckpoint(dirpath=paths.checkpoints, filename="final", enable_version_counter=False)
     trainer = instantiate(cfg.trainer, max_epochs=epochs, limit_val_batches=0, callbacks=[checkpoint], logger=False)
     trainer.fit(model, datamodule=datamodule)
     return Path(checkpoint.best_model_path), trainer
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
-    """Train, test, export and index one configuration; returns its metrics."""
+    """Select on the validation split, train the final model, test, export and index; returns the metrics."""
     paths = RunPaths(Path(cfg.run_dir))
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule: InteractionDataModule = instantiate(cfg.datamodule)
@@ -101,26 +102,33 @@ def train(cfg: DictConfig) -> dict[str, float]:
         datamodule.save(paths)
 
     trainer.fit(model, datamodule=datamodule, ckpt_path=resume)
-    best_path = Path(trainer.checkpoint_callback.best_model_path or paths.last_checkpoint)
+    selected = Path(trainer.checkpoint_callback.best_model_path or paths.last_checkpoint)
     # Metrics of the selected checkpoint, not of the last epoch.
-    metrics = trainer.validate(model, datamodule=datamodule, ckpt_path=str(best_path), verbose=False)[0]
-    if cfg.refit:
-        epochs = torch.load(best_path, map_location="cpu", weights_only=False)["epoch"] + 1
-        best_path, trainer = refit(cfg, datamodule, epochs, paths)
-        metrics["refit_epochs"] = epochs
-    if cfg.test:
-        metrics |= trainer.test(model, datamodule=datamodule, ckpt_path=str(best_path), verbose=False)[0]
+    metrics = trainer.validate(model, datamodule=datamodule, ckpt_path=str(selected), verbose=False)[0]
+    sources = {"val": {"model": "selected", "trained_on": ["train"]}}
+    exported, trained_on = selected, ["train"]
+    if cfg.final_fit:
+        trained_on = list(datamodule.final_fit_splits)
+        if cfg.test and "test" in trained_on:  # the final model will have seen the test split: test before
+            metrics |= trainer.test(model, datamodule=datamodule, ckpt_path=str(selected), verbose=False)[0]
+            sources["test"] = {"model": "selected", "trained_on": ["train"]}
+        epochs = torch.load(selected, map_location="cpu", weights_only=False)["epoch"] + 1
+        exported, trainer = final_fit(cfg, datamodule, epochs, paths)
+        metrics["final_fit_epochs"] = epochs
+    if cfg.test and "test" not in sources:
+        metrics |= trainer.test(model, datamodule=datamodule, ckpt_path=str(exported), verbose=False)[0]
+        sources["test"] = {"model": "exported", "trained_on": trained_on}
     metrics = {name: float(value) for name, value in metrics.items()}
     if trainer.world_size > 1:  # each process's view of the (synchronised) metrics, for the record
         write_json(metrics, paths.metrics(f"rank{trainer.global_rank}"))
     if not trainer.is_global_zero:
         return metrics
 
-    best = TwoTowerModel.load_from_checkpoint(best_path, map_location="cpu")
+    best = TwoTowerModel.load_from_checkpoint(exported, map_location="cpu")
     users, items = export(best, datamodule, paths)
     index = instantiate(cfg.index)
-    meta = build_index(index, items, best.hparams.score, paths.index, checkpoint=fingerprint(best_path))
-    report = index_report(index, users, items, meta, paths.index, cfg.index_recall_queries, cfg.seed)
+    meta = build_index(index, items, best.hparams.score, paths.index, checkpoint=fingerprint(exported))
+    report = index_report(index, users, items, datamodule.seen(), meta, paths.index, cfg.index_recall_queries, cfg.seed)
     log.info("index: %s, recall@10 vs exact %s on %d queries, built in %.1fs", report["backend"],
              report["recall@10_vs_exact"], report["queries"], report["build_seconds"])
     write_json(metrics, paths.metrics("train"))
@@ -130,11 +138,14 @@ def train(cfg: DictConfig) -> dict[str, float]:
         "dim": best.hparams.dim,
         "n_users": datamodule.n_users,
         "n_items": datamodule.n_items,
-        "checkpoint": os.path.relpath(best_path, paths.root),
+        "checkpoint": os.path.relpath(exported, paths.root),
         "checkpoint_fingerprint": meta["checkpoint_fingerprint"],
-        "trained_on": ["train", "valid"] if cfg.refit else ["train"],
+        "selected_checkpoint": os.path.relpath(selected, paths.root),
+        # The splits the exported model (embeddings, index) learnt from, and where each metric comes from.
+        "trained_on": trained_on,
         "monitor": cfg.monitor,
         "metrics": metrics,
+        "metrics_from": sources,
     }, paths.manifest)
     log.info("run directory: %s", paths.root)
     example = datamodule.example_item if cfg.show_similar_to == "auto" else cfg.show_similar_to

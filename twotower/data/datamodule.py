@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 from twotower.artifacts import SPLIT_NAMES, RunPaths, write_parquet
 from twotower.data.batches import EpochBatchSampler, RankingBatches, ShardedChunks, TrainBatches, process_share
 from twotower.data.features import FeatureSpec, encode_features, feature_specs
-from twotower.data.interactions import InteractionLog, deduplicate, positives
+from twotower.data.interactions import InteractionLog, deduplicate, non_positives, positives
 from twotower.data.splits import Splits, check_splits
 from twotower.data.user_items import UserItems
 from twotower.data.vocab import Vocabulary
@@ -31,6 +31,7 @@ class Reader(Protocol):
 
 class Splitter(Protocol):
     columns: tuple[str, ...]  # what it needs besides user and item (timestamp, split)
+    test_given: bool  # whether the test split came as a file of its own, to stay unseen
 
     def split(self, frame: pl.DataFrame) -> Splits: ...
 
@@ -76,7 +77,10 @@ class InteractionDataModule(L.LightningDataModule):
         self.user_vocab = Vocabulary.build(frame["user_id"], self.names["user"], interaction_log.user_info, "user_id")
         self.item_vocab = Vocabulary.build(frame["item_id"], self.names["item"], interaction_log.item_info, "item_id")
         source = interaction_log.source
-        del interaction_log  # from here on only integer indices: the raw log's memory can go
+        others = non_positives(interaction_log)
+        self.non_positive = None if others is None else deduplicate(
+            self.item_vocab.encode_known(self.user_vocab.encode_known(others, "user_id", "user"), "item_id", "item"))
+        del interaction_log, others  # from here on only integer indices: the raw log's memory can go
         frame = self.item_vocab.encode(self.user_vocab.encode(frame, "user_id", "user"), "item_id", "item")
         frame = deduplicate(frame, source)
         self.splits = self.splitter.split(frame)
@@ -93,8 +97,14 @@ class InteractionDataModule(L.LightningDataModule):
         frames = [self.splits[name] for name in names]
         return pl.concat(frames) if len(frames) > 1 else frames[0]
 
+    @property
+    def final_fit_splits(self) -> tuple[str, ...]:
+        """What the final model learns from: every interaction the user gave, except a test split they gave
+        as a file of its own (a benchmark's test, which must stay unseen)."""
+        return ("train", "valid") if self.splitter.test_given else SPLIT_NAMES
+
     def fit_on(self, names: tuple[str, ...]) -> None:
-        """Train on the named splits: ``("train", "valid")`` refits a model on everything but the test split."""
+        """Train on the named splits: ``final_fit_splits`` for the final model, ``("train",)`` to select."""
         train = self.stacked(names)
         # int32 halves the memory of the largest tensors; batches are widened to int64 when sliced.
         self.train_users = torch.from_numpy(train["user"].to_numpy().astype(np.int32))
@@ -130,6 +140,13 @@ class InteractionDataModule(L.LightningDataModule):
         """Each user's items over the named splits."""
         return UserItems.from_frame(self.stacked(names), self.n_users)
 
+    def seen(self) -> UserItems:
+        """Each user's items anywhere in the log, positive or not: what retrieval never offers them."""
+        frames = [self.splits[name] for name in SPLIT_NAMES]
+        if self.non_positive is not None:
+            frames.append(self.non_positive)
+        return UserItems.from_frame(pl.concat(frames), self.n_users)
+
     def train_dataloader(self) -> DataLoader:
         dataset = TrainBatches(self.train_users, self.train_items, self.batch_size, self.sampler, self.seed)
         return self._loader(dataset, EpochBatchSampler(len(dataset)))
@@ -158,3 +175,6 @@ class InteractionDataModule(L.LightningDataModule):
         self.item_vocab.save(paths.vocab("items"))
         for name in SPLIT_NAMES:
             write_parquet(self.splits[name], paths.split(name))
+        paths.non_positive.unlink(missing_ok=True)  # from an earlier run into this directory
+        if self.non_positive is not None:
+            write_parquet(self.non_positive, paths.non_positive)

@@ -105,6 +105,21 @@ def positives(log_: InteractionLog) -> pl.DataFrame:
     return frame.select(c for c in ("user_id", "item_id", "timestamp", "split") if c in frame.columns)
 
 
+def non_positives(log_: InteractionLog) -> pl.DataFrame | None:
+    """``user_id`` and ``item_id`` of the rows that are not positives (a label <= 0, a rating below
+    ``min_rating``, or missing where one is needed): not trained on, but the user has the item all the same,
+    so retrieval does not offer it again. ``None`` when every row counts as positive."""
+    frame = log_.interactions
+    conditions = []
+    if "label" in frame.columns:
+        conditions.append(pl.col("label") > 0)
+    if log_.min_rating is not None and "rating" in frame.columns:
+        conditions.append(pl.col("rating") >= log_.min_rating)
+    if not conditions:
+        return None
+    return frame.filter(~pl.all_horizontal(conditions).fill_null(False)).select("user_id", "item_id")
+
+
 # Which split keeps a pair found in several: train first (a held-out copy of a training pair would be a
 # target the model was trained on), then test, then valid.
 SPLIT_PRIORITY = {"train": 0, "test": 1, "valid": 2}

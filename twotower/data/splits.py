@@ -58,6 +58,7 @@ class RandomSplit:
     """Hold out a random ``test_fraction`` and ``valid_fraction`` of each user's interactions (rounded)."""
 
     columns: tuple[str, ...] = ()  # what it needs besides user and item
+    test_given: bool = False  # the test split came as a file of its own (see PresplitSplit)
 
     def __init__(self, valid_fraction: float = 0.1, test_fraction: float = 0.1, seed: int = 0) -> None:
         if not (0 <= valid_fraction < 1 and 0 <= test_fraction < 1 and valid_fraction + test_fraction < 1):
@@ -92,6 +93,7 @@ class TemporalSplit:
     """
 
     columns: tuple[str, ...] = ("timestamp",)
+    test_given: bool = False
 
     def __init__(self, valid_last: int = 1, test_last: int = 1) -> None:
         if valid_last < 0 or test_last < 0 or valid_last + test_last == 0:
@@ -117,6 +119,8 @@ class PresplitSplit:
     """Use the split a pre-split source came with (``train``/``valid``/``test`` files)."""
 
     columns: tuple[str, ...] = ("split",)
+    # A test file given beside train and valid is a benchmark's test: the final fit leaves it unseen.
+    test_given: bool = True
 
     def split(self, frame: pl.DataFrame) -> Splits:
         if "split" not in frame.columns:

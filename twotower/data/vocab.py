@@ -90,6 +90,12 @@ class Vocabulary:
                                 f"vocabulary, e.g. {examples}")
         return encoded.drop(column)
 
+    def encode_known(self, frame: pl.DataFrame, column: str, alias: str) -> pl.DataFrame:
+        """Like ``encode``, but rows whose id is outside the vocabulary are dropped."""
+        mapping = self.frame.select(pl.col("id").cast(frame.schema[column]).alias(column),
+                                    pl.col("index").cast(pl.Int32).alias(alias))
+        return frame.join(mapping, on=column).drop(column)
+
     def lookup(self, ids: Sequence[object], missing: int | None = None) -> np.ndarray:
         """Indices of ``ids``; unknown ids raise one error that lists them, or map to ``missing`` if given."""
         query = pl.Series("id", list(ids))

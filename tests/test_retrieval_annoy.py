@@ -1,0 +1,118 @@
+"""The retrieval API through a real Annoy search: a catalogue larger than the default search budget, so
+nothing here falls back to exact search, checked against exact search under seen-item filtering."""
+
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+from twotower.artifacts import RunPaths, write_json, write_parquet
+from twotower.data.vocab import Vocabulary
+from twotower.embeddings import write_vectors
+from twotower.index import AnnoyIndex, build_index, index_report, read_meta
+from twotower.retrieval import Retriever, read_seen
+
+N_ITEMS, N_USERS, DIM, K = 30_000, 300, 16, 10
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished run directory written with the library's own writers: clustered unit item vectors, users
+    near a cluster, each user having seen 2-10 of their own exact top-30 items, spread over the splits."""
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(300, DIM))
+    items = centres[rng.integers(0, len(centres), N_ITEMS)] + 0.5 * rng.normal(size=(N_ITEMS, DIM))
+    items = (items / np.linalg.norm(items, axis=1, keepdims=True)).astype(np.float32)
+    users = centres[rng.integers(0, len(centres), N_USERS)] + 0.3 * rng.normal(size=(N_USERS, DIM))
+    users = (users / np.linalg.norm(users, axis=1, keepdims=True)).astype(np.float32)
+    paths = RunPaths(tmp_path_factory.mktemp("annoy-run"))
+    user_ids = pl.Series([f"u{i}" for i in range(N_USERS)]).sort()  # in the order a vocabulary gives them
+    item_ids = pl.Series(np.arange(N_ITEMS, dtype=np.int64) * 7)
+    Vocabulary.build(user_ids, "user").save(paths.vocab("users"))
+    Vocabulary.build(item_ids, "item").save(paths.vocab("items"))
+    write_vectors(user_ids, users, paths.embeddings("users"))
+    write_vectors(item_ids, items, paths.embeddings("items"))
+    top = np.argsort(-(users @ items.T), axis=1)[:, :30]
+    pairs = [(user, int(item)) for user in range(N_USERS)
+             for item in rng.choice(top[user], size=rng.integers(2, 11), replace=False)]
+    frame = pl.DataFrame(pairs, schema={"user": pl.Int32, "item": pl.Int32}, orient="row")
+    labels = rng.integers(0, 3, frame.height)
+    for code, name in enumerate(("train", "valid", "test")):
+        write_parquet(frame.filter(pl.Series(labels == code)).sort("user", "item"), paths.split(name))
+    build_index(AnnoyIndex(), items, "cosine", paths.index)
+    write_json({"names": {"user": "user", "item": "item"}, "score": "cosine", "dim": DIM, "n_users": N_USERS,
+                "n_items": N_ITEMS, "checkpoint": None, "checkpoint_fingerprint": None,
+                "trained_on": ["train", "valid", "test"]}, paths.manifest)
+    return paths.root
+
+
+@pytest.fixture(scope="module")
+def annoy(run_dir: Path) -> Retriever:
+    retriever = Retriever.load(run_dir)
+    assert isinstance(retriever.index, AnnoyIndex)
+    return retriever
+
+
+@pytest.fixture(scope="module")
+def exact(run_dir: Path) -> Retriever:
+    return Retriever.load(run_dir, backend="exact")
+
+
+def seen_ids(retriever: Retriever, row: int) -> set:
+    seen = retriever.seen
+    return set(retriever.item_vocab.decode(seen.items[seen.indptr[row]:seen.indptr[row + 1]]).tolist())
+
+
+def recall(found: list, truth: list) -> float:
+    return float(np.mean([len(set(a) & set(b)) / len(b) for a, b in zip(found, truth, strict=True)]))
+
+
+def test_the_catalogue_is_beyond_the_search_budget(annoy: Retriever) -> None:
+    longest = int(np.diff(annoy.seen.indptr).max())
+    assert not annoy.index.searches_exactly(K + longest)  # every query below goes through the trees
+
+
+def test_recommend_through_annoy_matches_exact_search_without_seen_items(annoy: Retriever, exact: Retriever) -> None:
+    users = annoy.user_vocab.ids.to_list()
+    found, truth = annoy.recommend(users, k=K), exact.recommend(users, k=K)
+    for row, (ids, scores) in enumerate(found):
+        assert len(ids) == K and len(set(ids.tolist())) == K
+        assert not set(ids.tolist()) & seen_ids(annoy, row)
+        assert list(scores) == sorted(scores, reverse=True)
+    assert recall([ids.tolist() for ids, _ in found], [ids.tolist() for ids, _ in truth]) >= 0.9
+    # Without filtering, each user's seen items are among their best: the filter is what removed them.
+    unfiltered = annoy.recommend(users[:50], k=30, exclude_seen=False)
+    assert all(seen_ids(annoy, row) & set(ids.tolist()) for row, (ids, _) in enumerate(unfiltered))
+
+
+def test_batches_searched_on_threads_equal_single_queries(annoy: Retriever) -> None:
+    users = annoy.user_vocab.ids.to_list()[:100]  # >= 64 queries: the index searches them on a thread pool
+    batch = annoy.recommend(users, k=K)
+    for user, (ids, scores) in list(zip(users, batch, strict=True))[::10]:
+        single_ids, single_scores = annoy.recommend(user, k=K)
+        assert ids.tolist() == single_ids.tolist() and np.allclose(scores, single_scores)
+
+
+def test_similar_items_allow_and_deny_through_annoy(annoy: Retriever, exact: Retriever) -> None:
+    anchors = annoy.item_vocab.ids.to_list()[:200]
+    found, truth = annoy.similar_items(anchors, k=K), exact.similar_items(anchors, k=K)
+    assert all(len(ids) == K and anchor not in ids.tolist() for anchor, (ids, _) in zip(anchors, found, strict=True))
+    assert recall([ids.tolist() for ids, _ in found], [ids.tolist() for ids, _ in truth]) >= 0.9
+    user = annoy.user_vocab.ids[0]
+    top, _ = annoy.recommend(user, k=K)
+    denied, _ = annoy.recommend(user, k=K, deny=top[:3].tolist())
+    assert len(denied) == K and not set(denied.tolist()) & set(top[:3].tolist())
+    assert set(top[3:].tolist()) <= set(denied.tolist())  # the rest stays
+    pool = annoy.item_vocab.ids.to_list()[:500]
+    allowed, _ = annoy.recommend(user, k=K, allow=pool)
+    assert len(allowed) == K and set(allowed.tolist()) <= set(pool) - seen_ids(annoy, 0)
+
+
+def test_index_report_measures_the_filtered_task(run_dir: Path, annoy: Retriever) -> None:
+    paths = RunPaths(run_dir)
+    meta = read_meta(paths.index)
+    seen = read_seen(paths, len(annoy.user_vocab))
+    report = index_report(annoy.index, annoy.user_vectors, annoy.item_vectors, seen, meta, paths.index, 200)
+    assert report["seen_filtered"] and report["exact_share"] == 0.0
+    assert 0.9 <= report["recall@10_vs_exact"] <= 1.0
