@@ -16,7 +16,7 @@ DISTRIBUTIONS = ("uniform", "popularity")
 
 
 class NegativeSampler:
-    def __init__(self, n_negatives: int = 4, distribution: str = "uniform", alpha: float = 0.75,
+    def __init__(self, n_negatives: int = 2, distribution: str = "uniform", alpha: float = 0.75,
                  max_rounds: int = 20) -> None:
         if distribution not in DISTRIBUTIONS:
             raise TwoTowerError(f"unknown sampler distribution '{distribution}'; choose one of {DISTRIBUTIONS}")

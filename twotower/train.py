@@ -10,8 +10,10 @@ returns the monitored validation metric so Hydra sweepers can optimise it.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
+import sys
 from pathlib import Path
 
 import hydra
@@ -179,12 +181,29 @@ def sweep_job(cfg: DictConfig) -> float:
         return float("nan")
 
 
+def missing_extra(arguments: list[str]) -> str | None:
+    """What to install for a search the command line asks for but this environment cannot run (Hydra's
+    own error would only say that a config cannot be loaded)."""
+    wants_optuna = any(argument.lstrip("+~").replace(" ", "") == "hparams_search=optuna" for argument in arguments)
+    if wants_optuna and importlib.util.find_spec("hydra_plugins.hydra_optuna_sweeper") is None:
+        return "hparams_search=optuna needs the Optuna sweeper: pip install -e '.[sweep]' (or hydra-optuna-sweeper)"
+    return None
+
+
 @hydra.main(version_base="1.3", config_path="pkg://twotower.conf", config_name="train")
-def main(cfg: DictConfig) -> float:
+def run(cfg: DictConfig) -> float:
     if HydraConfig.get().mode == RunMode.MULTIRUN:
         return sweep_job(cfg)
     with reported_errors(cfg.get("debug", False)):
         return train(cfg)[cfg.monitor]
+
+
+def main() -> None:
+    problem = missing_extra(sys.argv[1:])
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        sys.exit(2)
+    run()
 
 
 if __name__ == "__main__":

@@ -50,7 +50,7 @@ class InteractionDataModule(L.LightningDataModule):
         source: Reader,
         split: Splitter,
         sampler: NegativeSampler,
-        batch_size: int = 1024,
+        batch_size: int = 512,
         num_workers: int = 0,
         seed: int = 0,
     ) -> None:
