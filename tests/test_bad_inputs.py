@@ -88,6 +88,7 @@ TRAIN = "train"
 TRAIN_CASES = [
     # (case, data file maker, extra overrides, expected message)
     ("missing file", lambda f: str(f / "nope.csv"), [], r"interaction file not found: .*nope\.csv"),
+    ("index settings checked before training", write_log(GOOD), ["index.n_trees=0"], r"index\.n_trees must be an integer >= 1"),
     ("unreadable parquet", write_text(b"this is not parquet" * 10, "log.parquet"), [], r"cannot read .*log\.parquet as parquet"),
     ("unknown format", write_text("a,b\n", "log.xlsx"), [], r"cannot tell the format of .*log\.xlsx"),
     ("missing item column", write_log(GOOD.rename({"item_id": "movie"})), [], r"missing column\(s\) \['item_id'\].*'movie'"),
@@ -137,6 +138,10 @@ RUN_CASES = [
     ("eval: the valid split the final model saw", eval_app, None, ["holdout=valid"], r"trained on the valid split"),
     ("eval: the run's own log", eval_app, None, ["path=OWNLOG"], r"every interaction in .* is one the run trained"),
     ("index: unfinished run", reindex, damaged_run(lambda run: (run / "run.json").unlink()), [], r"not a finished run directory"),
+    ("index: zero trees", reindex, None, ["index.n_trees=0"], r"index\.n_trees must be an integer >= 1, got 0"),
+    ("index: negative trees", reindex, None, ["index.n_trees=-5"], r"index\.n_trees must be an integer >= 1, got -5"),
+    ("index: zero search budget", reindex, None, ["index.search_k_factor=0"], r"index\.search_k_factor must be"),
+    ("index: zero search_k", reindex, None, ["index.search_k=0"], r"index\.search_k must be null or an integer"),
 ]
 
 

@@ -112,6 +112,19 @@ class AnnoyIndex:
 
     def __init__(self, n_trees: int = 50, search_k: int | None = None, search_k_factor: int = 10,
                  seed: int = 0, build_threads: int = 1) -> None:
+        # Checked before anything is built: zero trees would replace a working index by an empty one,
+        # negative counts make Annoy build forever, a zero search budget returns nothing.
+        def whole(value: object) -> bool:
+            return isinstance(value, int) and not isinstance(value, bool)
+
+        for name, value in (("n_trees", n_trees), ("search_k_factor", search_k_factor)):
+            if not whole(value) or value < 1:
+                raise TwoTowerError(f"index.{name} must be an integer >= 1, got {value!r}")
+        if search_k is not None and (not whole(search_k) or search_k < 1):
+            raise TwoTowerError(f"index.search_k must be null or an integer >= 1, got {search_k!r}")
+        if not whole(build_threads) or (build_threads < 1 and build_threads != -1):
+            raise TwoTowerError(f"index.build_threads must be an integer >= 1 (or -1: every core), "
+                                f"got {build_threads!r}")
         self.n_trees = n_trees
         self.search_k = search_k
         self.search_k_factor = search_k_factor

@@ -89,6 +89,7 @@ def final_fit(cfg: DictConfig, datamodule: InteractionDataModule, epochs: int, p
 def train(cfg: DictConfig) -> dict[str, float]:
     """Select on the validation split, train the final model, test, export and index; returns the metrics."""
     paths = RunPaths(Path(cfg.run_dir))
+    index = instantiate(cfg.index)  # its settings are checked here, not after hours of training
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule: InteractionDataModule = instantiate(cfg.datamodule)
     datamodule.setup("fit")
@@ -128,7 +129,6 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     best = TwoTowerModel.load_from_checkpoint(exported, map_location="cpu")
     users, items = export(best, datamodule, paths)
-    index = instantiate(cfg.index)
     meta = build_index(index, items, best.hparams.score, paths.index, checkpoint=fingerprint(exported))
     report = index_report(index, users, items, datamodule.seen(), meta, paths.index, cfg.index_recall_queries, cfg.seed)
     log.info("index: %s, recall@10 vs exact %s on %d queries, built in %.1fs", report["backend"],
