@@ -60,8 +60,7 @@ def exact(run_dir: Path) -> Retriever:
 
 
 def seen_ids(retriever: Retriever, row: int) -> set:
-    seen = retriever.seen
-    return set(retriever.item_vocab.decode(seen.items[seen.indptr[row]:seen.indptr[row + 1]]).tolist())
+    return set(retriever.item_vocab.decode(retriever.seen.row(row)).tolist())
 
 
 def recall(found: list, truth: list) -> float:

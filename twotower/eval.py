@@ -40,11 +40,8 @@ log = logging.getLogger("twotower")
 
 def encode_known(frame: pl.DataFrame, user_vocab: Vocabulary, item_vocab: Vocabulary) -> pl.DataFrame:
     """Map ids to indices, dropping (and counting) interactions with ids the run has never seen."""
-    users = user_vocab.frame.select(pl.col("id").alias("user_id"), pl.col("index").alias("user"))
-    items = item_vocab.frame.select(pl.col("id").alias("item_id"), pl.col("index").alias("item"))
-    frame = frame.with_columns(pl.col("user_id").cast(users.schema["user_id"], strict=False),
-                               pl.col("item_id").cast(items.schema["item_id"], strict=False))
-    known = frame.join(users, on="user_id").join(items, on="item_id").select("user", "item")
+    known = item_vocab.encode_known(user_vocab.encode_known(frame, "user_id", "user"), "item_id", "item")
+    known = known.select("user", "item")
     if known.height < frame.height:
         log.warning("skipped %d of %d interactions whose user or item is not in the run's vocabulary",
                     frame.height - known.height, frame.height)
@@ -67,11 +64,12 @@ def evaluate_run(run_dir: str | Path, holdout: str = "test", path: str | None = 
     if path is not None:
         interaction_log = InteractionFileReader(path, user_col=user_col, item_col=item_col).read()
         targets = deduplicate(encode_known(positives(interaction_log), user_vocab, item_vocab))
-        seen = pl.concat([splits[name] for name in SPLIT_NAMES if name in {"train", "valid", *trained_on}])
+        used = [name for name in SPLIT_NAMES if name in {"train", "valid", *trained_on}]  # trained or selected on
+        seen = pl.concat([splits[name] for name in used])
         targets = targets.join(seen, on=["user", "item"], how="anti")
         if targets.height == 0:
             raise TwoTowerError(f"nothing to evaluate: every interaction in {path} with known ids is one the "
-                                f"run trained or selected on ({', '.join(sorted({'train', 'valid', *trained_on}))})")
+                                f"run trained or selected on ({', '.join(used)})")
     elif holdout in ("valid", "test"):
         if holdout in trained_on:
             raise TwoTowerError(

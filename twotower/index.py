@@ -155,17 +155,20 @@ class AnnoyIndex:
             raise TwoTowerError(f"{folder / self.FILE} holds {self._annoy.get_n_items()} items but its "
                                 f"metadata says {meta['n_items']}; rebuild the index")
 
+    def _search_k(self, n: int) -> int:
+        """Nodes to inspect for ``n`` results."""
+        return self.search_k or self.search_k_factor * min(n, self._annoy.get_n_items()) * self.n_trees
+
     def searches_exactly(self, n: int) -> bool:
         """Whether a search for ``n`` results would visit the whole catalogue, and so is done by brute force
         (faster, and exact)."""
-        n_items = self._annoy.get_n_items()
-        return (self.search_k or self.search_k_factor * min(n, n_items) * self.n_trees) >= n_items
+        return self._search_k(n) >= self._annoy.get_n_items()
 
     def search(self, queries: np.ndarray, n: int) -> np.ndarray:
         n = min(n, self._annoy.get_n_items())
-        search_k = self.search_k or self.search_k_factor * n * self.n_trees
         if self.searches_exactly(n):
             return exact_top(queries, self._vectors, n)[0]
+        search_k = self._search_k(n)
         if self._transform == "dot_to_angular":
             queries = np.hstack([queries, np.zeros((len(queries), 1), dtype=queries.dtype)])
         found = np.full((len(queries), n), -1, dtype=np.int64)
@@ -322,7 +325,7 @@ def index_report(index: Backend, users: np.ndarray, items: np.ndarray, seen: Use
     rng = np.random.default_rng(seed)
     rows = rng.choice(len(users), size=min(n_queries, len(users)), replace=False)
     sample = users[rows]
-    exclude = [seen.items[seen.indptr[row]:seen.indptr[row + 1]] for row in rows]
+    exclude = [seen.row(row) for row in rows]
     started = time.perf_counter()
     recall = recall_against_exact(index, sample, items, 10, exclude) if len(sample) else None
     report = {

@@ -104,8 +104,8 @@ class TwoTowerModel(L.LightningModule):
         # loss goes to the progress bar every PROGRESS_EVERY steps and at each epoch's start (a superset of
         # the steps the logger writes, so its file is unchanged), the epoch mean is accumulated by a metric.
         self.epoch_loss.update(loss.detach(), weight=len(batch["users"]))
-        every = min(PROGRESS_EVERY, self.trainer.log_every_n_steps)
-        if batch_idx == 0 or self.global_step % every == 0:
+        step = self.global_step
+        if batch_idx == 0 or step % PROGRESS_EVERY == 0 or step % self.trainer.log_every_n_steps == 0:
             self.log("train/loss_step", loss, prog_bar=True)
         return loss
 

@@ -102,7 +102,7 @@ class Retriever:
         """Top-``k`` items for a user id (or a batch of ids), without the items the user already has.
 
         ``allow``/``deny`` are item ids to restrict to / leave out. ``unknown="popular"`` answers ids
-        outside the vocabulary with the most popular training items instead of raising.
+        outside the vocabulary with the most popular items of the run's log instead of raising.
         """
         if unknown not in UNKNOWN_POLICIES:
             raise TwoTowerError(f"unknown must be one of {UNKNOWN_POLICIES}, got '{unknown}'")
@@ -110,7 +110,7 @@ class Retriever:
         batch = list(users) if _is_batch(users) else [users]
         rows = self.user_vocab.lookup(batch, missing=-1 if unknown == "popular" else None)
         denied = self._item_rows(deny)
-        exclude = [np.union1d(self.seen.items[self.seen.indptr[row]:self.seen.indptr[row + 1]], denied)
+        exclude = [np.union1d(self.seen.row(row), denied)
                    if exclude_seen and row >= 0 else denied for row in rows]
         known = rows >= 0
         results: list[Result | None] = [None] * len(rows)

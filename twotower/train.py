@@ -33,7 +33,7 @@ from twotower.embeddings import write_vectors
 from twotower.errors import TwoTowerError
 from twotower.index import build_index, fingerprint, index_report
 from twotower.module import TwoTowerModel
-from twotower.retrieval import Retriever
+from twotower.retrieval import Retriever, read_seen
 from twotower.towers import FeatureTower
 
 log = logging.getLogger("twotower")
@@ -130,7 +130,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     best = TwoTowerModel.load_from_checkpoint(exported, map_location="cpu")
     users, items = export(best, datamodule, paths)
     meta = build_index(index, items, best.hparams.score, paths.index, checkpoint=fingerprint(exported))
-    report = index_report(index, users, items, datamodule.seen(), meta, paths.index, cfg.index_recall_queries, cfg.seed)
+    # Seen items as retrieval will read them from the run directory, so the report measures what it serves.
+    seen = read_seen(paths, datamodule.n_users)
+    report = index_report(index, users, items, seen, meta, paths.index, cfg.index_recall_queries, cfg.seed)
     log.info("index: %s, recall@10 vs exact %s on %d queries, built in %.1fs", report["backend"],
              report["recall@10_vs_exact"], report["queries"], report["build_seconds"])
     write_json(metrics, paths.metrics("train"))

@@ -140,13 +140,6 @@ class InteractionDataModule(L.LightningDataModule):
         """Each user's items over the named splits."""
         return UserItems.from_frame(self.stacked(names), self.n_users)
 
-    def seen(self) -> UserItems:
-        """Each user's items anywhere in the log, positive or not: what retrieval never offers them."""
-        frames = [self.splits[name] for name in SPLIT_NAMES]
-        if self.non_positive is not None:
-            frames.append(self.non_positive)
-        return UserItems.from_frame(pl.concat(frames), self.n_users)
-
     def train_dataloader(self) -> DataLoader:
         dataset = TrainBatches(self.train_users, self.train_items, self.batch_size, self.sampler, self.seed)
         return self._loader(dataset, EpochBatchSampler(len(dataset)))

@@ -28,6 +28,10 @@ class UserItems:
         """From a frame of ``user`` and ``item`` indices (a split)."""
         return cls.from_pairs(frame["user"].to_numpy(), frame["item"].to_numpy(), n_users)
 
+    def row(self, user: int) -> np.ndarray:
+        """The items of one user (a view)."""
+        return self.items[self.indptr[user]:self.indptr[user + 1]]
+
     def gather(self, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(rows, items)``: every item of ``users[r]`` paired with its position ``r`` in ``users``."""
         starts = self.indptr[users]

@@ -91,9 +91,10 @@ class Vocabulary:
         return encoded.drop(column)
 
     def encode_known(self, frame: pl.DataFrame, column: str, alias: str) -> pl.DataFrame:
-        """Like ``encode``, but rows whose id is outside the vocabulary are dropped."""
-        mapping = self.frame.select(pl.col("id").cast(frame.schema[column]).alias(column),
-                                    pl.col("index").cast(pl.Int32).alias(alias))
+        """Like ``encode``, but rows whose id is outside the vocabulary (or cannot be read as the
+        vocabulary's id type) are dropped."""
+        mapping = self.frame.select(pl.col("id").alias(column), pl.col("index").cast(pl.Int32).alias(alias))
+        frame = frame.with_columns(pl.col(column).cast(mapping.schema[column], strict=False))
         return frame.join(mapping, on=column).drop(column)
 
     def lookup(self, ids: Sequence[object], missing: int | None = None) -> np.ndarray:
