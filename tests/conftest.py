@@ -41,3 +41,14 @@ class KillAtStep(Callback):
     def on_train_batch_end(self, trainer: Trainer, *args: object) -> None:
         if trainer.global_step == self.step:
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+class RaiseAtStep(Callback):
+    """Fails the run with an error after a given global step: a re-run that goes wrong halfway."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer: Trainer, *args: object) -> None:
+        if trainer.global_step == self.step:
+            raise RuntimeError(f"failed on cue at step {self.step}")

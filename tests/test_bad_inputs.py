@@ -19,6 +19,8 @@ from tests.conftest import compose_train
 from twotower import eval as eval_app
 from twotower import reindex, retrieve
 from twotower import train as train_app
+from twotower.artifacts import RunPaths, exclusive
+from twotower.embeddings import read_vectors, write_vectors
 from twotower.synthetic import planted_interactions
 
 GOOD = planted_interactions(n_users=60, n_items=40, n_clusters=4, interactions_per_user=8, seed=5)
@@ -80,6 +82,32 @@ def edit_meta(run: Path) -> None:
     (run / "index" / "meta.json").write_text(json.dumps(meta))
 
 
+def drop_manifest_key(key: str) -> Callable[[Path], None]:
+    def damage(run: Path) -> None:
+        manifest = json.loads((run / "run.json").read_text())
+        del manifest[key]
+        (run / "run.json").write_text(json.dumps(manifest))
+    return damage
+
+
+def reversed_vectors(side: str) -> Callable[[Path], None]:
+    """Another run's vectors, as far as anyone can tell from the file: same ids, shape and format."""
+    def damage(run: Path) -> None:
+        path = run / "embeddings" / f"{side}.parquet"
+        ids, vectors = read_vectors(path)
+        write_vectors(ids, vectors[::-1], path)
+    return damage
+
+
+def quoted(make: Callable[[Path], str]) -> Callable[[Path], str]:
+    """A path with characters Hydra's override grammar reads specially (brackets), quoted for it."""
+    return lambda folder: f'"{make(folder)}"'
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(path.relative_to(folder)): path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()}
+
+
 def with_rating(values: list) -> pl.DataFrame:
     return pl.DataFrame({"user_id": [1, 2, 3], "item_id": [1, 2, 3], "rating": values})
 
@@ -113,6 +141,14 @@ TRAIN_CASES = [
     ("negative temperature", write_log(GOOD), ["model.temperature=-1"], r"model.temperature must be > 0, got -1"),
     ("unknown feature column", write_log(GOOD), ["model.item_tower.kind=features", "+model.item_tower.features=[genre]"], r"item feature\(s\) \['genre'\] not in the item metadata"),
     ("resume from a missing checkpoint", write_log(GOOD), ["ckpt_path=last"], r"checkpoint to resume from not found: .*last\.ckpt"),
+    ("path is not a pattern", quoted(lambda f: write_log(GOOD, "log1.csv")(f).replace("log1", "log[1]")), [], r"interaction file not found: .*log\[1\]\.csv"),
+    ("header repeated mid-file", write_text("user_id,item_id\n1,2\n2,3\nuser_id,item_id\n3,4\n", "log.csv"), [], r"line 4 repeats the header \(user_id, item_id\)"),
+    ("one number spelled as two ids", write_text("user_id,item_id\n5,1\n 5.0,2\nabc,3\n", "log.csv"), [], r"'user_id' writes one number as several ids, e\.g\. \['5', '5\.0'\]"),
+    ("zero epochs", write_log(GOOD), ["trainer.max_epochs=0"], r"trainer\.max_epochs must be an integer >= 1"),
+    ("zero steps", write_log(GOOD), ["trainer.max_steps=0"], r"trainer\.max_steps must be -1 \(no limit\) or an integer >= 1, got 0"),
+    ("monitor that is not logged", write_log(GOOD), ["monitor=val/ndcg@200"], r"monitor=val/ndcg@200 is not a metric the run logs; choose one of \[.*'val/ndcg@20'"),
+    ("zero cut-off", write_log(GOOD), ["model.eval_ks=[0]"], r"ranking cut-offs must be a non-empty list of integers >= 1, got \[0\]"),
+    ("rating threshold that is not a number", write_log(with_rating([5, 4, 3])), ["data.min_rating=abc"], r"data\.min_rating must be a number \(or null\), got 'abc'"),
 ]
 
 RUN_CASES = [
@@ -131,17 +167,28 @@ RUN_CASES = [
     ("retrieve: index metadata of another model", retrieve, damaged_run(edit_meta), ["user=1"], r"score 'dot' but the model scores by 'cosine'"),
     ("retrieve: index of other vectors", retrieve, damaged_run(lambda run: shutil.copy(run / "embeddings" / "users.parquet", run / "embeddings" / "items.parquet")), ["user=1"], r"embeddings and vocabularies disagree|does not match this run"),
     ("retrieve: missing index metadata", retrieve, damaged_run(lambda run: (run / "index" / "meta.json").unlink()), ["user=1"], r"meta\.json missing"),
-    ("retrieve: corrupt embeddings file", retrieve, damaged_run(lambda run: truncate(run / "embeddings" / "items.parquet")), ["user=1"], r"cannot read .*items\.parquet"),
+    ("retrieve: corrupt embeddings file", retrieve, damaged_run(lambda run: truncate(run / "embeddings" / "items.parquet")), ["user=1"], r"items\.parquet does not match this run"),
+    ("retrieve: user vectors of another run", retrieve, damaged_run(reversed_vectors("users")), ["user=1"], r"users\.parquet does not match this run"),
+    ("retrieve: item vectors of another run, exact search", retrieve, damaged_run(reversed_vectors("items")), ["user=1", "backend=exact"], r"items\.parquet does not match this run"),
+    ("retrieve: run.json missing a key", retrieve, damaged_run(drop_manifest_key("score")), ["user=1"], r"run\.json lacks \['score'\]"),
+    ("retrieve: run.json without fingerprints", retrieve, damaged_run(drop_manifest_key("fingerprints")), ["user=1"], r"run\.json lacks \['fingerprints'\]"),
+    ("retrieve: zero-padded id of numeric ids", retrieve, None, ["users_file=PADDED"], r"unknown user id\(s\) \['007'\]"),
+    ("retrieve: binary users file", retrieve, None, ["users_file=BINARY"], r"binary\.txt: not a text file of user ids"),
+    ("retrieve: empty users file", retrieve, None, ["users_file=EMPTY"], r"empty\.txt: holds no user ids"),
     ("eval: unknown holdout", eval_app, None, ["holdout=train"], r"holdout must be 'valid' or 'test', got 'train'"),
     ("eval: file of unknown users", eval_app, None, ["path=STRANGERS"], r"no interaction in the file has a user and an item known to the run"),
     ("eval: the test split the final model saw", eval_app, None, [], r"trained on the test split .*metrics/train\.json"),
     ("eval: the valid split the final model saw", eval_app, None, ["holdout=valid"], r"trained on the valid split"),
     ("eval: the run's own log", eval_app, None, ["path=OWNLOG"], r"every interaction in .* is one the run trained"),
+    ("eval: vectors of another run", eval_app, damaged_run(reversed_vectors("users")), ["path=STRANGERS"], r"users\.parquet does not match this run"),
+    ("eval: zero cut-off", eval_app, None, ["ks=[0]", "path=STRANGERS"], r"ranking cut-offs must be a non-empty list of integers >= 1"),
+    ("eval: no cut-off", eval_app, None, ["ks=[]", "path=STRANGERS"], r"ranking cut-offs must be a non-empty list"),
     ("index: unfinished run", reindex, damaged_run(lambda run: (run / "run.json").unlink()), [], r"not a finished run directory"),
     ("index: zero trees", reindex, None, ["index.n_trees=0"], r"index\.n_trees must be an integer >= 1, got 0"),
     ("index: negative trees", reindex, None, ["index.n_trees=-5"], r"index\.n_trees must be an integer >= 1, got -5"),
     ("index: zero search budget", reindex, None, ["index.search_k_factor=0"], r"index\.search_k_factor must be"),
     ("index: zero search_k", reindex, None, ["index.search_k=0"], r"index\.search_k must be null or an integer"),
+    ("index: item vectors of another run", reindex, damaged_run(reversed_vectors("items")), [], r"items\.parquet does not match this run"),
 ]
 
 
@@ -176,12 +223,37 @@ def test_run_directory_input(case: str, module, make: Callable | None, arguments
                              tmp_path: Path, finished_run: Path, capsys: pytest.CaptureFixture,
                              monkeypatch: pytest.MonkeyPatch) -> None:
     run_dir = make(tmp_path, finished_run) if make else str(finished_run)
-    (tmp_path / "users.csv").write_text("customer\n1\n")
+    files = {"USERS": ("users.csv", b"customer\n1\n"), "PADDED": ("padded.txt", b"007\n1\n"),
+             "BINARY": ("binary.txt", bytes(range(256))), "EMPTY": ("empty.txt", b"\n  \n")}
+    for name, content in files.values():
+        (tmp_path / name).write_bytes(content)
     pl.DataFrame({"user_id": [99991], "item_id": [99992]}).write_csv(tmp_path / "strangers.csv")
-    arguments = [a.replace("USERS", str(tmp_path / "users.csv")).replace("STRANGERS", str(tmp_path / "strangers.csv"))
-                 .replace("OWNLOG", str(finished_run.parent / "log.csv")) for a in arguments]
+    replacements = {key: str(tmp_path / name) for key, (name, _) in files.items()}
+    replacements |= {"STRANGERS": str(tmp_path / "strangers.csv"), "OWNLOG": str(finished_run.parent / "log.csv")}
+    for key, value in replacements.items():
+        arguments = [argument.replace(key, value) for argument in arguments]
+    before = snapshot(Path(run_dir)) if Path(run_dir).is_dir() else {}
     code, stderr = invoke(module, [f"run_dir={run_dir}", *arguments], capsys, monkeypatch)
     assert_one_clean_error(code, stderr, expected)
+    assert (snapshot(Path(run_dir)) if Path(run_dir).is_dir() else {}) == before  # nothing changed
+
+
+def test_a_run_directory_that_is_a_file(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "taken").write_text("someone's notes")
+    code, stderr = invoke(train_app, [f"hydra.run.dir={tmp_path / 'taken'}"], capsys, monkeypatch)
+    assert_one_clean_error(code, stderr, r"hydra\.run\.dir=.*taken is a file; the run directory must be a folder")
+    assert (tmp_path / "taken").read_text() == "someone's notes"
+
+
+def test_a_second_training_into_a_directory_in_use_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    GOOD.write_csv(tmp_path / "log.csv")
+    with exclusive(RunPaths(tmp_path / "run")):  # as a first training holds it
+        code, stderr = invoke(train_app, ["data=interactions", f"data.path={tmp_path / 'log.csv'}",
+                                          f"hydra.run.dir={tmp_path / 'run'}", "logger=none"], capsys, monkeypatch)
+    assert_one_clean_error(code, stderr, r"run is in use by another training \(pid \d+\)")
+    assert sorted(path.name for path in (tmp_path / "run").iterdir()) == [".hydra", ".lock", "train.log"]
 
 
 def test_config_typos_are_reported_by_hydra_without_a_traceback(tmp_path: Path, capsys: pytest.CaptureFixture,

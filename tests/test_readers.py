@@ -120,3 +120,27 @@ def test_csv_ids_that_are_not_plain_integers_stay_text(tmp_path: Path) -> None:
     frame = InteractionFileReader(str(path)).read().interactions
     assert frame["user_id"].dtype == pl.Int64
     assert frame["item_id"].to_list() == ["007", "7", "7"]  # two different items, not one
+
+
+def test_ids_are_read_by_one_rule(tmp_path: Path) -> None:
+    path = tmp_path / "log.csv"
+    path.write_text("user_id,item_id\n 5,1.0\n5,2\n6.0,3.00\n")  # whitespace and whole-number decimals
+    frame = InteractionFileReader(str(path)).read().interactions
+    assert frame["user_id"].to_list() == [5, 5, 6] and frame["item_id"].to_list() == [1, 2, 3]
+    path.write_text("user_id,item_id\n a ,x\nb,y \n")
+    frame = InteractionFileReader(str(path)).read().interactions
+    assert frame["user_id"].to_list() == ["a", "b"] and frame["item_id"].to_list() == ["x", "y"]
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet", ".ndjson"])
+def test_a_path_is_one_file_never_a_pattern(tmp_path: Path, suffix: str) -> None:
+    wanted = pl.DataFrame({"user_id": [1, 2], "item_id": [3, 4]})
+    other = pl.DataFrame({"user_id": [9], "item_id": [9]})
+    for frame, name in ((wanted, f"log[1]{suffix}"), (other, f"log1{suffix}")):
+        path = tmp_path / name
+        frame.write_csv(path) if suffix == ".csv" else frame.write_parquet(path) if suffix == ".parquet" \
+            else frame.write_ndjson(path)
+    read = InteractionFileReader(str(tmp_path / f"log[1]{suffix}")).read().interactions
+    assert read["user_id"].to_list() == [1, 2]
+    with pytest.raises(TwoTowerError, match=r"interaction file not found: .*log\*"):
+        InteractionFileReader(str(tmp_path / f"log*{suffix}")).read()

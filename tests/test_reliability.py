@@ -15,10 +15,12 @@ import numpy as np
 import polars as pl
 import pytest
 import torch
+from omegaconf import DictConfig
 
 from tests.conftest import compose_train
 from twotower.artifacts import atomic_path, write_json
 from twotower.errors import TwoTowerError
+from twotower.eval import evaluate_run
 from twotower.retrieval import Retriever
 from twotower.synthetic import planted_interactions
 from twotower.train import train
@@ -133,3 +135,40 @@ def test_many_threads_share_one_retriever(tmp_path: Path, log_file: Path) -> Non
         list(pool.map(ask, queries, timeout=120))
     assert not mismatches
     assert time.perf_counter() - started < 120
+
+
+def test_a_failed_rerun_leaves_the_finished_run_and_a_good_one_replaces_it(tmp_path: Path, log_file: Path) -> None:
+    def overrides(*extra: str) -> DictConfig:
+        return compose_train(tmp_path / "run", "data=interactions", f"data.path={log_file}", "trainer.max_epochs=2",
+                             "model.dim=16", "datamodule.batch_size=128", "show_similar_to=null", *extra)
+
+    train(overrides())
+    before = {path: path.read_bytes() for path in (tmp_path / "run").rglob("*")
+              if path.is_file() and ".hydra" not in path.parts and path.name != ".lock"}
+    answer = Retriever.load(tmp_path / "run").recommend(0, k=5)
+    with pytest.raises(RuntimeError, match="failed on cue"):
+        train(overrides("seed=1", "+callbacks.boom._target_=tests.conftest.RaiseAtStep", "+callbacks.boom.step=3"))
+    assert {path: path.read_bytes() for path in before} == before  # every file of the finished run as it was
+    kept = Retriever.load(tmp_path / "run").recommend(0, k=5)
+    assert list(kept[0]) == list(answer[0])
+
+    train(overrides("seed=1"))
+    assert not (tmp_path / "run" / ".staging").exists()
+    manifest = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert manifest["fingerprints"] != json.loads(before[tmp_path / "run" / "run.json"])["fingerprints"]
+    assert not [path for path in (tmp_path / "run").iterdir() if path.name.startswith(".retired")]
+    Retriever.load(tmp_path / "run").recommend(0, k=5)
+
+
+def test_eval_reads_a_later_log_by_the_run_s_rating_threshold(tmp_path: Path) -> None:
+    ratings = planted_interactions(n_users=120, n_items=60, n_clusters=4, interactions_per_user=12, seed=2)
+    ratings = ratings.with_columns(rating=pl.Series(np.random.default_rng(0).integers(1, 6, ratings.height)))
+    ratings.write_csv(tmp_path / "log.csv")
+    train(compose_train(tmp_path / "run", "data=interactions", f"data.path={tmp_path / 'log.csv'}",
+                        "data.min_rating=4", "trainer.max_epochs=1", "model.dim=8", "show_similar_to=null"))
+    later = planted_interactions(n_users=120, n_items=60, n_clusters=4, interactions_per_user=12, seed=9)
+    later = later.with_columns(rating=pl.Series(np.random.default_rng(1).integers(1, 6, later.height)))
+    later.write_csv(tmp_path / "later.csv")
+    later.filter(pl.col("rating") >= 4).drop("rating").write_csv(tmp_path / "later-positives.csv")
+    assert evaluate_run(tmp_path / "run", path=str(tmp_path / "later.csv")) == \
+        evaluate_run(tmp_path / "run", path=str(tmp_path / "later-positives.csv"))

@@ -79,3 +79,17 @@ def test_bad_k_and_similar_items(retriever: Retriever) -> None:
     assert 3 not in list(ids) and len(ids) == 4 and list(scores) == sorted(scores, reverse=True)
     neighbours, _ = retriever.similar_users(0, k=3)
     assert 0 not in list(neighbours) and len(neighbours) == 3
+
+
+def test_any_k_and_mixed_id_types_are_answered(retriever: Retriever) -> None:
+    everything, _ = retriever.recommend(0, k=2**63 - 1)
+    assert len(everything) == len(retriever.item_vocab) - len(seen_items(retriever, 0))
+    mixed = retriever.recommend(["1", 2, 3.0], k=4)
+    plain = retriever.recommend([1, 2, 3], k=4)
+    for (ids, scores), (same_ids, same_scores) in zip(mixed, plain, strict=True):
+        assert list(ids) == list(same_ids) and np.allclose(scores, same_scores)
+    with pytest.raises(TwoTowerError, match=r"unknown user id\(s\) \['001'\]"):
+        retriever.recommend(["001"], k=3)
+    for missing in (None, ""):
+        with pytest.raises(TwoTowerError, match="a run directory must be a path"):
+            Retriever.load(missing)

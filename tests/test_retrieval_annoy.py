@@ -7,7 +7,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from twotower.artifacts import RunPaths, write_json, write_parquet
+from twotower.artifacts import RunPaths, artifact_fingerprints, write_json, write_parquet
 from twotower.data.vocab import Vocabulary
 from twotower.embeddings import write_vectors
 from twotower.index import AnnoyIndex, build_index, index_report, read_meta
@@ -43,7 +43,8 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     build_index(AnnoyIndex(), items, "cosine", paths.index)
     write_json({"names": {"user": "user", "item": "item"}, "score": "cosine", "dim": DIM, "n_users": N_USERS,
                 "n_items": N_ITEMS, "checkpoint": None, "checkpoint_fingerprint": None,
-                "trained_on": ["train", "valid", "test"]}, paths.manifest)
+                "trained_on": ["train", "valid", "test"], "min_rating": None,
+                "fingerprints": artifact_fingerprints(paths)}, paths.manifest)
     return paths.root
 
 

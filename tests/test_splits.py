@@ -1,9 +1,14 @@
+from pathlib import Path
+
 import polars as pl
 import pytest
 
+from twotower.data.datamodule import InteractionDataModule
 from twotower.data.interactions import InteractionLog, deduplicate, positives
-from twotower.data.splits import PresplitSplit, RandomSplit, TemporalSplit
+from twotower.data.readers import InteractionFileReader
+from twotower.data.splits import PresplitSplit, RandomSplit, TemporalSplit, cover_holdouts
 from twotower.errors import TwoTowerError
+from twotower.sampling import NegativeSampler
 from twotower.synthetic import planted_interactions
 
 
@@ -68,3 +73,32 @@ def test_positives_by_rating_label_and_dedup() -> None:
     labels = pl.DataFrame({"user_id": [1, 2], "item_id": [1, 1], "label": [0.0, -1.0]})
     with pytest.raises(TwoTowerError, match="every label is <= 0"):
         positives(InteractionLog(labels))
+
+
+def test_held_out_pairs_of_ids_never_trained_on_move_to_train_or_are_dropped() -> None:
+    frame = pl.DataFrame({"user": [0, 0, 1, 1, 2, 1, 2, 3], "item": [0, 1, 0, 1, 0, 5, 1, 0],
+                          "split": ["train", "train", "train", "valid", "valid", "test", "test", "test"]})
+    splits = cover_holdouts(PresplitSplit().split(frame), test_given=True)
+    # User 2 has no training pair: its valid pair trains, and then its test pair can be scored. Item 5 and
+    # user 3 are strangers to train: a test file given on its own drops their pairs (it must stay unseen).
+    assert splits["train"].rows() == [(0, 0), (0, 1), (1, 0), (2, 0)]
+    assert splits["valid"].rows() == [(1, 1)]
+    assert splits["test"].rows() == [(2, 1)]
+    single_log = cover_holdouts(PresplitSplit().split(frame), test_given=False)
+    assert single_log["train"].rows() == [(0, 0), (0, 1), (1, 0), (1, 5), (2, 0), (3, 0)]
+    assert single_log["test"].rows() == [(2, 1)]
+
+
+def test_ids_of_a_given_test_file_only_are_not_in_the_vocabulary(tmp_path: Path) -> None:
+    files = {"train": "1,10\n1,11\n2,10\n", "valid": "2,11\n3,10\n", "test": "3,11\n4,10\n1,12\n"}
+    for name, rows in files.items():
+        (tmp_path / f"{name}.csv").write_text("user_id,item_id\n" + rows)
+    reader = InteractionFileReader(str(tmp_path / "train.csv"), valid_path=str(tmp_path / "valid.csv"),
+                                   test_path=str(tmp_path / "test.csv"))
+    datamodule = InteractionDataModule(reader, PresplitSplit(), NegativeSampler())
+    datamodule.setup("fit")
+    # User 3 trains on its valid pair; user 4 and item 12 exist only in the test file: no vector for them.
+    assert datamodule.user_vocab.ids.to_list() == [1, 2, 3] and datamodule.item_vocab.ids.to_list() == [10, 11]
+    decoded = {name: [(int(datamodule.user_vocab.ids[u]), int(datamodule.item_vocab.ids[i])) for u, i in split.rows()]
+               for name, split in datamodule.splits.items()}
+    assert decoded == {"train": [(1, 10), (1, 11), (2, 10), (3, 10)], "valid": [(2, 11)], "test": [(3, 11)]}

@@ -63,3 +63,15 @@ def test_resolve_by_title() -> None:
         vocab.resolve("Toy")
     with pytest.raises(TwoTowerError, match="did you mean"):
         vocab.resolve("Toy Stories")
+
+
+def test_queries_are_read_by_the_rule_logs_are_read_by() -> None:
+    numeric = Vocabulary.build(pl.Series([7, 186, 196]), "user")
+    assert numeric.lookup(["196", 186, " 7 ", 7.0, "196.0", np.int32(7)]).tolist() == [2, 1, 0, 0, 2, 0]
+    for stranger in ("007", "7.5", 7.5, True, None, 2**64, "abc"):
+        with pytest.raises(TwoTowerError, match="unknown user id"):
+            numeric.lookup([stranger])
+    text = Vocabulary.build(pl.Series(["007", "7", "a"]), "item")
+    assert text.lookup(["007", 7, " a"]).tolist() == [0, 1, 2]
+    with pytest.raises(TwoTowerError, match=r"unknown item id\(s\) \[7\.0\]"):
+        text.lookup([7.0])

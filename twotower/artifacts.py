@@ -6,6 +6,8 @@ Every artifact is written to a temporary name in its final folder and then renam
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import json
 import os
 import shutil
@@ -14,13 +16,17 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
+import numpy as np
 import polars as pl
 
 from twotower.errors import TwoTowerError
 
 SPLIT_NAMES = ("train", "valid", "test")
+# What run.json must say for a run directory to be used (older or hand-edited files may lack some).
+MANIFEST_KEYS = ("names", "score", "dim", "n_users", "n_items", "checkpoint", "trained_on", "min_rating",
+                 "fingerprints")
 
 
 @dataclass(frozen=True)
@@ -72,6 +78,67 @@ class RunPaths:
         """``run.json``: what the run is (names, score, sizes, checkpoint); written last by training."""
         return self.root / "run.json"
 
+    @property
+    def staging(self) -> Path:
+        """Where a re-run into a finished run directory builds its artifacts, beside the finished ones."""
+        return self.root / ".staging"
+
+    @property
+    def lock(self) -> Path:
+        return self.root / ".lock"
+
+    def fingerprinted(self) -> list[Path]:
+        """The artifacts retrieval and evaluation read besides the index (which has its own fingerprints)."""
+        files = [self.vocab("users"), self.vocab("items"), self.embeddings("users"), self.embeddings("items"),
+                 *(self.split(name) for name in SPLIT_NAMES), self.non_positive]
+        return [file for file in files if file.exists()]
+
+
+# A run directory's own entries: a re-run replaces all of them (and leaves Hydra's .hydra/ and train.log).
+RUN_ENTRIES = ("config.yaml", "vocab", "splits", "checkpoints", "logs", "embeddings", "index", "metrics")
+
+
+def fingerprint(data: np.ndarray | Path) -> str:
+    """A short SHA-256 of an array's bytes or a file's contents."""
+    digest = hashlib.sha256()
+    if isinstance(data, Path):
+        with data.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    else:
+        digest.update(np.ascontiguousarray(data).tobytes())
+    return digest.hexdigest()[:16]
+
+
+def artifact_fingerprints(paths: RunPaths) -> dict[str, str]:
+    """``{path relative to the run directory: fingerprint}`` of the artifacts run.json vouches for."""
+    return {file.relative_to(paths.root).as_posix(): fingerprint(file) for file in paths.fingerprinted()}
+
+
+def check_fingerprints(paths: RunPaths, manifest: dict[str, Any]) -> None:
+    """Every artifact run.json vouches for must be the file the run wrote: one copied from another run, or
+    edited, would be served or scored as this run's without a word."""
+    recorded = manifest["fingerprints"]
+    essential = [paths.vocab("users"), paths.vocab("items"), paths.embeddings("users"), paths.embeddings("items"),
+                 paths.split("train")]
+    unvouched = [file.name for file in essential if file.relative_to(paths.root).as_posix() not in recorded]
+    if unvouched:
+        raise TwoTowerError(f"{paths.manifest} has no fingerprint for {unvouched}; train the run again")
+    for name, expected in recorded.items():
+        file = paths.root / name
+        if not file.exists():
+            raise TwoTowerError(f"missing {file}; is this a finished run directory?")
+        if fingerprint(file) != expected:
+            raise TwoTowerError(f"{file} does not match this run (its fingerprint differs from the one in "
+                                "run.json): it was replaced or changed after training; train the run again")
+
+
+def run_path(run_dir: object) -> Path:
+    """A run directory given as text or a path (``None`` or an empty string is a clear error)."""
+    if not isinstance(run_dir, (str, os.PathLike)) or str(run_dir) == "":
+        raise TwoTowerError(f"a run directory must be a path, got {run_dir!r}")
+    return Path(run_dir)
+
 
 def read_parquet(path: Path) -> pl.DataFrame:
     """A run's Parquet artifact, or one clear error when it is missing or damaged."""
@@ -90,9 +157,52 @@ def read_manifest(paths: RunPaths) -> dict[str, Any]:
     if not paths.manifest.exists():
         raise TwoTowerError(f"{paths.root} is not a finished run directory (run.json missing)")
     try:
-        return json.loads(paths.manifest.read_text())
-    except json.JSONDecodeError as error:
+        manifest = json.loads(paths.manifest.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise TwoTowerError(f"{paths.manifest} is damaged (not valid JSON); train the run again") from error
+    missing = [key for key in MANIFEST_KEYS if not isinstance(manifest, dict) or key not in manifest]
+    if missing:
+        raise TwoTowerError(f"{paths.manifest} lacks {missing} (written by another version, or edited); "
+                            "train the run again")
+    return manifest
+
+
+@contextmanager
+def exclusive(paths: RunPaths) -> Iterator[None]:
+    """Hold the run directory's lock: a second training into the same directory is refused, not raced."""
+    paths.root.mkdir(parents=True, exist_ok=True)
+    handle: IO[str] = paths.lock.open("a+")
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as error:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise TwoTowerError(f"{paths.root} is in use by another training ({holder}); wait for it, or "
+                                "choose another directory with hydra.run.dir=...") from error
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()}")
+        handle.flush()
+        yield
+    finally:
+        handle.close()  # closing releases the lock, as does the process ending in any way
+
+
+def publish(staging: Path, root: Path) -> None:
+    """Replace a finished run's entries by those built in ``staging``; run.json goes last, so a reader
+    sees the old run, or no finished run for the few renames in between, or the new one."""
+    (root / "run.json").unlink(missing_ok=True)
+    retired = root / f".retired-{uuid.uuid4().hex[:8]}"
+    retired.mkdir()
+    for name in RUN_ENTRIES:
+        if (root / name).exists():
+            os.replace(root / name, retired / name)
+        if (staging / name).exists():
+            os.replace(staging / name, root / name)
+    os.replace(staging / "run.json", root / "run.json")
+    shutil.rmtree(retired, ignore_errors=True)
+    shutil.rmtree(staging, ignore_errors=True)
 
 
 @contextmanager

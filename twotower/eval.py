@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import hydra
@@ -23,7 +24,15 @@ import polars as pl
 import torch
 from omegaconf import DictConfig
 
-from twotower.artifacts import SPLIT_NAMES, RunPaths, read_manifest, read_parquet, write_json
+from twotower.artifacts import (
+    SPLIT_NAMES,
+    RunPaths,
+    check_fingerprints,
+    read_manifest,
+    read_parquet,
+    run_path,
+    write_json,
+)
 from twotower.cli import reported_errors
 from twotower.data.batches import RankingBatches
 from twotower.data.datamodule import eval_chunk_size
@@ -33,7 +42,7 @@ from twotower.data.user_items import UserItems
 from twotower.data.vocab import Vocabulary
 from twotower.embeddings import read_vectors
 from twotower.errors import TwoTowerError
-from twotower.metrics import RankingMetrics
+from twotower.metrics import RankingMetrics, cut_offs
 
 log = logging.getLogger("twotower")
 
@@ -52,8 +61,11 @@ def encode_known(frame: pl.DataFrame, user_vocab: Vocabulary, item_vocab: Vocabu
 
 def evaluate_run(run_dir: str | Path, holdout: str = "test", path: str | None = None, ks: Sequence[int] = (10, 20),
                  user_col: str = "user_id", item_col: str = "item_id") -> dict[str, float]:
-    paths = RunPaths(Path(run_dir))
+    paths = RunPaths(run_path(run_dir))
     manifest = read_manifest(paths)
+    check_fingerprints(paths, manifest)
+    ks = list(ks)
+    cut_offs(ks, 1)  # checked before anything is read
     user_vocab = Vocabulary.load(paths.vocab("users"), manifest["names"]["user"])
     item_vocab = Vocabulary.load(paths.vocab("items"), manifest["names"]["item"])
     _, user_vectors = read_vectors(paths.embeddings("users"))
@@ -63,6 +75,8 @@ def evaluate_run(run_dir: str | Path, holdout: str = "test", path: str | None = 
     trained_on = manifest.get("trained_on", ["train"])
     if path is not None:
         interaction_log = InteractionFileReader(path, user_col=user_col, item_col=item_col).read()
+        if "rating" in interaction_log.interactions.columns:  # positives by the run's own rule
+            interaction_log = replace(interaction_log, min_rating=manifest["min_rating"])
         targets = deduplicate(encode_known(positives(interaction_log), user_vocab, item_vocab))
         used = [name for name in SPLIT_NAMES if name in {"train", "valid", *trained_on}]  # trained or selected on
         seen = pl.concat([splits[name] for name in used])

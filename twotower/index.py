@@ -17,7 +17,6 @@ directory without it is an unfinished build; loading checks every recorded fact 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
@@ -29,24 +28,12 @@ from typing import Any
 import numpy as np
 from annoy import AnnoyIndex as _Annoy
 
-from twotower.artifacts import atomic_directory, write_json
+from twotower.artifacts import atomic_directory, fingerprint, write_json
 from twotower.data.user_items import UserItems
 from twotower.errors import TwoTowerError
 
 INDEX_FORMAT = 1
 SCORES = ("dot", "cosine")
-
-
-def fingerprint(data: np.ndarray | Path) -> str:
-    """A short SHA-256 of an array's bytes or a file's contents."""
-    digest = hashlib.sha256()
-    if isinstance(data, Path):
-        with data.open("rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-    else:
-        digest.update(np.ascontiguousarray(data).tobytes())
-    return digest.hexdigest()[:16]
 
 
 def exact_top(queries: np.ndarray, items: np.ndarray, n: int, batch_size: int | None = None

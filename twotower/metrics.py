@@ -20,8 +20,24 @@ import torch
 from torchmetrics import Metric
 
 from twotower.data.batches import Batch
+from twotower.errors import TwoTowerError
 
 METRICS = ("recall", "ndcg", "hitrate", "mrr")
+
+
+def cut_offs(ks: Sequence[object], n_items: int) -> list[int]:
+    """The ranking cut-offs to report: positive integers, each capped at the catalogue's size."""
+    valid = isinstance(ks, Sequence) and not isinstance(ks, (str, bytes)) and len(ks) > 0 and all(
+        isinstance(k, int) and not isinstance(k, bool) and k >= 1 for k in ks)
+    if not valid:
+        raise TwoTowerError(f"ranking cut-offs must be a non-empty list of integers >= 1, got {ks!r}")
+    return sorted({min(k, n_items) for k in ks})
+
+
+def metric_names(ks: Sequence[object], n_items: int) -> list[str]:
+    """Every metric a ranking evaluation reports, e.g. ``ndcg@20`` and ``coverage@20``."""
+    ks = cut_offs(ks, n_items)
+    return [f"{metric}@{k}" for k in ks for metric in METRICS] + [f"coverage@{k}" for k in ks]
 
 
 def ranking_metrics(hits: torch.Tensor, n_targets: torch.Tensor, ks: Sequence[int]) -> dict[str, torch.Tensor]:
@@ -62,7 +78,7 @@ class RankingMetrics(Metric):
 
     def __init__(self, n_items: int, ks: Sequence[int] = (10, 20)) -> None:
         super().__init__()
-        self.ks = sorted({min(int(k), n_items) for k in ks})
+        self.ks = cut_offs(ks, n_items)
         self.names = [f"{metric}@{k}" for k in self.ks for metric in METRICS]
         self.add_state("sums", torch.zeros(len(self.names), dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("users", torch.zeros((), dtype=torch.long), dist_reduce_fx="sum")

@@ -11,13 +11,12 @@ task retrieval serves: each user's seen items left out), build time and size are
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from twotower.artifacts import RunPaths, read_manifest
+from twotower.artifacts import RunPaths, check_fingerprints, read_manifest, run_path
 from twotower.cli import register_resolvers, reported_errors
 from twotower.embeddings import read_vectors
 from twotower.index import build_index, index_report
@@ -27,11 +26,12 @@ register_resolvers()
 
 
 def reindex(cfg: DictConfig) -> dict:
-    paths = RunPaths(Path(cfg.run_dir))
+    paths = RunPaths(run_path(cfg.run_dir))
+    index = instantiate(cfg.index)  # settings checked before anything is read or replaced
     manifest = read_manifest(paths)
+    check_fingerprints(paths, manifest)  # a rebuild never blesses vectors the run did not export
     _, users = read_vectors(paths.embeddings("users"))
     _, items = read_vectors(paths.embeddings("items"))
-    index = instantiate(cfg.index)
     meta = build_index(index, items, manifest["score"], paths.index, checkpoint=manifest["checkpoint_fingerprint"])
     seen = read_seen(paths, len(users))
     return index_report(index, users, items, seen, meta, paths.index, cfg.index_recall_queries, cfg.seed)

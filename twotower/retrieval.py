@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from twotower.artifacts import SPLIT_NAMES, RunPaths, read_manifest, read_parquet
+from twotower.artifacts import SPLIT_NAMES, RunPaths, check_fingerprints, read_manifest, read_parquet, run_path
 from twotower.data.user_items import UserItems
 from twotower.data.vocab import Vocabulary
 from twotower.embeddings import read_vectors
@@ -39,10 +39,12 @@ def _is_batch(query: object) -> bool:
     return isinstance(query, (list, tuple, np.ndarray, pl.Series))
 
 
-def _check_k(k: object) -> int:
+def _check_k(k: object, available: int) -> int:
+    """``k`` as asked, capped at the ``available`` candidates (a larger k cannot return more, and a huge one
+    would overflow the index's search budget)."""
     if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k <= 0:
         raise TwoTowerError(f"k must be a positive integer, got {k!r}")
-    return int(k)
+    return int(min(k, max(available, 1)))
 
 
 def read_seen(paths: RunPaths, n_users: int) -> UserItems:
@@ -79,8 +81,9 @@ class Retriever:
         """Open a run directory; ``backend="exact"`` searches by brute force instead of its Annoy index."""
         if backend not in (None, "exact", "annoy"):
             raise TwoTowerError(f"unknown backend '{backend}'; choose annoy or exact")
-        paths = RunPaths(Path(run_dir))
+        paths = RunPaths(run_path(run_dir))
         manifest = read_manifest(paths)
+        check_fingerprints(paths, manifest)
         names = manifest["names"]
         user_vocab = Vocabulary.load(paths.vocab("users"), names["user"])
         item_vocab = Vocabulary.load(paths.vocab("items"), names["item"])
@@ -106,7 +109,7 @@ class Retriever:
         """
         if unknown not in UNKNOWN_POLICIES:
             raise TwoTowerError(f"unknown must be one of {UNKNOWN_POLICIES}, got '{unknown}'")
-        k = _check_k(k)
+        k = _check_k(k, len(self.item_vocab))
         batch = list(users) if _is_batch(users) else [users]
         rows = self.user_vocab.lookup(batch, missing=-1 if unknown == "popular" else None)
         denied = self._item_rows(deny)
@@ -133,7 +136,7 @@ class Retriever:
 
     def similar_users(self, users: object, k: int = 10) -> Result | list[Result]:
         """The ``k`` users closest to a user id (or a batch), by exact search over the user vectors."""
-        k = _check_k(k)
+        k = _check_k(k, len(self.user_vocab))
         batch = list(users) if _is_batch(users) else [users]
         rows = np.array([self.user_vocab.resolve(user) for user in batch], dtype=np.int64)
         indices, scores = exact_top(self.user_vectors[rows], self.user_vectors, k + 1)
@@ -150,13 +153,13 @@ class Retriever:
             order = order[np.isin(order, self._item_rows(allow))]
         if exclude is not None and len(exclude):
             order = order[~np.isin(order, exclude)]
-        top = order[:_check_k(k)]
+        top = order[:_check_k(k, len(order))]
         return self.item_vocab.decode(top), self.item_counts[top].astype(np.float32)
 
     def search(self, queries: np.ndarray, k: int, exclude: Sequence[np.ndarray] | None = None,
                allow: Iterable | None = None) -> list[Result]:
         """Top-``k`` items by dot product with each query vector, leaving out ``exclude[i]`` (item indices)."""
-        k = _check_k(k)
+        k = _check_k(k, len(self.item_vectors))
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         exclude = exclude if exclude is not None else [np.empty(0, dtype=np.int64)] * len(queries)
         if allow is not None:

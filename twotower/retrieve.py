@@ -19,7 +19,7 @@ from omegaconf import DictConfig
 
 from twotower.artifacts import atomic_path
 from twotower.cli import reported_errors
-from twotower.data.readers import collect, detect_format, existing_path, scan_table
+from twotower.data.readers import collect, detect_format, existing_path, reading, scan_table
 from twotower.data.vocab import Vocabulary
 from twotower.errors import TwoTowerError
 from twotower.retrieval import Retriever
@@ -48,16 +48,26 @@ def print_table(heading: str, rows: list[dict[str, Any]]) -> None:
 
 
 def read_user_ids(path: str) -> list[Any]:
-    """User ids from a text file (one per line) or a CSV/Parquet/NDJSON table with a ``user_id`` column."""
+    """User ids from a text file (one per line) or a CSV/Parquet/NDJSON table with a ``user_id`` column.
+
+    Ids are read as text and matched by the one rule of ``twotower.data.ids`` ("007" is not user 7)."""
     file = existing_path(path, "users file")
     if file.suffix.lower() in ("", ".txt", ".lst"):
-        ids = [line.strip() for line in file.read_text().splitlines() if line.strip()]
-        return [int(i) if i.lstrip("-").isdigit() else i for i in ids]
-    format = detect_format(file, None)
-    frame = collect(scan_table(file, format), file, format)
-    if "user_id" not in frame.columns:
-        raise TwoTowerError(f"{file}: needs a user_id column, found {frame.columns}")
-    return frame["user_id"].drop_nulls().to_list()
+        try:
+            lines = file.read_text(encoding="utf-8").splitlines()
+        except UnicodeDecodeError as error:
+            raise TwoTowerError(f"{file}: not a text file of user ids (byte {error.start} is not UTF-8)") from error
+        ids = [line.strip() for line in lines if line.strip()]
+    else:
+        format = detect_format(file, None)
+        lazy = scan_table(file, format, text_columns=["user_id"])
+        with reading(file, format):
+            if "user_id" not in lazy.collect_schema():
+                raise TwoTowerError(f"{file}: needs a user_id column, found {list(lazy.collect_schema())}")
+        ids = collect(lazy.select("user_id"), file, format)["user_id"].drop_nulls().to_list()
+    if not ids:
+        raise TwoTowerError(f"{file}: holds no user ids")
+    return ids
 
 
 def batch_results(retriever: Retriever, users: list[Any], k: int, exclude_seen: bool) -> pl.DataFrame:

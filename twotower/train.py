@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -26,12 +27,13 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
-from twotower.artifacts import RunPaths, write_json, write_text
+from twotower.artifacts import RunPaths, artifact_fingerprints, exclusive, fingerprint, publish, write_json, write_text
 from twotower.cli import quiet_framework_notices, register_resolvers, reported_errors, user_error
 from twotower.data.datamodule import InteractionDataModule
 from twotower.embeddings import write_vectors
 from twotower.errors import TwoTowerError
-from twotower.index import build_index, fingerprint, index_report
+from twotower.index import Backend, build_index, index_report
+from twotower.metrics import metric_names
 from twotower.module import TwoTowerModel
 from twotower.retrieval import Retriever, read_seen
 from twotower.towers import FeatureTower
@@ -86,21 +88,71 @@ def final_fit(cfg: DictConfig, datamodule: InteractionDataModule, epochs: int, p
     return Path(checkpoint.best_model_path), trainer
 
 
+def check_trainer_switches(trainer: DictConfig) -> None:
+    """Stopping rules Lightning would accept but that leave no model to export."""
+    max_epochs, max_steps = trainer.get("max_epochs"), trainer.get("max_steps", -1)
+    if not (isinstance(max_steps, int) and (max_steps == -1 or max_steps >= 1)):
+        raise TwoTowerError(f"trainer.max_steps must be -1 (no limit) or an integer >= 1, got {max_steps!r}")
+    unlimited = max_epochs == -1 and max_steps >= 1  # Lightning's "until max_steps"
+    if not (max_epochs is None or unlimited or (isinstance(max_epochs, int) and max_epochs >= 1)):
+        raise TwoTowerError(f"trainer.max_epochs must be an integer >= 1 (or -1 with trainer.max_steps set), "
+                            f"got {max_epochs!r}")
+
+
+def check_monitor(monitor: str, eval_ks: list[int], n_items: int) -> None:
+    """The metric that selects checkpoints and stops early must be one the validation pass logs."""
+    logged = [f"val/{name}" for name in metric_names(eval_ks, n_items)]
+    if monitor not in logged:
+        raise TwoTowerError(f"monitor={monitor} is not a metric the run logs; choose one of {logged}")
+
+
+def is_first_process() -> bool:
+    """Whether this is the process that started the run (not a DDP worker Lightning or torchrun started)."""
+    return all(os.environ.get(variable, "0") == "0" for variable in ("RANK", "LOCAL_RANK", "NODE_RANK"))
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
-    """Select on the validation split, train the final model, test, export and index; returns the metrics."""
-    paths = RunPaths(Path(cfg.run_dir))
+    """Select on the validation split, train the final model, test, export and index; returns the metrics.
+
+    Training into a finished run directory builds the new run in ``DIR/.staging`` and replaces the old one
+    only once the new one is complete, so a failed re-run leaves the finished run as it was; a lock refuses
+    a second training into a directory in use.
+    """
+    check_trainer_switches(cfg.trainer)
     index = instantiate(cfg.index)  # its settings are checked here, not after hours of training
+    root = RunPaths(Path(cfg.run_dir))
+    if not is_first_process():
+        return fit_and_export(staged(cfg, root), index, root)
+    with exclusive(root):
+        cfg = staged(cfg, root)
+        work = RunPaths(Path(cfg.run_dir))
+        if work != root and cfg.ckpt_path in (None, "") and work.root.exists():
+            shutil.rmtree(work.root)  # an earlier re-run's leftovers: this one starts afresh
+        return fit_and_export(cfg, index, root)
+
+
+def staged(cfg: DictConfig, root: RunPaths) -> DictConfig:
+    """``cfg`` with its run directory moved to ``root``'s staging folder when ``root`` holds a finished run
+    (every path of the run's config follows ``run_dir``)."""
+    if not root.manifest.exists():
+        return cfg
+    cfg = cfg.copy()
+    cfg.run_dir = str(root.staging)
+    return cfg
+
+
+def fit_and_export(cfg: DictConfig, index: Backend, root: RunPaths) -> dict[str, float]:
+    paths = RunPaths(Path(cfg.run_dir))
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule: InteractionDataModule = instantiate(cfg.datamodule)
     datamodule.setup("fit")
+    check_monitor(cfg.monitor, list(cfg.model.eval_ks), datamodule.n_items)
     model = build_model(cfg.model, datamodule)
     callbacks = [instantiate(callback) for callback in (cfg.get("callbacks") or {}).values()]
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger)
     resume = checkpoint_to_resume(cfg.ckpt_path, paths)
     if trainer.is_global_zero:
-        # run.json marks a finished run; without it nobody loads this directory while it is rewritten.
-        paths.manifest.unlink(missing_ok=True)
         write_text(OmegaConf.to_yaml(cfg, resolve=True), paths.config)
         datamodule.save(paths)
 
@@ -142,6 +194,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         "dim": best.hparams.dim,
         "n_users": datamodule.n_users,
         "n_items": datamodule.n_items,
+        "min_rating": datamodule.min_rating,
         "checkpoint": os.path.relpath(exported, paths.root),
         "checkpoint_fingerprint": meta["checkpoint_fingerprint"],
         "selected_checkpoint": os.path.relpath(selected, paths.root),
@@ -150,11 +203,15 @@ def train(cfg: DictConfig) -> dict[str, float]:
         "monitor": cfg.monitor,
         "metrics": metrics,
         "metrics_from": sources,
+        # What retrieval and evaluation check before trusting a file of this directory.
+        "fingerprints": artifact_fingerprints(paths),
     }, paths.manifest)
-    log.info("run directory: %s", paths.root)
+    if paths != root:
+        publish(paths.root, root.root)
+    log.info("run directory: %s", root.root)
     example = datamodule.example_item if cfg.show_similar_to == "auto" else cfg.show_similar_to
     if example is not None:
-        show_similar(paths, example, cfg.show_k)
+        show_similar(root, example, cfg.show_k)
     return metrics
 
 
@@ -183,12 +240,19 @@ def sweep_job(cfg: DictConfig) -> float:
         return float("nan")
 
 
-def missing_extra(arguments: list[str]) -> str | None:
-    """What to install for a search the command line asks for but this environment cannot run (Hydra's
-    own error would only say that a config cannot be loaded)."""
-    wants_optuna = any(argument.lstrip("+~").replace(" ", "") == "hparams_search=optuna" for argument in arguments)
-    if wants_optuna and importlib.util.find_spec("hydra_plugins.hydra_optuna_sweeper") is None:
-        return "hparams_search=optuna needs the Optuna sweeper: pip install -e '.[sweep]' (or hydra-optuna-sweeper)"
+def command_line_problem(arguments: list[str]) -> str | None:
+    """What stops the command before Hydra starts, said in one line (Hydra's own errors would be a
+    traceback or a bare "cannot load config"): a search this environment cannot run, or a run directory
+    that is a file."""
+    for argument in arguments:
+        key, _, value = argument.partition("=")
+        key = key.lstrip("+~").strip()
+        if key == "hparams_search" and value.strip() == "optuna" and \
+                importlib.util.find_spec("hydra_plugins.hydra_optuna_sweeper") is None:
+            return ("hparams_search=optuna needs the Optuna sweeper: pip install -e '.[sweep]' "
+                    "(or hydra-optuna-sweeper)")
+        if key == "hydra.run.dir" and Path(value.strip("'\"")).expanduser().is_file():
+            return f"hydra.run.dir={value} is a file; the run directory must be a folder (or not exist yet)"
     return None
 
 
@@ -201,7 +265,7 @@ def run(cfg: DictConfig) -> float:
 
 
 def main() -> None:
-    problem = missing_extra(sys.argv[1:])
+    problem = command_line_problem(sys.argv[1:])
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         sys.exit(2)

@@ -16,7 +16,7 @@ from twotower.artifacts import SPLIT_NAMES, RunPaths, write_parquet
 from twotower.data.batches import EpochBatchSampler, RankingBatches, ShardedChunks, TrainBatches, process_share
 from twotower.data.features import FeatureSpec, encode_features, feature_specs
 from twotower.data.interactions import InteractionLog, deduplicate, non_positives, positives
-from twotower.data.splits import Splits, check_splits
+from twotower.data.splits import Splits, check_splits, cover_holdouts
 from twotower.data.user_items import UserItems
 from twotower.data.vocab import Vocabulary
 from twotower.errors import TwoTowerError
@@ -70,6 +70,7 @@ class InteractionDataModule(L.LightningDataModule):
             return
         interaction_log = self.source.read()
         self.names = interaction_log.names
+        self.min_rating = interaction_log.min_rating
         self.example_item = interaction_log.example_item
         frame = positives(interaction_log)
         # Only what the split needs travels on: a timestamp costs more memory than a user and an item.
@@ -78,19 +79,35 @@ class InteractionDataModule(L.LightningDataModule):
         self.item_vocab = Vocabulary.build(frame["item_id"], self.names["item"], interaction_log.item_info, "item_id")
         source = interaction_log.source
         others = non_positives(interaction_log)
-        self.non_positive = None if others is None else deduplicate(
-            self.item_vocab.encode_known(self.user_vocab.encode_known(others, "user_id", "user"), "item_id", "item"))
-        del interaction_log, others  # from here on only integer indices: the raw log's memory can go
+        del interaction_log  # from here on only integer indices: the raw log's memory can go
         frame = self.item_vocab.encode(self.user_vocab.encode(frame, "user_id", "user"), "item_id", "item")
         frame = deduplicate(frame, source)
-        self.splits = self.splitter.split(frame)
+        self.splits = cover_holdouts(self.splitter.split(frame), self.splitter.test_given)
         del frame  # the splits hold what is needed; fit_on below should not have this copy alongside
+        self._drop_ids_without_pairs()
+        self.non_positive = None if others is None else deduplicate(
+            self.item_vocab.encode_known(self.user_vocab.encode_known(others, "user_id", "user"), "item_id", "item"))
+        del others
         check_splits(self.splits)
         counts = {name: frame.height for name, frame in self.splits.items()}
         log.info("%d %ss, %d %ss; interactions train/valid/test: %d/%d/%d", self.n_users, self.names["user"],
                  self.n_items, self.names["item"], counts["train"], counts["valid"], counts["test"])
 
         self.fit_on(("train",))
+
+    def _drop_ids_without_pairs(self) -> None:
+        """Ids whose only pairs were dropped from a given test file leave the vocabularies: with no vector
+        worth serving, they are unknown ids to retrieval, not confident guesses."""
+        for column, attribute in (("user", "user_vocab"), ("item", "item_vocab")):
+            vocab = getattr(self, attribute)
+            used = np.unique(np.concatenate([split[column].to_numpy() for split in self.splits.values()]))
+            if len(used) == len(vocab):
+                continue
+            kept, remap = vocab.keep(used)
+            log.warning("%d %s(s) with no interaction left leave the vocabulary", len(vocab) - len(kept), vocab.name)
+            setattr(self, attribute, kept)
+            self.splits = {name: split.with_columns(pl.Series(column, remap[split[column].to_numpy()], pl.Int32))
+                           for name, split in self.splits.items()}
 
     def stacked(self, names: tuple[str, ...]) -> pl.DataFrame:
         """The named splits as one frame."""

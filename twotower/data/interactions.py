@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import polars as pl
 
+from twotower.data.ids import normalise_id_column
 from twotower.errors import TwoTowerError
 
 log = logging.getLogger(__name__)
@@ -62,23 +63,8 @@ class InteractionLog:
 
 
 def normalise_ids(frame: pl.DataFrame, source: str, columns: tuple[str, ...] = ID_COLUMNS) -> pl.DataFrame:
-    """Cast id columns to ``Int64`` (integers, or floats holding whole numbers) or keep them ``String``."""
-    casts = []
-    for column in columns:
-        dtype = frame.schema[column]
-        if dtype == pl.String:
-            continue
-        if dtype.is_integer():
-            casts.append(pl.col(column).cast(pl.Int64))
-        elif dtype.is_float():
-            values = frame[column].drop_nulls()
-            if (values != values.round(0)).any() or values.is_nan().any():
-                raise TwoTowerError(f"{source}: column '{column}' holds non-integer numbers; ids must be "
-                                    "integers or strings")
-            casts.append(pl.col(column).cast(pl.Int64))
-        else:
-            casts.append(pl.col(column).cast(pl.String))
-    return frame.with_columns(casts) if casts else frame
+    """Id columns read by the one rule of ``twotower.data.ids``: ``Int64`` or stripped ``String``."""
+    return frame.with_columns(normalise_id_column(frame[column], source, column).alias(column) for column in columns)
 
 
 def positives(log_: InteractionLog) -> pl.DataFrame:

@@ -6,6 +6,7 @@ Every reader has a ``read()`` method and plain constructor arguments, so Hydra b
 
 from __future__ import annotations
 
+import glob
 import gzip
 import io
 import json
@@ -41,6 +42,15 @@ def existing_path(path: str | Path, what: str = "file") -> Path:
     return resolved
 
 
+def checked_min_rating(value: object) -> float | None:
+    """``data.min_rating``: unset, or a number (a typo would otherwise surface as a baffling filter)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+        raise TwoTowerError(f"data.min_rating must be a number (or null), got {value!r}")
+    return value
+
+
 def detect_format(path: Path, format: str | None) -> str:
     if format:
         if format not in set(_FORMATS.values()):
@@ -61,15 +71,17 @@ def scan_table(path: Path, format: str, separator: str | None = None, has_header
                text_columns: Sequence[str] = ()) -> pl.LazyFrame:
     """A lazy frame over one tabular file; reading errors surface when it is collected.
 
-    In CSV/TSV, ``text_columns`` are read as text (ids: "007" and "7" must stay two ids).
+    In CSV/TSV, ``text_columns`` are read as text (ids: "007" and "7" must stay two ids). The path is
+    always one file, never a pattern: ``log[1].csv`` names that file, not ``log1.csv``.
     """
     if format in ("csv", "tsv"):
         sep = separator or ("\t" if format == "tsv" else ",")
         return pl.scan_csv(path, separator=sep, has_header=has_header, infer_schema_length=10_000,
-                           schema_overrides={column: pl.String for column in text_columns})
+                           schema_overrides={column: pl.String for column in text_columns}, glob=False)
     if format == "parquet":
-        return pl.scan_parquet(path)
-    return pl.scan_ndjson(path, infer_schema_length=10_000)
+        return pl.scan_parquet(path, glob=False)
+    # scan_ndjson has no glob switch: escaping the pattern characters makes it match this file only.
+    return pl.scan_ndjson(glob.escape(str(path)), infer_schema_length=10_000)
 
 
 @contextmanager
@@ -124,7 +136,7 @@ class InteractionFileReader:
         self.separator = separator
         self.has_header = has_header
         self.item_info_path = item_info_path
-        self.min_rating = min_rating
+        self.min_rating = checked_min_rating(min_rating)
         self.names = side_names(names)
 
     def read(self) -> InteractionLog:
@@ -153,8 +165,8 @@ class InteractionFileReader:
         frame = collect(lazy.select(selected), path, format)
         if frame.height == 0:
             raise TwoTowerError(f"{path}: the interaction log has a header but no rows")
-        if format in ("csv", "tsv"):
-            frame = integer_ids_as_integers(frame, list(self.columns))
+        if format in ("csv", "tsv") and self.has_header:
+            check_no_repeated_header(frame, list(self.columns.values()), path)
         return clean_value_columns(frame, path)
 
     def _item_info(self) -> pl.DataFrame | None:
@@ -168,22 +180,19 @@ class InteractionFileReader:
             if item_col not in lazy.collect_schema():
                 raise TwoTowerError(f"{path}: item info needs the item id column '{item_col}'")
         frame = collect(scan_table(path, format, text_columns=[item_col]), path, format)
-        if format in ("csv", "tsv"):
-            frame = integer_ids_as_integers(frame, [item_col])
         frame = normalise_ids(frame.rename({item_col: "item_id"}), str(path), columns=("item_id",))
         return frame.unique("item_id", keep="first", maintain_order=True)
 
 
-def integer_ids_as_integers(frame: pl.DataFrame, columns: Sequence[str]) -> pl.DataFrame:
-    """Text id columns whose every value is a plain integer ("12", "-3"; not "007" or "1e3") become Int64."""
-    casts = []
-    for column in columns:
-        values = frame[column]
-        plain = values.str.contains(r"^-?(0|[1-9][0-9]*)$").fill_null(True).all()
-        numbers = values.cast(pl.Int64, strict=False)  # null where a value overflows Int64
-        if plain and values.null_count() < len(values) and numbers.null_count() == values.null_count():
-            casts.append(numbers)
-    return frame.with_columns(casts) if casts else frame
+def check_no_repeated_header(frame: pl.DataFrame, header: list[str], path: Path) -> None:
+    """A header line in the middle of a file (two CSVs concatenated) would become a user and an item named
+    after the columns; refuse it instead."""
+    repeated = frame.with_row_index("row").filter(
+        (pl.col("user_id") == header[0]) & (pl.col("item_id") == header[1]))
+    if repeated.height:
+        line = int(repeated["row"][0]) + 2  # one for the header, one for counting from 1
+        raise TwoTowerError(f"{path}: line {line} repeats the header ({header[0]}, {header[1]}); remove "
+                            "the repeated header lines (files concatenated with their headers?)")
 
 
 def clean_value_columns(frame: pl.DataFrame, source: Path | str) -> pl.DataFrame:
@@ -264,7 +273,7 @@ class MovieLensReader:
     def __init__(self, path: str, min_rating: float | None = None, names: Mapping[str, str] | None = None
                  ) -> None:
         self.path = path
-        self.min_rating = min_rating
+        self.min_rating = checked_min_rating(min_rating)
         self.names = side_names(names)
 
     def read(self) -> InteractionLog:

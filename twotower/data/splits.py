@@ -129,6 +129,33 @@ class PresplitSplit:
         return partition(frame, frame["split"].replace_strict(codes, return_dtype=pl.UInt8).to_numpy())
 
 
+def cover_holdouts(splits: Splits, test_given: bool) -> Splits:
+    """Held-out pairs whose user or item has no training pair, moved or dropped: an ID tower learns nothing
+    for such an id, and its untrained vector would be scored and served as if it meant something.
+
+    They move into train (valid pairs, and test pairs cut from one log), or are dropped (a test file given
+    on its own, which must stay unseen); the counts are logged.
+    """
+    train = splits["train"]
+    covered = dict(splits)
+    for name in ("valid", "test"):
+        held = splits[name]
+        known = held["user"].is_in(train["user"].unique().implode()) & \
+            held["item"].is_in(train["item"].unique().implode())
+        if known.all():
+            continue
+        covered[name] = held.filter(known)
+        if name == "test" and test_given:
+            log.warning("dropped %d test pair(s) whose user or item has no training pair: a model trained "
+                        "on train has learnt nothing to rank them with", int((~known).sum()))
+        else:
+            train = pl.concat([train, held.filter(~known)]).sort("user", "item")
+            log.warning("moved %d %s pair(s) whose user or item has no training pair into train: a model "
+                        "learns nothing for an id it never trains on", int((~known).sum()), name)
+    covered["train"] = train
+    return covered
+
+
 def check_splits(splits: Splits) -> None:
     """Training needs positives and validation needs targets; say so before anything is trained."""
     if splits["train"].height == 0:

@@ -10,6 +10,7 @@ import numpy as np
 import polars as pl
 
 from twotower.artifacts import read_parquet, write_parquet
+from twotower.data.ids import as_kind, query_ids
 from twotower.errors import TwoTowerError
 
 
@@ -62,6 +63,11 @@ class Vocabulary:
         return self.frame["id"]
 
     @property
+    def numeric(self) -> bool:
+        """Whether the ids are numbers (``Int64``) rather than text."""
+        return self.frame.schema["id"] != pl.String
+
+    @property
     def has_titles(self) -> bool:
         return "title" in self.frame.columns
 
@@ -94,15 +100,12 @@ class Vocabulary:
         """Like ``encode``, but rows whose id is outside the vocabulary (or cannot be read as the
         vocabulary's id type) are dropped."""
         mapping = self.frame.select(pl.col("id").alias(column), pl.col("index").cast(pl.Int32).alias(alias))
-        frame = frame.with_columns(pl.col(column).cast(mapping.schema[column], strict=False))
+        frame = frame.with_columns(as_kind(frame[column], self.numeric).alias(column))
         return frame.join(mapping, on=column).drop(column)
 
     def lookup(self, ids: Sequence[object], missing: int | None = None) -> np.ndarray:
         """Indices of ``ids``; unknown ids raise one error that lists them, or map to ``missing`` if given."""
-        query = pl.Series("id", list(ids))
-        target = self.frame.schema["id"]
-        if query.dtype != target:
-            query = query.cast(pl.String).cast(target, strict=False) if target != pl.String else query.cast(pl.String)
+        query = query_ids(ids, self.numeric)
         found = query.to_frame().with_row_index("position").join(
             self.frame.select("id", "index"), on="id", how="left").sort("position")
         unknown = found["index"].is_null()
@@ -148,6 +151,14 @@ class Vocabulary:
         close = difflib.get_close_matches(text, titles["title"].to_list(), n=3, cutoff=0.5)
         hint = f"; did you mean {close}?" if close else ""
         raise TwoTowerError(f"unknown {self.name} '{text}': neither an id nor a title{hint}")
+
+    def keep(self, indices: np.ndarray) -> tuple[Vocabulary, np.ndarray]:
+        """A vocabulary of the sorted ``indices`` only, and the map from each old index to its new one
+        (-1 where dropped)."""
+        remap = np.full(len(self), -1, dtype=np.int64)
+        remap[indices] = np.arange(len(indices))
+        frame = self.frame[indices].with_columns(index=pl.arange(0, len(indices), dtype=pl.Int64))
+        return Vocabulary(frame, self.name), remap
 
     def save(self, path: Path) -> None:
         write_parquet(self.frame, path)

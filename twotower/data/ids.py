@@ -1,0 +1,106 @@
+"""How an id is read, in one place: training logs, item metadata, users files, the command line and the
+Python API all follow the same rule, so an id means the same thing wherever it is typed.
+
+- Surrounding whitespace is not part of an id: " 5" is "5" (and a blank id is refused).
+- A column of ids is numeric when every id in it is a whole number: integers, or whole numbers written
+  with a decimal point ("5.0", as spreadsheets and pandas write them). Such ids become ``Int64``.
+- Any other column keeps its ids as text exactly as written: "007" stays "007", distinct from "7".
+  Two spellings of one number in a text column ("5" and "5.0") are refused: they would be two users.
+- A query (a users file, ``user=...``, ``recommend(...)``) is read against the vocabulary's kind: for
+  numeric ids, text must spell a whole number ("196", "196.0"; "007" is no numeric id); for text ids,
+  numbers become their decimal text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import polars as pl
+
+from twotower.errors import TwoTowerError
+
+INTEGER = r"^-?(0|[1-9][0-9]*)$"
+WHOLE_DECIMAL = r"^-?(0|[1-9][0-9]*)\.0*$"
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+
+def _whole_number_text(values: pl.Series) -> pl.Series:
+    """Text spelling a whole number without leading zeros ("12", "-3", "12.0"), as that number; null
+    elsewhere (and where the number overflows ``Int64``)."""
+    text = pl.col("id")
+    whole = text.str.contains(INTEGER) | text.str.contains(WHOLE_DECIMAL)
+    number = text.str.replace(r"\.0*$", "").cast(pl.Int64, strict=False)
+    return values.to_frame("id").select(pl.when(whole).then(number)).to_series()
+
+
+def normalise_id_column(values: pl.Series, source: str, column: str) -> pl.Series:
+    """One id column of a log by the rule above: ``Int64`` or stripped ``String``, never both kinds."""
+    dtype = values.dtype
+    if dtype.is_integer():
+        return values.cast(pl.Int64)
+    if dtype.is_float():
+        present = values.drop_nulls()
+        if (present != present.round(0)).any() or present.is_nan().any():
+            raise TwoTowerError(f"{source}: column '{column}' holds non-integer numbers; ids must be integers "
+                                "or strings")
+        return values.cast(pl.Int64)
+    if dtype != pl.String:
+        values = values.cast(pl.String)
+    values = values.str.strip_chars()
+    blank = int((values == "").sum())
+    if blank:
+        raise TwoTowerError(f"{source}: column '{column}' has {blank} blank id(s); every interaction needs a "
+                            "user and an item id")
+    numbers = _whole_number_text(values)
+    if values.null_count() < len(values) and numbers.null_count() == values.null_count():
+        return numbers
+    spelled = values.to_frame("id").with_columns(number=numbers).drop_nulls("number").unique("id")
+    clashes = spelled.filter(pl.col("number").is_duplicated()).sort("number", "id")
+    if clashes.height:
+        first = clashes.filter(pl.col("number") == clashes["number"][0])["id"].to_list()
+        raise TwoTowerError(f"{source}: column '{column}' writes one number as several ids, e.g. {first}; "
+                            "write each id one way (ids that are not all whole numbers are read as text)")
+    return values
+
+
+def _query_key(value: object, numeric: bool) -> int | str | None:
+    """A query value as a key of the vocabulary's kind; text for numeric ids is left to ``query_ids``."""
+    if isinstance(value, (bool, np.bool_)):
+        return None
+    if isinstance(value, (float, np.floating)) and numeric and np.isfinite(value) and float(value).is_integer():
+        value = int(value)
+    if isinstance(value, (int, np.integer)):
+        if not numeric:
+            return str(int(value))
+        return int(value) if INT64_MIN <= value <= INT64_MAX else None  # larger is no id of a log
+    return value if isinstance(value, str) else None
+
+
+def as_kind(values: pl.Series, numeric: bool) -> pl.Series:
+    """Ids of any one dtype read as the vocabulary's kind: numeric (``Int64``) or text; null where a value
+    cannot be an id of that kind."""
+    if numeric:
+        if values.dtype == pl.String:
+            return _whole_number_text(values.str.strip_chars())
+        if values.dtype.is_float():
+            whole = values.is_finite() & (values == values.round(0))
+            return values.to_frame("id").select(pl.when(whole).then(pl.col("id").cast(pl.Int64, strict=False)))\
+                .to_series()
+        return values.cast(pl.Int64, strict=False)
+    if values.dtype == pl.String:
+        return values.str.strip_chars()
+    return values.cast(pl.String) if values.dtype.is_integer() else pl.Series(values.name, [None] * len(values),
+                                                                              dtype=pl.String)
+
+
+def query_ids(ids: Sequence[object], numeric: bool) -> pl.Series:
+    """Ids asked for (any mix of Python values), read against a vocabulary of numeric or text ids; null
+    where a value cannot be an id of the vocabulary's kind (it is then unknown)."""
+    keys = [_query_key(value, numeric) for value in ids]
+    text = as_kind(pl.Series("id", [key if isinstance(key, str) else None for key in keys], dtype=pl.String),
+                   numeric)
+    if not numeric:
+        return text
+    numbers = pl.Series("id", [key if isinstance(key, int) else None for key in keys], dtype=pl.Int64)
+    return numbers.fill_null(text)
