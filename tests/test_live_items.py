@@ -10,12 +10,11 @@ import numpy as np
 import polars as pl
 import pytest
 
-from tests.conftest import compose_train
+from tests.conftest import train_feature_run
 from twotower.errors import TwoTowerError
 from twotower.index import AnnoyIndex
 from twotower.retrieval import Retriever
-from twotower.synthetic import planted_interactions, write_vector_run
-from twotower.train import train
+from twotower.synthetic import write_vector_run
 
 
 @pytest.fixture(scope="module")
@@ -131,15 +130,7 @@ def test_searches_stay_whole_while_items_change(retriever: Retriever) -> None:
 
 def test_items_embedded_by_a_feature_tower(tmp_path: Path) -> None:
     """New items with features alone get the vector the trained item tower gives them, then are served."""
-    log = planted_interactions(n_users=120, n_items=80, n_clusters=4, seed=1)
-    log.write_csv(tmp_path / "log.csv")
-    genres = pl.DataFrame({"item_id": np.arange(80), "genre": [f"g{i % 4}" for i in range(80)]})
-    genres.write_csv(tmp_path / "items.csv")
-    train(compose_train(tmp_path / "run", "data=interactions", f"data.path={tmp_path / 'log.csv'}",
-                        f"data.item_info_path={tmp_path / 'items.csv'}", "model.item_tower.kind=features",
-                        "+model.item_tower.features=[genre]", "trainer.max_epochs=1", "model.dim=8",
-                        "final_fit=false"))
-    retriever = Retriever.load(tmp_path / "run")
+    retriever = Retriever.load(train_feature_run(tmp_path))
     features = pl.DataFrame({"genre": ["g1", "g2"]})
     retriever.add_items([1000, 1001], features=features, titles=["new g1", "new g2"])
     expected = retriever.embed("item", features)

@@ -15,9 +15,11 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import polars as pl
 import pytest
 from hydra import compose, initialize_config_module
 
+from tests.conftest import train_feature_run
 from twotower.index import AnnoyIndex, ExactIndex
 from twotower.retrieval import Retriever
 from twotower.retrieve import rows_for
@@ -261,6 +263,26 @@ def test_added_items_are_returned_and_removed_items_never(server: Server, run_a:
     # Reloading the run starts from its exported catalogue again.
     assert server.client.post("/admin/reload", json={}, headers=ADMIN).status_code == 200
     assert server.client.get("/recommend", params={"user": user, "k": 5}).json()[0]["id"] != 5
+
+
+def test_items_added_from_features_over_http(start, tmp_path: Path) -> None:
+    """A feature tower embeds new items from their features alone; the answers equal the Python API's."""
+    run_dir = train_feature_run(tmp_path)
+    live = start(run_dir)
+    new = {"items": [{"id": 1000, "features": {"genre": "g1"}, "title": "new g1"}, {"id": 1001, "features": {}}]}
+    assert live.client.post("/admin/items", json=new, headers=ADMIN).status_code == 200
+    local = Retriever.load(run_dir)
+    local.add_items([1000, 1001], features=pl.DataFrame({"genre": ["g1", None]}), titles=["new g1", None])
+    user, pool = local.user_vocab.ids[0], [1000, 1001, *local.item_vocab.ids.to_list()[:10]]
+    answer = live.client.get("/recommend", params={"user": user, "k": 6, "allow": pool}).json()
+    ids, scores = local.recommend(user, k=6, allow=pool)
+    assert answer == rows_for(local.item_vocab, ids, scores, local.describe_items(ids))
+    assert {1000, 1001} <= {row["id"] for row in live.client.get("/recommend", params={
+        "user": user, "k": 100}).json()}  # every item is in a catalogue of 82
+    for features, names in [({"colour": "red"}, "colour"), ({"genre": ["g1", "g2"]}, "features")]:
+        refused = live.client.post("/admin/items", json={"items": [{"id": 1002, "features": features}]},
+                                   headers=ADMIN)
+        assert refused.status_code == 422 and names in refused.json()["error"]
 
 
 def test_swap_under_load_drops_no_request(start, run_a: Path, run_b: Path, tmp_path: Path) -> None:

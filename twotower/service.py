@@ -263,6 +263,19 @@ def item_rows(retriever: Retriever, ids: np.ndarray, scores: np.ndarray) -> list
     return rows_for(retriever.item_vocab, ids, scores, retriever.describe_items(ids) if retriever.live.ids else None)
 
 
+def features_frame(retriever: Retriever, features: list[dict[str, Any]]) -> pl.DataFrame:
+    """The new items' features, one row each; names the run's item tower does not read are refused rather
+    than ignored (the tower would embed the item from nothing)."""
+    known = {spec["name"] for spec in getattr(retriever.model().item_tower, "specs", [])}
+    unknown = sorted({name for row in features for name in row} - known)
+    if known and unknown:
+        raise TwoTowerError(f"unknown item feature(s) {unknown}; this run's item tower reads {sorted(known)}")
+    try:
+        return pl.DataFrame(features, strict=False)
+    except (pl.exceptions.PolarsError, TypeError, ValueError) as error:  # values no column type can hold
+        raise TwoTowerError(f"the new items' features cannot form a table: {error}") from error
+
+
 def validation_message(errors: list[dict[str, Any]]) -> str:
     """One line for pydantic's errors: where each is (``query.k``, ``body.users``) and what is wrong."""
     parts = [f"{'.'.join(str(part) for part in error['loc'])}: {error['msg']}" for error in errors[:5]]
@@ -442,9 +455,13 @@ def add_admin_routes(app: FastAPI, served: Served, settings: ServeSettings) -> N
                 if items[0].vector is not None:
                     retriever.add_items(ids, [item.vector for item in items], titles=titles)
                 else:
-                    retriever.add_items(ids, features=pl.DataFrame([item.features for item in items]), titles=titles)
+                    retriever.add_items(ids, features=features_frame(retriever, [item.features for item in items]),
+                                        titles=titles)
             except TwoTowerError as error:
                 raise HTTPException(422, str(error)) from error
+            except pl.exceptions.PolarsError as error:  # a value of the wrong shape for its feature
+                raise HTTPException(422, f"the new items' features do not fit the run's item tower: "
+                                         f"{str(error).splitlines()[0]}") from error
             return {"added": len(items), "added_items": retriever.live.n_added}
 
     @app.post("/admin/items/remove", dependencies=admin)
