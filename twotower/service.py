@@ -107,9 +107,17 @@ def load_checked(run_dir: str, backend: str | None) -> Loaded:
                             f"{len(retriever.item_vocab)} items)")
     retriever.recommend(retriever.user_vocab.ids[0], k=1)
     retriever.similar_items(retriever.item_vocab.ids[0], k=1)
-    report = retriever.paths.index / "report.json"
-    recall = json.loads(report.read_text()).get("recall@10_vs_exact") if report.exists() else None
-    return Loaded(retriever, run_dir, time.time(), round(time.perf_counter() - started, 3), recall)
+    return Loaded(retriever, run_dir, time.time(), round(time.perf_counter() - started, 3),
+                  index_recall(retriever.paths.index))
+
+
+def index_recall(folder: Path) -> float | None:
+    """The recall@10 that ``twotower-index`` measured for this index, if it did (only a report, so a missing
+    or unreadable one is no reason to refuse the run)."""
+    try:
+        return json.loads((folder / "report.json").read_text()).get("recall@10_vs_exact")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 class Served:
