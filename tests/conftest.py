@@ -6,12 +6,15 @@ import os
 import signal
 from pathlib import Path
 
+import numpy as np
+import polars as pl
 import pytest
 from hydra import compose, initialize_config_module
 from lightning import Callback, Trainer
 from omegaconf import DictConfig
 
 import twotower.cli
+from twotower.synthetic import planted_interactions
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -23,6 +26,18 @@ def compose_train(run_dir: Path, *overrides: str) -> DictConfig:
     with initialize_config_module(config_module="twotower.conf", version_base="1.3"):
         return compose("train", overrides=[
             f"run_dir={run_dir}", "logger=none", "trainer.enable_progress_bar=false", *overrides])
+
+
+def train_feature_run(folder: Path) -> Path:
+    """A small trained run whose item tower reads a ``genre`` feature (g0-g3), in ``folder / "run"``."""
+    from twotower.train import train
+
+    planted_interactions(n_users=120, n_items=80, n_clusters=4, seed=1).write_csv(folder / "log.csv")
+    pl.DataFrame({"item_id": np.arange(80), "genre": [f"g{i % 4}" for i in range(80)]}).write_csv(folder / "items.csv")
+    train(compose_train(folder / "run", "data=interactions", f"data.path={folder / 'log.csv'}",
+                        f"data.item_info_path={folder / 'items.csv'}", "model.item_tower.kind=features",
+                        "+model.item_tower.features=[genre]", "trainer.max_epochs=1", "model.dim=8", "final_fit=false"))
+    return folder / "run"
 
 
 @pytest.fixture

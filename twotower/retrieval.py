@@ -12,6 +12,9 @@ after over-fetching, so ``k`` results come back whenever the catalogue has ``k``
 list restricts the answer to those items. Unknown ids raise ``TwoTowerError`` naming them, or, with
 ``unknown="popular"``, get the most popular items of the run's log. A loaded retriever only reads its
 arrays, so threads may share it.
+
+Items can join or leave the catalogue without a rebuild: ``add_items(ids, vectors)`` (or ``features=`` for
+a feature tower to embed) and ``remove_items(ids)``; see ``twotower.live_items``.
 """
 
 from __future__ import annotations
@@ -29,7 +32,8 @@ from twotower.data.user_items import UserItems
 from twotower.data.vocab import Vocabulary
 from twotower.embeddings import read_vectors
 from twotower.errors import TwoTowerError
-from twotower.index import Backend, ExactIndex, exact_top, load_index, rank_candidates, search_excluding
+from twotower.index import Backend, ExactIndex, exact_top, load_index, search_excluding
+from twotower.live_items import LiveItems
 
 Result = tuple[np.ndarray, np.ndarray]
 UNKNOWN_POLICIES = ("error", "popular")
@@ -75,6 +79,8 @@ class Retriever:
         self.popular_items = np.argsort(-self.item_counts, kind="stable")
         self._model = None
         self._model_lock = threading.Lock()
+        self.live = LiveItems.empty(item_vocab, item_vectors.shape[1])  # replaced whole, never changed in place
+        self._live_lock = threading.Lock()
 
     @classmethod
     def load(cls, run_dir: str | Path, backend: str | None = None) -> Retriever:
@@ -129,9 +135,11 @@ class Retriever:
                       deny: Iterable | None = None) -> Result | list[Result]:
         """The ``k`` items closest to an item id or title (or a batch), by the model's score; not itself."""
         batch = list(items) if _is_batch(items) else [items]
-        rows = np.array([self.item_vocab.resolve(item) for item in batch], dtype=np.int64)
+        live = self.live
+        rows = np.array([live.resolve(item) for item in batch], dtype=np.int64)
         denied = self._item_rows(deny)
-        results = self.search(self.item_vectors[rows], k, [np.union1d(denied, [row]) for row in rows], allow=allow)
+        results = self.search(live.vectors_for(self.item_vectors, rows), k,
+                              [np.union1d(denied, [row]) for row in rows], allow=allow)
         return results if _is_batch(items) else results[0]
 
     def similar_users(self, users: object, k: int = 10) -> Result | list[Result]:
@@ -151,7 +159,8 @@ class Retriever:
         order = self.popular_items
         if allow is not None:
             order = order[np.isin(order, self._item_rows(allow))]
-        if exclude is not None and len(exclude):
+        exclude = self.live.masked(exclude)
+        if len(exclude):
             order = order[~np.isin(order, exclude)]
         top = order[:_check_k(k, len(order))]
         return self.item_vocab.decode(top), self.item_counts[top].astype(np.float32)
@@ -162,32 +171,51 @@ class Retriever:
         k = _check_k(k, len(self.item_vectors))
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         exclude = exclude if exclude is not None else [np.empty(0, dtype=np.int64)] * len(queries)
-        if allow is not None:
-            return self._search_allowed(queries, k, exclude, self._item_rows(allow))
+        allowed = None if allow is None else self._item_rows(allow)
+        live = self.live  # taken after every row lookup: a later buffer knows every earlier row
+        exclude = [live.masked(excluded) for excluded in exclude]
+        if allowed is not None:
+            return self._search_allowed(queries, k, exclude, allowed, live)
         found = search_excluding(self.index, self.item_vectors, queries, k, exclude)
-        return [(self.item_vocab.decode(indices), scores) for indices, scores in found]
+        return [live.top(query, indices, scores, k, excluded)
+                for query, (indices, scores), excluded in zip(queries, found, exclude, strict=True)]
 
-    def _search_allowed(self, queries: np.ndarray, k: int, exclude: Sequence[np.ndarray], allowed: np.ndarray
-                        ) -> list[Result]:
+    def _search_allowed(self, queries: np.ndarray, k: int, exclude: Sequence[np.ndarray], allowed: np.ndarray,
+                        live: LiveItems) -> list[Result]:
         """An allow list is searched exactly: it is usually small, and an index cannot filter by it."""
-        return [self._rank(query, allowed[~np.isin(allowed, excluded)], k)
+        return [live.rank(self.item_vectors, query, allowed[~np.isin(allowed, excluded)], k)
                 for query, excluded in zip(queries, exclude, strict=True)]
-
-    def _rank(self, query: np.ndarray, candidates: np.ndarray, k: int) -> Result:
-        indices, scores = rank_candidates(self.item_vectors, query, candidates, k)
-        return self.item_vocab.decode(indices), scores
 
     def _item_rows(self, ids: Iterable | None) -> np.ndarray:
         if ids is None:
             return np.empty(0, dtype=np.int64)
-        return np.unique(self.item_vocab.lookup(list(ids)))
+        return np.unique(self.live.rows(list(ids)))
 
     def describe_items(self, ids: Iterable[object]) -> list[str | None]:
-        """Titles for item ids where the vocabulary has them."""
-        return self.item_vocab.column("title", self.item_vocab.lookup(list(ids)))
+        """Titles for item ids where the vocabulary (or the added items) have them."""
+        live = self.live
+        return live.titles_of(live.rows(list(ids)))
+
+    def add_items(self, ids: Sequence[object], vectors: object = None, features: pl.DataFrame | None = None,
+                  titles: Sequence[str | None] | None = None) -> None:
+        """Put new items in the catalogue without rebuilding the index: their ``vectors`` (one per id, in the
+        run's space), or their ``features`` (one row per id) for the run's item feature tower to embed."""
+        if (vectors is None) == (features is None):
+            raise TwoTowerError("give the new items' vectors or their features (one of the two)")
+        if features is not None:
+            vectors = self.embed("item", features)
+        with self._live_lock:  # one writer at a time; readers keep the buffer they took
+            self.live = self.live.added(ids, vectors, titles, self.manifest["score"])
+
+    def remove_items(self, ids: Sequence[object]) -> None:
+        """Take items (the run's or added ones) out of every answer, without rebuilding the index."""
+        with self._live_lock:
+            self.live = self.live.without(ids)
 
     def model(self) -> Any:
         """The trained ``TwoTowerModel`` (loaded on first use; needs PyTorch)."""
+        if not self.manifest.get("checkpoint"):
+            raise TwoTowerError(f"{self.paths.root} has no checkpoint, so it has no model to embed with")
         with self._model_lock:
             if self._model is None:
                 from twotower.module import TwoTowerModel

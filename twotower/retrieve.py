@@ -27,9 +27,12 @@ from twotower.retrieval import Retriever
 OUTPUTS = ("table", "json", "csv")
 
 
-def rows_for(vocab: Vocabulary, ids: Any, scores: Any) -> list[dict[str, Any]]:
-    """One dict per result: ``id``, ``score`` and, where ``vocab`` has titles, ``title``."""
-    titles = vocab.column("title", vocab.lookup(list(ids))) if vocab.has_titles else [None] * len(ids)
+def rows_for(vocab: Vocabulary, ids: Any, scores: Any, titles: list[str | None] | None = None
+             ) -> list[dict[str, Any]]:
+    """One dict per result: ``id``, ``score`` and, where ``vocab`` has titles, ``title``; ``titles`` given
+    instead for ids outside ``vocab`` (items added to a served catalogue)."""
+    if titles is None:
+        titles = vocab.column("title", vocab.lookup(list(ids))) if vocab.has_titles else [None] * len(ids)
     rows = []
     for id_, score, title in zip(ids.tolist(), scores.tolist(), titles, strict=True):
         row = {"id": id_, "score": round(float(score), 6)}
