@@ -27,11 +27,11 @@ import scipy.sparse as sp
 from hydra import compose, initialize_config_module
 from scipy.sparse.linalg import svds
 
-from twotower.cli import register_resolvers
+from twotower.commands.cli import register_resolvers
+from twotower.commands.eval import evaluate_run, evaluate_vectors
+from twotower.commands.train import train
 from twotower.data.readers import UserLinesReader
 from twotower.data.user_items import UserItems
-from twotower.eval import evaluate_run, evaluate_vectors
-from twotower.train import train
 
 
 def read_split(folder: Path) -> dict[str, pl.DataFrame]:

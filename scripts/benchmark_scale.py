@@ -26,10 +26,12 @@ import subprocess
 import sys
 import tempfile
 import time
+from importlib.resources import files
 from pathlib import Path
 
 import lightning as L
 import torch
+from omegaconf import OmegaConf
 
 from twotower.data.batches import TrainBatches
 from twotower.data.datamodule import InteractionDataModule
@@ -70,13 +72,18 @@ def prepare(path: Path) -> dict:
     return json.loads(output.stdout.strip().splitlines()[-1])
 
 
+def loss_spec(name: str) -> dict:
+    """The loss as ``loss=NAME`` configures it (conf/loss/NAME.yaml)."""
+    return OmegaConf.to_container(OmegaConf.load(files("twotower.conf") / "loss" / f"{name}.yaml"))
+
+
 def model_for(datamodule: InteractionDataModule, loss: str, variant: str) -> TwoTowerModel:
     """conf/model/default.yaml (dense Adam) or conf/model/sparse.yaml (sparse gradients, SparseAdam)."""
     torch.manual_seed(0)
     sparse = variant == "sparse"
     optimizer = torch.optim.SparseAdam if sparse else torch.optim.Adam
     return TwoTowerModel(datamodule.n_users, datamodule.n_items, dim=128, score="cosine", temperature=0.15,
-                         loss={"name": loss}, user_tower={"kind": "id", "sparse": sparse},
+                         loss=loss_spec(loss), user_tower={"kind": "id", "sparse": sparse},
                          item_tower={"kind": "id", "sparse": sparse},
                          optimizer=lambda params: optimizer(params, lr=0.01))
 

@@ -92,8 +92,8 @@ class Load:
 
 def start_server(run_dir: Path, port: int, log: Path) -> subprocess.Popen:
     with log.open("w") as sink:
-        server = subprocess.Popen([sys.executable, "-m", "twotower.serve", f"run_dir={run_dir}", f"port={port}",
-                                   f"limits.max_batch={1000}"], stdout=sink, stderr=sink,
+        server = subprocess.Popen([sys.executable, "-m", "twotower.commands.serve", f"run_dir={run_dir}",
+                                   f"port={port}", f"limits.max_batch={1000}"], stdout=sink, stderr=sink,
                                   env={k: v for k, v in os.environ.items() if k != "TWOTOWER_ADMIN_TOKEN"})
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:

@@ -13,12 +13,12 @@ from hydra import compose, initialize_config_module
 from lightning import Callback, Trainer
 from omegaconf import DictConfig
 
-import twotower.cli
+import twotower.commands.cli
 from twotower.synthetic import planted_interactions
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
-twotower.cli.register_resolvers()
+twotower.commands.cli.register_resolvers()
 
 
 def compose_train(run_dir: Path, *overrides: str) -> DictConfig:
@@ -30,7 +30,7 @@ def compose_train(run_dir: Path, *overrides: str) -> DictConfig:
 
 def train_feature_run(folder: Path) -> Path:
     """A small trained run whose item tower reads a ``genre`` feature (g0-g3), in ``folder / "run"``."""
-    from twotower.train import train
+    from twotower.commands.train import train
 
     planted_interactions(n_users=120, n_items=80, n_clusters=4, seed=1).write_csv(folder / "log.csv")
     pl.DataFrame({"item_id": np.arange(80), "genre": [f"g{i % 4}" for i in range(80)]}).write_csv(folder / "items.csv")

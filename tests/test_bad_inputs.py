@@ -16,10 +16,10 @@ import polars as pl
 import pytest
 
 from tests.conftest import compose_train
-from twotower import eval as eval_app
-from twotower import reindex, retrieve
-from twotower import train as train_app
 from twotower.artifacts import RunPaths, exclusive
+from twotower.commands import eval as eval_app
+from twotower.commands import reindex, retrieve
+from twotower.commands import train as train_app
 from twotower.embeddings import read_vectors, write_vectors
 from twotower.synthetic import planted_interactions
 
@@ -147,7 +147,7 @@ TRAIN_CASES = [
     ("zero epochs", write_log(GOOD), ["trainer.max_epochs=0"], r"trainer\.max_epochs must be an integer >= 1"),
     ("zero steps", write_log(GOOD), ["trainer.max_steps=0"], r"trainer\.max_steps must be -1 \(no limit\) or an integer >= 1, got 0"),
     ("monitor that is not logged", write_log(GOOD), ["monitor=val/ndcg@200"], r"monitor=val/ndcg@200 is not a metric the run logs; choose one of \[.*'val/ndcg@20'"),
-    ("zero cut-off", write_log(GOOD), ["model.eval_ks=[0]"], r"ranking cut-offs must be a non-empty list of integers >= 1, got \[0\]"),
+    ("zero cut-off", write_log(GOOD), ["model.ks=[0]"], r"ranking cut-offs must be a non-empty list of integers >= 1, got \[0\]"),
     ("rating threshold that is not a number", write_log(with_rating([5, 4, 3])), ["data.min_rating=abc"], r"data\.min_rating must be a number \(or null\), got 'abc'"),
 ]
 
@@ -169,7 +169,7 @@ RUN_CASES = [
     ("retrieve: missing index metadata", retrieve, damaged_run(lambda run: (run / "index" / "meta.json").unlink()), ["user=1"], r"meta\.json missing"),
     ("retrieve: corrupt embeddings file", retrieve, damaged_run(lambda run: truncate(run / "embeddings" / "items.parquet")), ["user=1"], r"items\.parquet does not match this run"),
     ("retrieve: user vectors of another run", retrieve, damaged_run(reversed_vectors("users")), ["user=1"], r"users\.parquet does not match this run"),
-    ("retrieve: item vectors of another run, exact search", retrieve, damaged_run(reversed_vectors("items")), ["user=1", "backend=exact"], r"items\.parquet does not match this run"),
+    ("retrieve: item vectors of another run, exact search", retrieve, damaged_run(reversed_vectors("items")), ["user=1", "index=exact"], r"items\.parquet does not match this run"),
     ("retrieve: run.json missing a key", retrieve, damaged_run(drop_manifest_key("score")), ["user=1"], r"run\.json lacks \['score'\]"),
     ("retrieve: run.json without fingerprints", retrieve, damaged_run(drop_manifest_key("fingerprints")), ["user=1"], r"run\.json lacks \['fingerprints'\]"),
     ("retrieve: zero-padded id of numeric ids", retrieve, None, ["users_file=PADDED"], r"unknown user id\(s\) \['007'\]"),

@@ -8,8 +8,8 @@ import polars as pl
 import pytest
 
 from tests.conftest import compose_train
+from twotower.commands.train import train
 from twotower.retrieval import Retriever
-from twotower.train import train
 
 
 def neighbour_agreement(retriever: Retriever, labels: np.ndarray, k: int = 5) -> float:
@@ -33,7 +33,7 @@ def books_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.mark.parametrize(("column", "minimum"), [("author", 0.25), ("genre_group", 0.45)])
 def test_neighbours_share_author_and_genre_beyond_a_shuffled_control(books_run: Path, column: str,
                                                                      minimum: float) -> None:
-    retriever = Retriever.load(books_run, backend="exact")
+    retriever = Retriever.load(books_run, index="exact")
     frame = retriever.item_vocab.frame
     # Only labels that at least two books share can agree at all.
     shared = frame[column].value_counts().filter(pl.col("count") >= 2)[column]

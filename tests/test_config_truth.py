@@ -3,19 +3,24 @@ users reach for work without "+", and the progress bar shows a loss that moves."
 
 import importlib.util
 import inspect
+import json
+import math
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 import twotower.conf
 from hydra.utils import get_method, instantiate
 from lightning import Callback, Trainer
 from omegaconf import OmegaConf
 
 from tests.conftest import compose_train
+from twotower.commands.train import main as train_main
+from twotower.commands.train import train
 from twotower.synthetic import planted_interactions
-from twotower.train import train
 
 CONF = Path(twotower.conf.__file__).parent  # the package Hydra composes from
 NEEDS_PLUGIN = {("hparams_search", "optuna"): "hydra_plugins.hydra_optuna_sweeper"}
@@ -68,13 +73,20 @@ def test_trainer_switches_need_no_plus(tmp_path: Path) -> None:
     assert trainer.gradient_clip_val == 1.0
 
 
-@pytest.mark.skipif(importlib.util.find_spec("hydra_plugins.hydra_optuna_sweeper") is not None,
-                    reason="the Optuna sweeper is installed")
-def test_optuna_search_without_the_extra_says_what_to_install(tmp_path: Path) -> None:
-    result = subprocess.run([sys.executable, "-m", "twotower.train", "-m", "hparams_search=optuna",
-                             f"hydra.sweep.dir={tmp_path}"], capture_output=True, text=True, timeout=300)
-    assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert "pip install -e '.[sweep]'" in result.stderr.strip().splitlines()[-1]
+def test_optuna_search_without_the_extra_says_what_to_install(capsys: pytest.CaptureFixture,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    real = importlib.util.find_spec
+
+    def without_optuna(name: str, *args: object) -> object:  # as in an environment without the sweep extra
+        return None if name.startswith("hydra_plugins.hydra_optuna") else real(name, *args)
+
+    monkeypatch.setattr(importlib.util, "find_spec", without_optuna)
+    monkeypatch.setattr(sys, "argv", ["twotower-train", "-m", "hparams_search=optuna"])
+    with pytest.raises(SystemExit) as exit_info:
+        train_main()
+    stderr = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "Traceback" not in stderr
+    assert "pip install -e '.[sweep]'" in stderr.strip().splitlines()[-1]
 
 
 class ProgressBarLoss(Callback):
@@ -98,10 +110,73 @@ def test_progress_bar_loss_moves_within_a_short_epoch(tmp_path: Path, monkeypatc
             kwargs["callbacks"] = [*kwargs["callbacks"], watcher]
         return real(config, *args, **kwargs)
 
-    monkeypatch.setattr("twotower.train.instantiate", with_watcher)
+    monkeypatch.setattr("twotower.commands.train.instantiate", with_watcher)
     train(compose_train(tmp_path / "run", "data=interactions", f"data.path={tmp_path / 'log.csv'}",
                         "trainer.max_epochs=1", "final_fit=false", "datamodule.batch_size=64"))
     # ~40 steps in the epoch, fewer than the logger's interval of 50: the bar still shows a new value every
     # 10 steps.
     assert 30 <= len(watcher.shown) < 50
     assert len(set(watcher.shown)) >= len(watcher.shown) // 10, watcher.shown
+
+
+LOGGER_FILES = {  # logger config -> a file it must write, relative to the run directory
+    "csv": "logs/metrics.csv",
+    "tensorboard": "logs/tensorboard/events.out.tfevents.*",
+    "mlflow": "logs/mlflow.db",
+    "wandb": "logs/wandb/offline-run-*/run-*.wandb",
+}
+LOGGER_PACKAGES = {"tensorboard": ("tensorboard", "tensorboardX"), "mlflow": ("mlflow",), "wandb": ("wandb",)}
+
+
+@pytest.mark.parametrize("logger", sorted(LOGGER_FILES))
+def test_every_logger_writes_its_files(logger: str, tmp_path: Path) -> None:
+    packages = LOGGER_PACKAGES.get(logger, ())
+    if packages and not any(importlib.util.find_spec(name) for name in packages):
+        pytest.skip(f"{logger} needs {' or '.join(packages)}, which is not installed")
+    planted_interactions(n_users=80, n_items=40, n_clusters=4, seed=1).write_csv(tmp_path / "log.csv")
+    cfg = compose_train(tmp_path / "run", "data=interactions", f"data.path={tmp_path / 'log.csv'}", f"logger={logger}",
+                        "trainer.max_epochs=2", "model.dim=8", "show_similar_to=null", "final_fit=false")
+    train(cfg)
+    written = list((tmp_path / "run").glob(LOGGER_FILES[logger]))
+    assert written and all(path.stat().st_size > 0 for path in written), sorted((tmp_path / "run").rglob("*"))
+    if logger == "mlflow":  # the validation metric reached the store ('@' is not allowed in MLflow's names)
+        with sqlite3.connect(written[0]) as store:
+            keys = {key for (key,) in store.execute("select distinct key from metrics")}
+        assert "val/ndcg20" in keys, keys
+
+
+def test_scheduler_and_weight_decay_reach_the_optimizer(tmp_path: Path) -> None:
+    planted_interactions(n_users=80, n_items=40, n_clusters=4, seed=1).write_csv(tmp_path / "log.csv")
+    train(compose_train(tmp_path / "run", "data=interactions", f"data.path={tmp_path / 'log.csv'}", "scheduler=cosine",
+                        "model.weight_decay=0.001", "trainer.max_epochs=3", "model.dim=8", "show_similar_to=null",
+                        "final_fit=false", "callbacks.early_stopping.patience=10"))
+    state = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    group = state["optimizer_states"][0]["param_groups"][0]
+    assert group["weight_decay"] == 0.001
+    # Cosine over trainer.max_epochs=3 from lr 0.01 down to eta_min=0, stepped once per finished epoch.
+    schedule = state["lr_schedulers"][0]
+    assert schedule["T_max"] == 3 and schedule["last_epoch"] >= 1
+    assert group["lr"] == pytest.approx(0.01 * (1 + math.cos(math.pi * schedule["last_epoch"] / 3)) / 2)
+
+
+def test_two_trial_optuna_sweep_runs_end_to_end(tmp_path: Path) -> None:
+    if importlib.util.find_spec("hydra_plugins.hydra_optuna_sweeper") is None:
+        pytest.skip("the Optuna sweeper is not installed (pip install -e '.[sweep]')")
+    planted_interactions(n_users=80, n_items=40, n_clusters=4, seed=1).write_csv(tmp_path / "log.csv")
+    result = subprocess.run(
+        [sys.executable, "-m", "twotower.commands.train", "-m", "hparams_search=optuna", "hydra.sweeper.n_trials=2",
+         "hydra.sweeper.sampler.n_startup_trials=2", "data=interactions", f"data.path={tmp_path / 'log.csv'}",
+         "trainer.max_epochs=1", "logger=none", "trainer.enable_progress_bar=false", "show_similar_to=null",
+         f"hydra.sweep.dir={tmp_path / 'sweep'}"], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    trials = sorted((tmp_path / "sweep").glob("[0-9]*/run.json"))
+    assert len(trials) == 2
+    best = OmegaConf.load(tmp_path / "sweep" / "optimization_results.yaml")
+    values = [json.loads(trial.read_text())["metrics"]["val/ndcg@20"] for trial in trials]
+    assert best.best_value == pytest.approx(max(values))
+
+
+def test_evaluation_does_not_import_lightning() -> None:
+    code = "import sys, twotower.commands.eval; print(sorted(m for m in sys.modules if m.split('.')[0] == 'lightning'))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and result.stdout.strip() == "[]", result.stderr[-2000:]

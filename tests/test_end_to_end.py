@@ -10,11 +10,11 @@ import polars as pl
 import pytest
 
 from tests.conftest import compose_train
+from twotower.commands.eval import evaluate_run
+from twotower.commands.train import train
 from twotower.errors import TwoTowerError
-from twotower.eval import evaluate_run
 from twotower.retrieval import Retriever
 from twotower.synthetic import planted_interactions
-from twotower.train import train
 
 
 def split_items(run_dir: Path, *names: str) -> dict[int, set[int]]:
@@ -47,7 +47,7 @@ def test_planted_structure_is_recovered_through_the_index(tmp_path: Path) -> Non
     # Random ranking would give recall@10 of about 10 / 300 = 0.03.
     assert recall >= 0.5, recall
     assert metrics["test/recall@10"] >= 0.5
-    exact = Retriever.load(run_dir, backend="exact")
+    exact = Retriever.load(run_dir, index="exact")
     assert recall_through_index(exact, run_dir) == pytest.approx(recall, abs=0.02)
     evaluated = evaluate_run(run_dir)
     assert evaluated["recall@10"] == pytest.approx(metrics["test/recall@10"], abs=1e-6)
@@ -88,7 +88,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
 
 def test_movielens_100k_trains_indexes_and_retrieves(tmp_path: Path, shared_data: Path) -> None:
     run_dir = tmp_path / "ml100k"
-    trained = run_cli("twotower.train", "data=movielens", f"data.path={shared_data / 'ml-100k'}",
+    trained = run_cli("twotower.commands.train", "data=movielens", f"data.path={shared_data / 'ml-100k'}",
                       "trainer.max_epochs=3", "trainer.enable_progress_bar=false", f"hydra.run.dir={run_dir}")
     assert trained.returncode == 0, trained.stderr[-3000:]
     for artifact in ("config.yaml", "checkpoints/best.ckpt", "vocab/users.parquet", "vocab/items.parquet",
@@ -98,7 +98,7 @@ def test_movielens_100k_trains_indexes_and_retrieves(tmp_path: Path, shared_data
     items = pl.read_parquet(run_dir / "embeddings" / "items.parquet")
     assert items.schema == {"id": pl.Int64, "vector": pl.List(pl.Float32)}
 
-    retrieved = run_cli("twotower.retrieve", f"run_dir={run_dir}", "user=196", "k=10", "output=json")
+    retrieved = run_cli("twotower.commands.retrieve", f"run_dir={run_dir}", "user=196", "k=10", "output=json")
     assert retrieved.returncode == 0, retrieved.stderr
     rows = json.loads(retrieved.stdout)
     assert len(rows) == 10 and {"id", "score", "title"} <= set(rows[0])
@@ -114,9 +114,9 @@ def test_movielens_100k_trains_indexes_and_retrieves(tmp_path: Path, shared_data
     assert trained_items <= seen and not rated & {row["id"] for row in rows}  # nothing the user has in the log
     assert [row["score"] for row in rows] == sorted((row["score"] for row in rows), reverse=True)
 
-    similar = run_cli("twotower.retrieve", f"run_dir={run_dir}", 'item="Toy Story (1995)"', "k=5")
+    similar = run_cli("twotower.commands.retrieve", f"run_dir={run_dir}", 'item="Toy Story (1995)"', "k=5")
     assert similar.returncode == 0 and "similar to 'Toy Story (1995)'" in similar.stdout
-    missing = run_cli("twotower.retrieve", f"run_dir={run_dir}", "user=999999")
+    missing = run_cli("twotower.commands.retrieve", f"run_dir={run_dir}", "user=999999")
     assert missing.returncode != 0 and "unknown user id" in missing.stderr and "Traceback" not in missing.stderr
 
 
@@ -148,7 +148,7 @@ def test_no_user_is_offered_what_their_log_already_has(tmp_path: Path, shared_da
     assert sum(len(set(ids.tolist()) & had[user]) for user, (ids, _) in zip(users, offered, strict=True)) == 0
     # The same users through the batch command line path.
     pl.DataFrame({"user_id": users}).write_csv(tmp_path / "users.csv")
-    batch = run_cli("twotower.retrieve", f"run_dir={run_dir}", f"users_file={tmp_path / 'users.csv'}", "k=10",
+    batch = run_cli("twotower.commands.retrieve", f"run_dir={run_dir}", f"users_file={tmp_path / 'users.csv'}", "k=10",
                     "output=csv", f"output_file={tmp_path / 'recs.csv'}")
     assert batch.returncode == 0, batch.stderr[-2000:]
     recs = pl.read_csv(tmp_path / "recs.csv")

@@ -83,10 +83,11 @@ def test_logq_correction_pushes_popular_negatives_down_less() -> None:
 
 
 def test_build_loss_and_tower_from_specs() -> None:
-    assert isinstance(build_loss({"name": "bpr"}), BPRLoss)
-    assert build_loss({"name": "softmax", "logq_correction": False}).logq_correction is False
+    assert isinstance(build_loss({"_target_": "twotower.losses.BPRLoss"}), BPRLoss)
+    softmax = build_loss({"_target_": "twotower.losses.SampledSoftmaxLoss", "logq_correction": False})
+    assert softmax.logq_correction is False
     with pytest.raises(TwoTowerError, match="unknown loss"):
-        build_loss({"name": "hinge"})
+        build_loss({"_target_": "torch.nn.HingeEmbeddingLoss"})
     tower = build_tower({"kind": "id"}, n=10, dim=4)
     assert isinstance(tower, IdTower)
     assert tower(torch.tensor([1, 2])).shape == (2, 4)

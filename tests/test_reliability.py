@@ -19,11 +19,11 @@ from omegaconf import DictConfig
 
 from tests.conftest import compose_train
 from twotower.artifacts import atomic_path, write_json
+from twotower.commands.eval import evaluate_run
+from twotower.commands.train import train
 from twotower.errors import TwoTowerError
-from twotower.eval import evaluate_run
 from twotower.retrieval import Retriever
 from twotower.synthetic import planted_interactions
-from twotower.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -37,7 +37,7 @@ def log_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def cli(run_dir: Path, log_file: Path, *overrides: str) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "twotower.train", "data=interactions", f"data.path={log_file}",
+        [sys.executable, "-m", "twotower.commands.train", "data=interactions", f"data.path={log_file}",
          f"hydra.run.dir={run_dir}", "trainer.max_epochs=4", "datamodule.batch_size=128", "model.dim=16",
          "trainer.enable_progress_bar=false", "show_similar_to=null", *overrides],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

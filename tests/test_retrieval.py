@@ -7,10 +7,10 @@ import polars as pl
 import pytest
 
 from tests.conftest import compose_train
+from twotower.commands.train import train
 from twotower.errors import TwoTowerError
 from twotower.retrieval import Retriever
 from twotower.synthetic import planted_interactions
-from twotower.train import train
 
 
 @pytest.fixture(scope="module")

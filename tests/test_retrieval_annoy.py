@@ -57,7 +57,7 @@ def annoy(run_dir: Path) -> Retriever:
 
 @pytest.fixture(scope="module")
 def exact(run_dir: Path) -> Retriever:
-    return Retriever.load(run_dir, backend="exact")
+    return Retriever.load(run_dir, index="exact")
 
 
 def seen_ids(retriever: Retriever, row: int) -> set:

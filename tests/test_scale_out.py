@@ -9,16 +9,16 @@ import polars as pl
 import pytest
 import torch
 
+from twotower.commands.eval import evaluate_vectors
+from twotower.commands.sweep import summarise
 from twotower.data.user_items import UserItems
-from twotower.eval import evaluate_vectors
 from twotower.module import TwoTowerModel
-from twotower.sweep import summarise
 from twotower.synthetic import planted_interactions
 
 
 def run_train(*overrides: str, multirun: bool = False) -> subprocess.CompletedProcess:
     flags = ["-m"] if multirun else []
-    return subprocess.run([sys.executable, "-m", "twotower.train", *flags, "trainer.enable_progress_bar=false",
+    return subprocess.run([sys.executable, "-m", "twotower.commands.train", *flags, "trainer.enable_progress_bar=false",
                            "show_similar_to=null", *overrides], capture_output=True, text=True, timeout=900)
 
 

@@ -20,10 +20,10 @@ import pytest
 from hydra import compose, initialize_config_module
 
 from tests.conftest import train_feature_run
+from twotower.commands.retrieve import rows_for
+from twotower.commands.serve import Limits, ServeSettings
 from twotower.index import AnnoyIndex, ExactIndex
 from twotower.retrieval import Retriever
-from twotower.retrieve import rows_for
-from twotower.serve import Limits, ServeSettings
 from twotower.synthetic import write_vector_run
 
 TOKEN = "test-admin-token"
@@ -57,7 +57,7 @@ def free_port() -> int:
 
 
 class Server:
-    """``python -m twotower.serve`` on a free port, with its log in a file (a full pipe would stall it)."""
+    """``python -m twotower.commands.serve`` on a free port, with its log in a file (a full pipe would stall it)."""
 
     def __init__(self, run_dir: Path, log: Path, *overrides: str, token: str | None = TOKEN) -> None:
         self.port = free_port()
@@ -67,7 +67,7 @@ class Server:
         if token is not None:
             env["TWOTOWER_ADMIN_TOKEN"] = token
         with log.open("w") as sink:
-            self.process = subprocess.Popen([sys.executable, "-m", "twotower.serve", f"run_dir={run_dir}",
+            self.process = subprocess.Popen([sys.executable, "-m", "twotower.commands.serve", f"run_dir={run_dir}",
                                              f"port={self.port}", *overrides], stdout=sink, stderr=sink, env=env)
         self.client = httpx.Client(base_url=self.url, timeout=30)
 
@@ -128,8 +128,8 @@ def test_python_defaults_equal_the_yaml() -> None:
     with initialize_config_module(config_module="twotower.conf", version_base="1.3"):
         cfg = compose("serve", overrides=["run_dir=x"])
     defaults = ServeSettings(run_dir="x")
-    for name in ("host", "port", "workers", "backend", "log_level", "access_log"):
-        assert cfg[name] == getattr(defaults, name), name
+    for name in ("host", "port", "workers", "index", "log_level", "access_log"):
+        assert cfg.get(name) == getattr(defaults, name), name
     assert dict(cfg.limits) == Limits().__dict__
     assert defaults.admin_token is None and "TWOTOWER_ADMIN_TOKEN" in str(cfg._get_node("admin_token"))
 
@@ -355,7 +355,7 @@ def test_sighup_reloads_and_admin_is_off_without_a_token(start, run_a: Path) -> 
     (["run_dir=/no/such/run"], "run directory not found"),
 ])
 def test_bad_config_is_one_line_and_exit_status_2(overrides: list[str], message: str, run_a: Path) -> None:
-    command = [sys.executable, "-m", "twotower.serve", *[o.replace("RUN", str(run_a)) for o in overrides]]
+    command = [sys.executable, "-m", "twotower.commands.serve", *[o.replace("RUN", str(run_a)) for o in overrides]]
     if not any(o.startswith("port=") for o in overrides):
         command.append(f"port={free_port()}")
     done = subprocess.run(command, capture_output=True, text=True, timeout=60)
@@ -366,8 +366,8 @@ def test_bad_config_is_one_line_and_exit_status_2(overrides: list[str], message:
 def test_the_core_package_needs_no_fastapi(run_a: Path) -> None:
     """Without the extra, the library imports and twotower-serve says which extra to install."""
     script = ("import sys; sys.modules['fastapi'] = None; sys.modules['uvicorn'] = None\n"
-              "import twotower, twotower.retrieval, twotower.serve\n"
+              "import twotower, twotower.retrieval, twotower.commands.serve\n"
               f"sys.argv = ['twotower-serve', 'run_dir={run_a}']\n"
-              "twotower.serve.main()")
+              "twotower.commands.serve.main()")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "pip install 'twotower[serve]'" in done.stderr, done.stderr

@@ -6,16 +6,16 @@ import pytest
 import torch
 
 from tests.conftest import compose_train
+from twotower.commands.train import train
 from twotower.errors import TwoTowerError
 from twotower.module import TwoTowerModel
 from twotower.synthetic import planted_interactions
-from twotower.train import train
 
 
 def sparse_model(optimizer: type[torch.optim.Optimizer] = torch.optim.SparseAdam) -> TwoTowerModel:
     torch.manual_seed(0)
-    return TwoTowerModel(50, 40, dim=8, loss={"name": "bpr"}, user_tower={"kind": "id", "sparse": True},
-                         item_tower={"kind": "id", "sparse": True},
+    return TwoTowerModel(50, 40, dim=8, loss={"_target_": "twotower.losses.BPRLoss"},
+                         user_tower={"kind": "id", "sparse": True}, item_tower={"kind": "id", "sparse": True},
                          optimizer=lambda params: optimizer(params, lr=0.01))
 
 

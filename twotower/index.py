@@ -262,7 +262,11 @@ def load_index(folder: Path, vectors: np.ndarray, score: str, checkpoint: str | 
         raise TwoTowerError(f"the index in {folder} does not match this run: {'; '.join(problems)}. "
                             "Rebuild it with twotower-index")
     if index is None:
-        index = AnnoyIndex(**meta["params"]) if meta["backend"] == "annoy" else ExactIndex(**meta["params"])
+        backends = {backend.backend: backend for backend in (ExactIndex, AnnoyIndex)}
+        if meta.get("backend") not in backends:
+            raise TwoTowerError(f"the index in {folder} is of an unknown backend {meta.get('backend')!r}; "
+                                f"this version reads {sorted(backends)}. Rebuild it with twotower-index")
+        index = backends[meta["backend"]](**meta["params"])
     index.load(vectors, meta, folder)
     return index, meta
 

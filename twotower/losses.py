@@ -91,14 +91,17 @@ class SampledSoftmaxLoss:
         return F.cross_entropy(logits, target)
 
 
-def build_loss(spec: dict) -> PointwiseLoss | BPRLoss | SampledSoftmaxLoss:
-    """A loss from its plain-value spec, e.g. ``{"name": "softmax", "logq_correction": True}``."""
-    options = {key: value for key, value in spec.items() if key != "name"}
-    name = spec.get("name", "softmax")
-    if name in ("bce", "mse"):
-        return PointwiseLoss(name, **options)
-    if name == "bpr":
-        return BPRLoss(**options)
-    if name == "softmax":
-        return SampledSoftmaxLoss(**options)
-    raise TwoTowerError(f"unknown loss '{name}'; choose bce, mse, bpr or softmax")
+Loss = PointwiseLoss | BPRLoss | SampledSoftmaxLoss
+LOSSES = (PointwiseLoss, BPRLoss, SampledSoftmaxLoss)
+
+
+def build_loss(spec: dict) -> Loss:
+    """A loss from its plain-value spec, as ``conf/loss/*.yaml`` writes it and the checkpoint stores it:
+    ``{"_target_": "twotower.losses.SampledSoftmaxLoss", "logq_correction": True}``."""
+    from hydra.utils import instantiate  # a plain function: no Hydra app is needed to load a checkpoint
+
+    target = spec.get("_target_", "twotower.losses.SampledSoftmaxLoss")
+    if target not in {f"{loss.__module__}.{loss.__name__}" for loss in LOSSES}:
+        raise TwoTowerError(f"unknown loss '{target}'; choose one of {[loss.__name__ for loss in LOSSES]} "
+                            "(loss=softmax, bpr, bce or mse)")
+    return instantiate({**spec, "_target_": target})

@@ -1,6 +1,7 @@
 """The LightningModule: two towers, a score, a loss, and full-ranking validation metrics.
 
-Every constructor argument is a plain value (numbers, strings, dicts) except ``optimizer``, so
+Every constructor argument is a plain value (numbers, strings, dicts) except ``optimizer`` and
+``scheduler``, so
 ``TwoTowerModel.load_from_checkpoint(path)`` rebuilds the model without Hydra or the training data.
 """
 
@@ -26,6 +27,7 @@ SPARSE_OPTIMIZERS = (torch.optim.SparseAdam, torch.optim.Adagrad, torch.optim.SG
 PROGRESS_EVERY = 10
 
 OptimizerFactory = Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer]
+SchedulerFactory = Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LRScheduler]
 
 
 class TwoTowerModel(L.LightningModule):
@@ -36,11 +38,13 @@ class TwoTowerModel(L.LightningModule):
         dim: vector dimension shared by both towers.
         score: ``dot`` or ``cosine`` (L2-normalised vectors).
         temperature: logits are scores divided by this; small values sharpen a cosine softmax.
-        loss: loss spec, e.g. ``{"name": "softmax", "logq_correction": True}`` (see ``losses.build_loss``).
+        loss: loss spec, e.g. ``{"_target_": "twotower.losses.BPRLoss"}`` (see ``losses.build_loss``).
         user_tower, item_tower: tower specs, e.g. ``{"kind": "id"}`` (see ``towers.build_tower``).
         optimizer: a factory taking the parameters (Hydra passes a ``_partial_`` optimizer); Adam if None.
-        eval_ks: cut-offs of the validation/test ranking metrics.
-        names: display names of the two sides, e.g. ``{"user": "link", "item": "book"}``.
+        scheduler: a factory taking the optimizer (a ``_partial_`` LR scheduler, stepped once per epoch);
+            a constant learning rate if None.
+        weight_decay: L2 penalty, given to the optimizer as its ``weight_decay`` (0: none).
+        ks: cut-offs of the validation/test ranking metrics (the word ``twotower-eval`` uses too).
     """
 
     def __init__(
@@ -54,8 +58,9 @@ class TwoTowerModel(L.LightningModule):
         user_tower: dict | None = None,
         item_tower: dict | None = None,
         optimizer: OptimizerFactory | None = None,
-        eval_ks: Sequence[int] = (10, 20),
-        names: dict | None = None,
+        scheduler: SchedulerFactory | None = None,
+        weight_decay: float = 0.0,
+        ks: Sequence[int] = (10, 20),
     ) -> None:
         super().__init__()
         if score not in SCORES:
@@ -64,14 +69,17 @@ class TwoTowerModel(L.LightningModule):
             raise TwoTowerError(f"model.temperature must be > 0, got {temperature}")
         if dim < 1:
             raise TwoTowerError(f"model.dim must be >= 1, got {dim}")
-        self.save_hyperparameters(ignore=["optimizer"])
+        if weight_decay < 0:
+            raise TwoTowerError(f"model.weight_decay must be >= 0, got {weight_decay}")
+        self.save_hyperparameters(ignore=["optimizer", "scheduler"])
         self.user_tower = build_tower(dict(user_tower or {}), n_users, dim)
         self.item_tower = build_tower(dict(item_tower or {}), n_items, dim)
         self.loss_fn = build_loss(dict(loss or {}))
         self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
         self.epoch_loss = MeanMetric()
-        self.val_metrics = RankingMetrics(n_items, eval_ks)
-        self.test_metrics = RankingMetrics(n_items, eval_ks)
+        self.val_metrics = RankingMetrics(n_items, ks)
+        self.test_metrics = RankingMetrics(n_items, ks)
         self._catalogue: torch.Tensor | None = None
 
     def user_vectors(self, users: torch.Tensor) -> torch.Tensor:
@@ -135,13 +143,20 @@ class TwoTowerModel(L.LightningModule):
     def on_test_epoch_end(self) -> None:
         self._publish(self.test_metrics, "test")
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
+    def configure_optimizers(self) -> torch.optim.Optimizer | dict:
         factory = self.optimizer_factory or torch.optim.Adam
-        optimizer = factory(self.parameters())
+        decay = {"weight_decay": self.hparams.weight_decay} if self.hparams.weight_decay else {}
+        try:
+            optimizer = factory(self.parameters(), **decay)
+        except TypeError as error:  # SparseAdam, say, has no weight decay
+            raise TwoTowerError(f"this optimizer takes no weight_decay ({error}); set model.weight_decay=0") from error
         sparse = [name for name, module in self.named_modules() if getattr(module, "sparse", False)]
         if sparse and not isinstance(optimizer, SPARSE_OPTIMIZERS):
             raise TwoTowerError(
                 f"sparse embeddings ({', '.join(sparse)}) need an optimizer that takes sparse gradients "
                 f"({', '.join(kind.__name__ for kind in SPARSE_OPTIMIZERS)}), not {type(optimizer).__name__}; "
                 "model=sparse pairs them with SparseAdam")
-        return optimizer
+        if self.scheduler_factory is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer),
+                                                         "interval": "epoch"}}

@@ -37,6 +37,8 @@ from twotower.live_items import LiveItems
 
 Result = tuple[np.ndarray, np.ndarray]
 UNKNOWN_POLICIES = ("error", "popular")
+# Which index a loaded run searches with: its own (null), its Annoy index, or brute force.
+INDEX_CHOICES = (None, "annoy", "exact")
 
 
 def _is_batch(query: object) -> bool:
@@ -83,10 +85,10 @@ class Retriever:
         self._live_lock = threading.Lock()
 
     @classmethod
-    def load(cls, run_dir: str | Path, backend: str | None = None) -> Retriever:
-        """Open a run directory; ``backend="exact"`` searches by brute force instead of its Annoy index."""
-        if backend not in (None, "exact", "annoy"):
-            raise TwoTowerError(f"unknown backend '{backend}'; choose annoy or exact")
+    def load(cls, run_dir: str | Path, index: str | None = None) -> Retriever:
+        """Open a run directory; ``index="exact"`` searches by brute force instead of its Annoy index."""
+        if index not in INDEX_CHOICES:
+            raise TwoTowerError(f"index must be null (the run's own), annoy or exact, got {index!r}")
         paths = RunPaths(run_path(run_dir))
         manifest = read_manifest(paths)
         check_fingerprints(paths, manifest)
@@ -97,13 +99,13 @@ class Retriever:
         _, item_vectors = read_vectors(paths.embeddings("items"))
         if len(user_vectors) != len(user_vocab) or len(item_vectors) != len(item_vocab):
             raise TwoTowerError(f"{paths.root}: embeddings and vocabularies disagree in size; re-export the run")
-        if backend == "exact":
-            index: Backend = ExactIndex()
-            index.load(item_vectors, {}, paths.index)
+        if index == "exact":
+            searcher: Backend = ExactIndex()
+            searcher.load(item_vectors, {}, paths.index)
         else:
-            index, _ = load_index(paths.index, item_vectors, manifest["score"],
+            searcher, _ = load_index(paths.index, item_vectors, manifest["score"],
                                   checkpoint=manifest.get("checkpoint_fingerprint"))
-        return cls(paths, manifest, index, user_vocab, item_vocab, user_vectors, item_vectors,
+        return cls(paths, manifest, searcher, user_vocab, item_vocab, user_vectors, item_vectors,
                    read_seen(paths, len(user_vocab)))
 
     def recommend(self, users: object, k: int = 10, exclude_seen: bool = True, allow: Iterable | None = None,

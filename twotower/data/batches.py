@@ -103,6 +103,11 @@ class TrainBatches(Dataset):
         return (in_batch * self.sampler.frequency[items] + sampled * self.sampler.probs[items]).log().float()
 
 
+def eval_chunk_size(n_items: int, budget: int = 1 << 24) -> int:
+    """Users per evaluation chunk so that a chunk's (users x items) score matrix stays near ``budget``."""
+    return int(min(4096, max(1, budget // max(n_items, 1))))
+
+
 class RankingBatches(Dataset):
     """Chunks of users to rank against the whole catalogue, with what to exclude and what to find.
 

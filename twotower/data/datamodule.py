@@ -13,7 +13,14 @@ import torch
 from torch.utils.data import DataLoader
 
 from twotower.artifacts import SPLIT_NAMES, RunPaths, write_parquet
-from twotower.data.batches import EpochBatchSampler, RankingBatches, ShardedChunks, TrainBatches, process_share
+from twotower.data.batches import (
+    EpochBatchSampler,
+    RankingBatches,
+    ShardedChunks,
+    TrainBatches,
+    eval_chunk_size,
+    process_share,
+)
 from twotower.data.features import FeatureSpec, encode_features, feature_specs
 from twotower.data.interactions import InteractionLog, deduplicate, non_positives, positives
 from twotower.data.splits import Splits, check_splits, cover_holdouts
@@ -34,11 +41,6 @@ class Splitter(Protocol):
     test_given: bool  # whether the test split came as a file of its own, to stay unseen
 
     def split(self, frame: pl.DataFrame) -> Splits: ...
-
-
-def eval_chunk_size(n_items: int, budget: int = 1 << 24) -> int:
-    """Users per evaluation chunk so that a chunk's (users x items) score matrix stays near ``budget``."""
-    return int(min(4096, max(1, budget // max(n_items, 1))))
 
 
 class InteractionDataModule(L.LightningDataModule):

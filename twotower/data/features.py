@@ -47,7 +47,7 @@ def feature_specs(frame: pl.DataFrame, features: Sequence[str] | Mapping[str, st
             raise TwoTowerError(f"unknown feature kind '{kind}' for '{name}'; choose one of {KINDS}")
         column = frame[name]
         if kind == "numeric":
-            values = column.cast(pl.Float64, strict=False)
+            values = column.cast(pl.Float64, strict=False).fill_nan(None)  # NaN is missing, as in encoding
             if values.null_count() == len(values):
                 raise TwoTowerError(f"{side} feature '{name}' has no numeric values")
             std = values.std() or 1.0

@@ -17,7 +17,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from twotower.artifacts import RunPaths, check_fingerprints, read_manifest, run_path
-from twotower.cli import register_resolvers, reported_errors
+from twotower.commands.cli import register_resolvers, reported_errors
 from twotower.embeddings import read_vectors
 from twotower.index import build_index, index_report
 from twotower.retrieval import read_seen

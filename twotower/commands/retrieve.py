@@ -18,7 +18,7 @@ import polars as pl
 from omegaconf import DictConfig
 
 from twotower.artifacts import atomic_path
-from twotower.cli import reported_errors
+from twotower.commands.cli import index_choice, reported_errors
 from twotower.data.readers import collect, detect_format, existing_path, reading, scan_table
 from twotower.data.vocab import Vocabulary
 from twotower.errors import TwoTowerError
@@ -89,7 +89,7 @@ def run(cfg: DictConfig) -> None:
     queries = [name for name in ("user", "item", "users_file", "similar_user") if cfg.get(name) is not None]
     if len(queries) != 1:
         raise TwoTowerError("give exactly one of user=ID, item=ID_OR_TITLE, users_file=FILE or similar_user=ID")
-    retriever = Retriever.load(cfg.run_dir, backend=cfg.backend)
+    retriever = Retriever.load(cfg.run_dir, index=index_choice(cfg.get("index")))
     names = retriever.names
     if cfg.users_file is not None:
         frame = batch_results(retriever, read_user_ids(cfg.users_file), cfg.k, cfg.exclude_seen)

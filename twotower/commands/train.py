@@ -28,7 +28,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
 from twotower.artifacts import RunPaths, artifact_fingerprints, exclusive, fingerprint, publish, write_json, write_text
-from twotower.cli import quiet_framework_notices, register_resolvers, reported_errors, user_error
+from twotower.commands.cli import quiet_framework_notices, register_resolvers, reported_errors, user_error
 from twotower.data.datamodule import InteractionDataModule
 from twotower.embeddings import write_vectors
 from twotower.errors import TwoTowerError
@@ -67,7 +67,12 @@ def build_model(model_cfg: DictConfig, datamodule: InteractionDataModule) -> Two
     model_cfg = model_cfg.copy()
     for side in ("user", "item"):  # assigned, not merged: a feature list becomes a list of specs
         model_cfg[f"{side}_tower"] = datamodule.complete_tower(side, model_cfg.get(f"{side}_tower") or {})
-    model = instantiate(model_cfg, n_users=datamodule.n_users, n_items=datamodule.n_items)
+    # Only the optimizer and scheduler become objects; the loss and towers stay plain specs (the loss's
+    # _target_ included), which the model stores as hyperparameters and builds itself on loading.
+    factories = {name: instantiate(model_cfg[name]) if model_cfg.get(name) else None
+                 for name in ("optimizer", "scheduler")}
+    model = instantiate(model_cfg, _recursive_=False, n_users=datamodule.n_users, n_items=datamodule.n_items,
+                        **factories)
     for side in ("user", "item"):
         tower = getattr(model, f"{side}_tower")
         if isinstance(tower, FeatureTower):
@@ -99,9 +104,9 @@ def check_trainer_switches(trainer: DictConfig) -> None:
                             f"got {max_epochs!r}")
 
 
-def check_monitor(monitor: str, eval_ks: list[int], n_items: int) -> None:
+def check_monitor(monitor: str, ks: list[int], n_items: int) -> None:
     """The metric that selects checkpoints and stops early must be one the validation pass logs."""
-    logged = [f"val/{name}" for name in metric_names(eval_ks, n_items)]
+    logged = [f"val/{name}" for name in metric_names(ks, n_items)]
     if monitor not in logged:
         raise TwoTowerError(f"monitor={monitor} is not a metric the run logs; choose one of {logged}")
 
@@ -146,7 +151,7 @@ def fit_and_export(cfg: DictConfig, index: Backend, root: RunPaths) -> dict[str,
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule: InteractionDataModule = instantiate(cfg.datamodule)
     datamodule.setup("fit")
-    check_monitor(cfg.monitor, list(cfg.model.eval_ks), datamodule.n_items)
+    check_monitor(cfg.monitor, list(cfg.model.ks), datamodule.n_items)
     model = build_model(cfg.model, datamodule)
     callbacks = [instantiate(callback) for callback in (cfg.get("callbacks") or {}).values()]
     logger = instantiate(cfg.logger) if cfg.get("logger") else False

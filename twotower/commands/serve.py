@@ -6,7 +6,7 @@
     kill -HUP PID                                        # load the run again (a symlink repointed, say)
 
 Every setting is checked, and the port tried, before the run is loaded; a bad one is one line on stderr
-and exit status 2. The endpoints live in ``twotower.service``, which is imported only here, so the core
+and exit status 2. The endpoints live in ``twotower.commands.service``, which is imported only here, so the core
 package works without FastAPI installed.
 """
 
@@ -20,10 +20,9 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from twotower.cli import reported_errors
+from twotower.commands.cli import index_choice, reported_errors
 from twotower.errors import TwoTowerError
 
-BACKENDS = (None, "exact", "annoy")
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 ADMIN_TOKEN_VARIABLE = "TWOTOWER_ADMIN_TOKEN"
 
@@ -46,7 +45,7 @@ class ServeSettings:
     host: str = "127.0.0.1"
     port: int = 8000
     workers: int = 1
-    backend: str | None = None
+    index: str | None = None
     admin_token: str | None = None
     limits: Limits = Limits()
     log_level: str = "warning"
@@ -66,8 +65,6 @@ def settings_from(cfg: DictConfig) -> ServeSettings:
         raise TwoTowerError("give the run to serve: twotower-serve run_dir=DIR")
     if not isinstance(cfg.host, str) or not cfg.host:
         raise TwoTowerError(f"host must be a host name or address, got {cfg.host!r}")
-    if cfg.backend not in BACKENDS:
-        raise TwoTowerError(f"backend must be null, exact or annoy, got {cfg.backend!r}")
     if cfg.log_level not in LOG_LEVELS:
         raise TwoTowerError(f"log_level must be one of {LOG_LEVELS}, got {cfg.log_level!r}")
     if not isinstance(cfg.access_log, bool):
@@ -82,7 +79,7 @@ def settings_from(cfg: DictConfig) -> ServeSettings:
                             "admin_token, or SIGHUP the main process to reload every worker")
     limits = Limits(**{name: _whole(cfg.limits[name], f"limits.{name}", 1) for name in Limits.__dataclass_fields__})
     return ServeSettings(run_dir=str(cfg.run_dir), host=cfg.host, port=_whole(cfg.port, "port", 1, 65535),
-                         workers=workers, backend=cfg.backend, admin_token=token, limits=limits,
+                         workers=workers, index=index_choice(cfg.get("index")), admin_token=token, limits=limits,
                          log_level=cfg.log_level, access_log=cfg.access_log)
 
 
@@ -108,7 +105,7 @@ def serve(cfg: DictConfig) -> None:
     settings = settings_from(cfg)
     require_serve_extra()
     check_port(settings.host, settings.port)
-    from twotower.service import run_service
+    from twotower.commands.service import run_service
 
     run_service(settings)
 

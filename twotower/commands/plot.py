@@ -21,7 +21,7 @@ import polars as pl
 from omegaconf import DictConfig
 
 from twotower.artifacts import RunPaths, atomic_path, read_manifest, read_parquet, write_text
-from twotower.cli import reported_errors
+from twotower.commands.cli import reported_errors
 from twotower.data.vocab import Vocabulary
 from twotower.embeddings import read_vectors
 from twotower.errors import TwoTowerError
@@ -142,7 +142,7 @@ def export_projector(vectors: np.ndarray, frame: pl.DataFrame, folder: Path) -> 
 
 
 def plot_run(run_dir: str | Path, side: str = "items", color: str | None = "auto", method: str = "auto",
-             labels: int = 12, top_groups: int = 8, output: str | None = None, projector: bool = False,
+             labels: int = 12, top_groups: int = 8, output_file: str | None = None, projector: bool = False,
              seed: int = 0) -> Path:
     if side not in ("items", "users"):
         raise TwoTowerError(f"side must be 'items' or 'users', got '{side}'")
@@ -164,7 +164,7 @@ def plot_run(run_dir: str | Path, side: str = "items", color: str | None = "auto
     title = f"{len(vectors):,} {name}s ({method.upper()})"
     if column:
         title += f", coloured by {column.replace('_', ' ')}"
-    path = Path(output) if output else paths.root / "plots" / f"{side}-{column or 'plain'}.png"
+    path = Path(output_file) if output_file else paths.root / "plots" / f"{side}-{column or 'plain'}.png"
     draw(coordinates, colour_groups(vocab.frame, column, top_groups), label_texts, title, path)
     if projector:
         export_projector(vectors, vocab.frame, paths.root / "projector" / side)
@@ -174,7 +174,7 @@ def plot_run(run_dir: str | Path, side: str = "items", color: str | None = "auto
 @hydra.main(version_base="1.3", config_path="pkg://twotower.conf", config_name="plot")
 def main(cfg: DictConfig) -> None:
     with reported_errors(cfg.debug):
-        path = plot_run(cfg.run_dir, cfg.side, cfg.color, cfg.method, cfg.labels, cfg.top_groups, cfg.output,
+        path = plot_run(cfg.run_dir, cfg.side, cfg.color, cfg.method, cfg.labels, cfg.top_groups, cfg.output_file,
                         cfg.projector, cfg.seed)
         print(path)
 

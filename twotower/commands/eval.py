@@ -33,9 +33,8 @@ from twotower.artifacts import (
     run_path,
     write_json,
 )
-from twotower.cli import reported_errors
-from twotower.data.batches import RankingBatches
-from twotower.data.datamodule import eval_chunk_size
+from twotower.commands.cli import reported_errors
+from twotower.data.batches import RankingBatches, eval_chunk_size
 from twotower.data.interactions import deduplicate, positives
 from twotower.data.readers import InteractionFileReader
 from twotower.data.user_items import UserItems

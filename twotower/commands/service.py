@@ -43,10 +43,10 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from twotower.commands.retrieve import rows_for
+from twotower.commands.serve import ServeSettings, as_dict, from_dict
 from twotower.errors import TwoTowerError
 from twotower.retrieval import UNKNOWN_POLICIES, Retriever
-from twotower.retrieve import rows_for
-from twotower.serve import ServeSettings, as_dict, from_dict
 
 log = logging.getLogger("twotower")
 
@@ -97,10 +97,10 @@ class Loaded:
     index_recall: float | None
 
 
-def load_checked(run_dir: str, backend: str | None) -> Loaded:
+def load_checked(run_dir: str, index: str | None) -> Loaded:
     """Load a run and answer one query of each kind with it before it may take traffic."""
     started = time.perf_counter()
-    retriever = Retriever.load(run_dir, backend=backend)
+    retriever = Retriever.load(run_dir, index=index)
     if len(retriever.user_vocab) == 0 or len(retriever.item_vocab) < 2:
         raise TwoTowerError(f"{run_dir}: nothing to serve ({len(retriever.user_vocab)} users, "
                             f"{len(retriever.item_vocab)} items)")
@@ -122,9 +122,9 @@ def index_recall(folder: Path) -> float | None:
 class Served:
     """The run being served, and the changes to it (swaps, added and removed items), one at a time."""
 
-    def __init__(self, loaded: Loaded, backend: str | None) -> None:
+    def __init__(self, loaded: Loaded, index: str | None) -> None:
         self.current = loaded  # read once per request; assigned only once a new run is loaded and checked
-        self.backend = backend
+        self.index = index
         self.swaps = 0
         self.last_error: str | None = None
         self.changing = threading.Lock()
@@ -136,7 +136,7 @@ class Served:
         with self.changing:
             run_dir = run_dir or self.current.run_dir
             try:
-                loaded = load_checked(run_dir, self.backend)
+                loaded = load_checked(run_dir, self.index)
             except Exception as error:  # whatever breaks the new run, the old one goes on serving
                 self.last_error = f"{run_dir}: {error}"
                 raise TwoTowerError(f"cannot load {run_dir} ({error}); still serving "
@@ -509,20 +509,20 @@ def create_app(settings: ServeSettings, served: Served) -> Guard:
 def app_from_environment() -> Guard:
     """The app of one worker process when there are several (uvicorn's factory): loads the run itself."""
     settings = from_dict(json.loads(os.environ[SETTINGS_VARIABLE]))
-    return create_app(settings, Served(load_checked(settings.run_dir, settings.backend), settings.backend))
+    return create_app(settings, Served(load_checked(settings.run_dir, settings.index), settings.index))
 
 
 def run_service(settings: ServeSettings) -> None:
     """Load the run (a failure is the command's error), then serve until SIGINT or SIGTERM."""
-    loaded = load_checked(settings.run_dir, settings.backend)
+    loaded = load_checked(settings.run_dir, settings.index)
     log.info("serving %s (%d items) on http://%s:%d (API at /docs)", Path(settings.run_dir),
              len(loaded.retriever.item_vocab), settings.host, settings.port)
     common = {"host": settings.host, "port": settings.port, "log_level": settings.log_level,
               "access_log": settings.access_log}
     if settings.workers == 1:
-        uvicorn.run(create_app(settings, Served(loaded, settings.backend)), **common)
+        uvicorn.run(create_app(settings, Served(loaded, settings.index)), **common)
         return
     del loaded  # each worker loads its own; this one only proved the run loads
     os.environ[SETTINGS_VARIABLE] = json.dumps(as_dict(settings))
-    uvicorn.run("twotower.service:app_from_environment", factory=True, workers=settings.workers,
+    uvicorn.run("twotower.commands.service:app_from_environment", factory=True, workers=settings.workers,
                 timeout_worker_healthcheck=600, **common)
