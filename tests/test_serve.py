@@ -4,6 +4,7 @@ the library's own writers (no training), and every answer is checked against the
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -23,7 +24,7 @@ from tests.conftest import train_feature_run
 from twotower.commands.retrieve import rows_for
 from twotower.commands.serve import Limits, ServeSettings
 from twotower.index import AnnoyIndex, ExactIndex
-from twotower.retrieval import Retriever
+from twotower.retrieval import Retriever, rebuild_index
 from twotower.synthetic import write_vector_run
 
 TOKEN = "test-admin-token"
@@ -205,6 +206,7 @@ def test_health_ready_and_metrics(server: Server, run_a: Path) -> None:
     ("POST", "/similar", {"items": [0], "allow": list(range(0, 7 * 101, 7))}, 422, "body.allow"),
     ("POST", "/recommend", {"users": ["u1"], "deny": ["x" * 50] * 500}, 413, "max_body_bytes"),
     ("POST", "/admin/reload", {}, 401, "Authorization"),
+    ("POST", "/admin/catalogue/save", {}, 401, "Authorization"),
     ("GET", "/nowhere", None, 404, "Not Found"),
 ])
 def test_bad_requests_get_a_4xx_json_error_naming_the_problem(server: Server, method: str, path: str,
@@ -263,6 +265,34 @@ def test_added_items_are_returned_and_removed_items_never(server: Server, run_a:
     # Reloading the run starts from its exported catalogue again.
     assert server.client.post("/admin/reload", json={}, headers=ADMIN).status_code == 200
     assert server.client.get("/recommend", params={"user": user, "k": 5}).json()[0]["id"] != 5
+
+
+def test_saved_items_survive_a_reload_and_a_fold(start, run_a: Path, tmp_path: Path) -> None:
+    """Saved into the run directory, the changes outlive a reload; folded by a rebuild, they are still served."""
+    run = Path(shutil.copytree(run_a, tmp_path / "run"))
+    live = start(run)
+    local = Retriever.load(run)
+    user_vector = local.user_vectors[local.user_vocab.lookup(["u3"])[0]]
+    top = live.client.get("/recommend", params={"user": "u3", "k": 1}).json()[0]["id"]
+    new = {"items": [{"id": 5, "vector": user_vector.tolist(), "title": "Fresh arrival"}]}
+    assert live.client.post("/admin/items", json=new, headers=ADMIN).status_code == 200
+    assert live.client.post("/admin/items/remove", json={"ids": [top]}, headers=ADMIN).status_code == 200
+    saved = live.client.post("/admin/catalogue/save", headers=ADMIN)
+    assert saved.json() == {"run_dir": str(run), "added_items": 1, "removed_items": 1, "saved_rows": 1,
+                            "indexed_rows": 0}
+    before = live.client.get("/recommend", params={"user": "u3", "k": 10}).json()
+    assert before[0]["id"] == 5 and top not in {row["id"] for row in before}
+    for fold in (False, True):
+        if fold:
+            rebuild_index(run, AnnoyIndex())
+        assert live.client.post("/admin/reload", json={}, headers=ADMIN).status_code == 200
+        answer = live.client.get("/recommend", params={"user": "u3", "k": 10}).json()
+        assert [row["id"] for row in answer] == [row["id"] for row in before]
+        assert answer[0]["title"] == "Fresh arrival"
+        reloaded = Retriever.load(run)
+        ids, scores = reloaded.recommend("u3", k=10)
+        assert answer == rows_for(reloaded.item_vocab, ids, scores, reloaded.describe_items(ids))
+        assert reloaded.live.indexed == fold  # after the fold, the index holds the saved item
 
 
 def test_items_added_from_features_over_http(start, tmp_path: Path) -> None:

@@ -70,6 +70,11 @@ class RunPaths:
     def index(self) -> Path:
         return self.root / "index"
 
+    def catalogue(self, name: str) -> Path:
+        """``name`` is ``added`` or ``removed``: the items added to and removed from the catalogue after
+        training, as ``Retriever.save_catalogue`` wrote them."""
+        return self.root / "catalogue" / f"{name}.parquet"
+
     def metrics(self, name: str) -> Path:
         return self.root / "metrics" / f"{name}.json"
 
@@ -95,7 +100,8 @@ class RunPaths:
 
 
 # A run directory's own entries: a re-run replaces all of them (and leaves Hydra's .hydra/ and train.log).
-RUN_ENTRIES = ("config.yaml", "vocab", "splits", "checkpoints", "logs", "embeddings", "index", "metrics")
+RUN_ENTRIES = ("config.yaml", "vocab", "splits", "checkpoints", "logs", "embeddings", "index", "metrics",
+               "catalogue")
 
 
 def fingerprint(data: np.ndarray | Path) -> str:
@@ -130,7 +136,13 @@ def check_fingerprints(paths: RunPaths, manifest: dict[str, Any]) -> None:
             raise TwoTowerError(f"missing {file}; is this a finished run directory?")
         if fingerprint(file) != expected:
             raise TwoTowerError(f"{file} does not match this run (its fingerprint differs from the one in "
-                                "run.json): it was replaced or changed after training; train the run again")
+                                f"run.json): it was replaced or changed after it was written; {_remedy(name)}")
+
+
+def _remedy(name: str) -> str:
+    if name.startswith("catalogue/"):  # saved after training: the run itself is fine without it
+        return "delete catalogue/ and its entries in run.json's fingerprints to load the run without the saved items"
+    return "train the run again"
 
 
 def run_path(run_dir: object) -> Path:
@@ -251,3 +263,29 @@ def write_json(payload: Any, path: Path) -> None:
 def write_text(text: str, path: Path) -> None:
     with atomic_path(path) as temporary:
         temporary.write_text(text)
+
+
+def record_artifacts(paths: RunPaths, loaded: dict[str, Any], frames: dict[Path, pl.DataFrame]) -> None:
+    """Write artifacts made after training (an empty frame removes its file) and vouch for them in run.json,
+    rewritten atomically, so that every load checks them as it checks the trained ones. ``loaded`` is the
+    manifest the caller read: a run trained again since then is refused, not given another model's items."""
+    manifest = read_manifest(paths)
+    names = {path: path.relative_to(paths.root).as_posix() for path in frames}
+
+    def trained(fingerprints: dict[str, str]) -> dict[str, str]:
+        return {name: value for name, value in fingerprints.items() if name not in names.values()}
+
+    if trained(manifest["fingerprints"]) != trained(loaded["fingerprints"]):
+        raise TwoTowerError(f"{paths.root} holds another run than the one loaded (it was trained again since); "
+                            "load it again first")
+    emptied = []
+    for path, frame in frames.items():
+        if frame.height:
+            write_parquet(frame, path)
+            manifest["fingerprints"][names[path]] = fingerprint(path)
+        else:
+            manifest["fingerprints"].pop(names[path], None)
+            emptied.append(path)
+    write_json(manifest, paths.manifest)
+    for path in emptied:  # only once run.json no longer vouches for them, so no load misses a vouched file
+        path.unlink(missing_ok=True)

@@ -9,9 +9,12 @@ place of the old. A search takes the current one once and sees one consistent ca
 thread changes it. Rows only ever get appended, so row numbers taken from an older buffer still mean the
 same items in a newer one.
 
-The buffer lives in memory with the loaded run, in that run's vector space: loading a run (or swapping to
-another) starts with an empty one. Folding the items into the index for good means exporting them with the
-run (train or export it with them in its catalogue) and rebuilding the index with ``twotower-index``.
+The buffer lives in memory with the loaded run, in that run's vector space, until ``Retriever.save_catalogue``
+writes it into the run directory (``catalogue/``; ``frames`` and ``restored`` here); a run loaded again starts
+with what was saved, row for row. ``twotower-index`` then builds the index over the exported items and the
+saved added ones, in row order: a run loaded after that fold has its first ``indexed`` added rows in the
+index, and searches only the ones added since exactly. Rows that were folded keep their vectors here too
+(for similar items and allow lists), and a removed item stays masked whether the index holds it or not.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import polars as pl
 
 from twotower.data.ids import query_ids
 from twotower.data.vocab import Vocabulary
@@ -31,7 +35,7 @@ class LiveItems:
     """The run's items plus an append-only buffer of added ones, with a mask of removed rows."""
 
     def __init__(self, vocab: Vocabulary, vectors: np.ndarray, ids: list[Any], titles: list[str | None],
-                 rows_by_id: dict[Any, int], removed: np.ndarray) -> None:
+                 rows_by_id: dict[Any, int], removed: np.ndarray, indexed: int = 0) -> None:
         self.vocab = vocab
         self.base = len(vocab)
         self.vectors = vectors  # (added, dim): the vector of row base + i
@@ -39,11 +43,40 @@ class LiveItems:
         self.titles = titles
         self.rows_by_id = rows_by_id  # each added id's latest row, removed or not (as base ids stay in the vocabulary)
         self.removed = removed  # sorted rows, of the run's items and of added ones
+        self.indexed = indexed  # the first added rows, which a fold put in the index: not searched here again
         self._id_dtype = vocab.decode(np.zeros(1, dtype=np.int64)).dtype if len(vocab) else np.dtype(object)
 
     @classmethod
     def empty(cls, vocab: Vocabulary, dim: int) -> LiveItems:
         return cls(vocab, np.empty((0, dim), dtype=np.float32), [], [], {}, np.empty(0, dtype=np.int64))
+
+    def frames(self) -> tuple[pl.DataFrame, pl.DataFrame]:
+        """What ``restored`` takes back: every added row in order (its id, vector, title, and whether it was
+        removed since) and the ids of the run's own items removed. Removed added rows stay, so that row
+        numbers, and an index folded over them, keep their meaning."""
+        rows = self.base + np.arange(len(self.ids))
+        added = pl.DataFrame({
+            "id": pl.Series(self.ids, dtype=self.vocab.ids.dtype),
+            "vector": pl.Series(self.vectors).cast(pl.List(pl.Float32)),
+            "title": pl.Series(self.titles, dtype=pl.String),
+            "removed": np.isin(rows, self.removed),
+        })
+        removed = pl.DataFrame({"id": self.vocab.ids.gather(self.removed[self.removed < self.base])})
+        return added, removed
+
+    @classmethod
+    def restored(cls, vocab: Vocabulary, dim: int, added: pl.DataFrame | None, removed: pl.DataFrame | None,
+                 indexed: int = 0) -> LiveItems:
+        """The buffer ``frames`` gave (either may be absent: nothing of that kind was saved), with its first
+        ``indexed`` added rows in the index. Vectors are taken as saved: they were normalised when added."""
+        base_removed = vocab.lookup(removed["id"].to_list()) if removed is not None else np.empty(0, np.int64)
+        if added is None:
+            return cls(vocab, np.empty((0, dim), dtype=np.float32), [], [], {}, np.unique(base_removed), indexed)
+        ids = added["id"].to_list()  # in the vocabulary's dtype: the keys ``_keys`` gives
+        rows_by_id = {key: len(vocab) + row for row, key in enumerate(ids)}  # a repeated id: its latest row
+        removed_rows = len(vocab) + np.flatnonzero(added["removed"].to_numpy())
+        return cls(vocab, saved_vectors(added, dim), ids, added["title"].to_list(), rows_by_id,
+                   np.union1d(base_removed, removed_rows).astype(np.int64), indexed)
 
     @property
     def n_added(self) -> int:
@@ -104,13 +137,13 @@ class LiveItems:
         first = self.base + len(self.ids)
         rows_by_id = {**self.rows_by_id, **{key: first + i for i, key in enumerate(keys)}}
         return LiveItems(self.vocab, np.vstack([self.vectors, vectors]), self.ids + keys, self.titles + titles,
-                         rows_by_id, self.removed)
+                         rows_by_id, self.removed, self.indexed)
 
     def without(self, ids: Sequence[object]) -> LiveItems:
         """A new buffer with these items masked (removing one twice is harmless)."""
         rows = self.rows(ids)
         return LiveItems(self.vocab, self.vectors, self.ids, self.titles, self.rows_by_id,
-                         np.union1d(self.removed, rows))
+                         np.union1d(self.removed, rows), self.indexed)
 
     def _new_keys(self, ids: Sequence[object]) -> list[object]:
         ids = list(ids)
@@ -175,14 +208,14 @@ class LiveItems:
 
     def top(self, query: np.ndarray, rows: np.ndarray, scores: np.ndarray, k: int, exclude: np.ndarray
             ) -> tuple[np.ndarray, np.ndarray]:
-        """The index's top ``rows`` (with exact ``scores``) merged with the buffer's exact hits for ``query``,
-        without ``exclude``: ``(ids, scores)``, best first."""
-        if not self.ids:
-            return self.vocab.decode(rows), scores
-        added = self.base + np.arange(len(self.ids))
+        """The index's top ``rows`` (with exact ``scores``) merged with the exact hits for ``query`` of the rows
+        added since the last fold, without ``exclude``: ``(ids, scores)``, best first."""
+        if len(self.ids) == self.indexed:
+            return self.decode(rows), scores
+        added = self.base + np.arange(self.indexed, len(self.ids))
         keep = ~np.isin(added, exclude)
         rows = np.concatenate([rows, added[keep]])
-        scores = np.concatenate([scores, (self.vectors[keep] @ query).astype(np.float32)])
+        scores = np.concatenate([scores, (self.vectors[self.indexed:][keep] @ query).astype(np.float32)])
         order = np.argsort(-scores, kind="stable")[:k]  # the index's first on a tie
         return self.decode(rows[order]), scores[order]
 
@@ -203,3 +236,9 @@ class LiveItems:
         ours = self.vocab.column("title", np.minimum(rows, self.base - 1))  # added rows: replaced just below
         return [title if row < self.base else self.titles[row - self.base]
                 for row, title in zip(rows.tolist(), ours, strict=True)]
+
+
+def saved_vectors(added: pl.DataFrame, dim: int) -> np.ndarray:
+    """The ``vector`` column of a saved ``frames()[0]`` as a (rows, dim) float32 array."""
+    flat = np.array(added["vector"].explode().to_numpy(), dtype=np.float32)  # a copy: Polars' is read-only
+    return flat.reshape(added.height, dim)

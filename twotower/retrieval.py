@@ -14,7 +14,9 @@ list restricts the answer to those items. Unknown ids raise ``TwoTowerError`` na
 arrays, so threads may share it.
 
 Items can join or leave the catalogue without a rebuild: ``add_items(ids, vectors)`` (or ``features=`` for
-a feature tower to embed) and ``remove_items(ids)``; see ``twotower.live_items``.
+a feature tower to embed) and ``remove_items(ids)``; ``save_catalogue()`` keeps them in the run directory,
+and ``rebuild_index`` (what ``twotower-index`` runs) folds the saved ones into the index; see
+``twotower.live_items``.
 """
 
 from __future__ import annotations
@@ -27,18 +29,36 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from twotower.artifacts import SPLIT_NAMES, RunPaths, check_fingerprints, read_manifest, read_parquet, run_path
+from twotower.artifacts import (
+    SPLIT_NAMES,
+    RunPaths,
+    check_fingerprints,
+    read_manifest,
+    read_parquet,
+    record_artifacts,
+    run_path,
+)
 from twotower.data.user_items import UserItems
 from twotower.data.vocab import Vocabulary
 from twotower.embeddings import read_vectors
 from twotower.errors import TwoTowerError
-from twotower.index import Backend, ExactIndex, exact_top, load_index, search_excluding
-from twotower.live_items import LiveItems
+from twotower.index import (
+    Backend,
+    ExactIndex,
+    build_index,
+    exact_top,
+    index_report,
+    load_index,
+    read_meta,
+    search_excluding,
+)
+from twotower.live_items import LiveItems, saved_vectors
 
 Result = tuple[np.ndarray, np.ndarray]
 UNKNOWN_POLICIES = ("error", "popular")
 # Which index a loaded run searches with: its own (null), its Annoy index, or brute force.
 INDEX_CHOICES = (None, "annoy", "exact")
+CATALOGUE = ("added", "removed")  # what save_catalogue writes: RunPaths.catalogue(name)
 
 
 def _is_batch(query: object) -> bool:
@@ -62,12 +82,45 @@ def read_seen(paths: RunPaths, n_users: int) -> UserItems:
     return UserItems.from_frame(pl.concat(frames), n_users)
 
 
+def read_catalogue(paths: RunPaths, manifest: dict[str, Any]) -> list[pl.DataFrame | None]:
+    """The added and removed items that ``save_catalogue`` wrote (None for a kind it did not write); only
+    files run.json vouches for, whose fingerprints ``check_fingerprints`` has checked."""
+    files = [paths.catalogue(name) for name in CATALOGUE]
+    return [read_parquet(file) if file.relative_to(paths.root).as_posix() in manifest["fingerprints"] else None
+            for file in files]
+
+
+def folded_rows(folder: Path, n_items: int, n_added: int) -> int:
+    """How many saved added rows the run's index holds: a fold builds it over the run's ``n_items`` and the
+    added rows after them. A count out of range is left for ``load_index`` to refuse."""
+    held = read_meta(folder).get("n_items")
+    return held - n_items if isinstance(held, int) and n_items <= held <= n_items + n_added else 0
+
+
+def rebuild_index(run_dir: str | Path, index: Backend, recall_queries: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """Build ``index`` over a run's exported items and the added items its catalogue saved, in that order
+    (rows ``n, n+1, ...`` as in the buffer), replacing the run's index once the new one is complete. A run
+    loaded afterwards finds those items in the index instead of searching them exactly. Returns the index's
+    recall report, also saved in ``index/report.json``."""
+    paths = RunPaths(run_path(run_dir))
+    manifest = read_manifest(paths)
+    check_fingerprints(paths, manifest)  # a rebuild never blesses vectors the run did not export
+    _, users = read_vectors(paths.embeddings("users"))
+    _, items = read_vectors(paths.embeddings("items"))
+    added, _ = read_catalogue(paths, manifest)
+    if added is not None:
+        items = np.concatenate([items, saved_vectors(added, items.shape[1])])
+    meta = build_index(index, items, manifest["score"], paths.index, checkpoint=manifest["checkpoint_fingerprint"])
+    seen = read_seen(paths, len(users))
+    return index_report(index, users, items, seen, meta, paths.index, recall_queries, seed)
+
+
 class Retriever:
     """Top-k retrieval over a finished run: its vocabularies, vectors, interactions and index."""
 
     def __init__(self, paths: RunPaths, manifest: dict[str, Any], index: Backend,
                  user_vocab: Vocabulary, item_vocab: Vocabulary,
-                 user_vectors: np.ndarray, item_vectors: np.ndarray, seen: UserItems) -> None:
+                 user_vectors: np.ndarray, index_vectors: np.ndarray, seen: UserItems, live: LiveItems) -> None:
         self.paths = paths
         self.manifest = manifest
         self.names = manifest["names"]
@@ -75,13 +128,14 @@ class Retriever:
         self.user_vocab = user_vocab
         self.item_vocab = item_vocab
         self.user_vectors = user_vectors
-        self.item_vectors = item_vectors
+        self.index_vectors = index_vectors  # the run's items, then any added ones a fold put in the index
+        self.item_vectors = index_vectors[:len(item_vocab)]  # a view, not a copy
         self.seen = seen
         self.item_counts = np.bincount(seen.items, minlength=len(item_vocab))
         self.popular_items = np.argsort(-self.item_counts, kind="stable")
         self._model = None
         self._model_lock = threading.Lock()
-        self.live = LiveItems.empty(item_vocab, item_vectors.shape[1])  # replaced whole, never changed in place
+        self.live = live  # replaced whole, never changed in place
         self._live_lock = threading.Lock()
 
     @classmethod
@@ -99,14 +153,20 @@ class Retriever:
         _, item_vectors = read_vectors(paths.embeddings("items"))
         if len(user_vectors) != len(user_vocab) or len(item_vectors) != len(item_vocab):
             raise TwoTowerError(f"{paths.root}: embeddings and vocabularies disagree in size; re-export the run")
-        if index == "exact":
+        added, removed = read_catalogue(paths, manifest)
+        n_added = 0 if added is None else added.height
+        indexed = 0 if index == "exact" else folded_rows(paths.index, len(item_vocab), n_added)
+        live = LiveItems.restored(item_vocab, item_vectors.shape[1], added, removed, indexed)
+        if indexed:
+            item_vectors = np.concatenate([item_vectors, live.vectors[:indexed]])  # the rows the index holds
+        if index == "exact":  # brute force over the run's items; every added one is searched exactly
             searcher: Backend = ExactIndex()
             searcher.load(item_vectors, {}, paths.index)
         else:
             searcher, _ = load_index(paths.index, item_vectors, manifest["score"],
-                                  checkpoint=manifest.get("checkpoint_fingerprint"))
+                                     checkpoint=manifest.get("checkpoint_fingerprint"))
         return cls(paths, manifest, searcher, user_vocab, item_vocab, user_vectors, item_vectors,
-                   read_seen(paths, len(user_vocab)))
+                   read_seen(paths, len(user_vocab)), live)
 
     def recommend(self, users: object, k: int = 10, exclude_seen: bool = True, allow: Iterable | None = None,
                   deny: Iterable | None = None, unknown: str = "error") -> Result | list[Result]:
@@ -178,7 +238,7 @@ class Retriever:
         exclude = [live.masked(excluded) for excluded in exclude]
         if allowed is not None:
             return self._search_allowed(queries, k, exclude, allowed, live)
-        found = search_excluding(self.index, self.item_vectors, queries, k, exclude)
+        found = search_excluding(self.index, self.index_vectors, queries, k, exclude)
         return [live.top(query, indices, scores, k, excluded)
                 for query, (indices, scores), excluded in zip(queries, found, exclude, strict=True)]
 
@@ -213,6 +273,21 @@ class Retriever:
         """Take items (the run's or added ones) out of every answer, without rebuilding the index."""
         with self._live_lock:
             self.live = self.live.without(ids)
+
+    def save_catalogue(self) -> dict[str, int]:
+        """Write the items added and removed since training into the run directory (``catalogue/``, vouched
+        for in run.json), so that loading the run again starts with them and ``rebuild_index`` (or
+        ``twotower-index``) folds the added ones into the index. Returns the counts saved."""
+        with self._live_lock:  # no change lands mid-save, and two saves cannot write an older buffer last
+            live = self.live
+            added, removed = live.frames()
+            try:
+                record_artifacts(self.paths, self.manifest, {self.paths.catalogue("added"): added,
+                                                             self.paths.catalogue("removed"): removed})
+            except OSError as error:
+                raise TwoTowerError(f"cannot save the catalogue into {self.paths.root}: {error}") from error
+        return {"added_items": live.n_added, "removed_items": live.n_removed, "saved_rows": len(live.ids),
+                "indexed_rows": live.indexed}
 
     def model(self) -> Any:
         """The trained ``TwoTowerModel`` (loaded on first use; needs PyTorch)."""

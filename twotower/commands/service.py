@@ -8,7 +8,9 @@ Endpoints (JSON; the OpenAPI page is ``/docs``):
   batch of users or items. ``allow``/``deny``, ``exclude_seen`` and ``unknown`` are the Python API's.
 - ``GET /health`` (the process answers), ``GET /ready`` (a run is loaded), ``GET /metrics``.
 - With an admin token only: ``POST /admin/reload`` (another run, or the same again), ``POST /admin/items``
-  and ``POST /admin/items/remove`` (see ``twotower.live_items``).
+  and ``POST /admin/items/remove`` (see ``twotower.live_items``), ``POST /admin/catalogue/save`` (those
+  changes into the run directory: a reload keeps them, and ``twotower-index run_dir=DIR`` folds the added
+  items into the index, which a reload then serves them from).
 
 Swaps: every request reads the current state once, so it finishes on the retriever it started with; a new
 run is loaded and checked beside the old one and then put in place in one assignment; a run that fails to
@@ -131,8 +133,8 @@ class Served:
 
     def swap(self, run_dir: str | None = None) -> Loaded:
         """Serve ``run_dir`` (by default the served one, read again) if it loads; else keep the old run and
-        raise ``TwoTowerError`` saying why. Items added to the old run are not carried over: their vectors
-        belong to the old model's space."""
+        raise ``TwoTowerError`` saying why. Items added to the old run are not carried over (their vectors
+        belong to the old model's space) unless they were saved into its directory and it is loaded again."""
         with self.changing:
             run_dir = run_dir or self.current.run_dir
             try:
@@ -479,6 +481,18 @@ def add_admin_routes(app: FastAPI, served: Served, settings: ServeSettings) -> N
             retriever.remove_items(list(request.ids))  # unknown ids: 404 naming them
             return {"removed": len(request.ids), "removed_items": retriever.live.n_removed,
                     "added_items": retriever.live.n_added}
+
+    @app.post("/admin/catalogue/save", dependencies=admin)
+    def save_catalogue() -> dict[str, Any]:
+        """Write the added and removed items into the served run directory: a reload keeps them, and
+        ``twotower-index run_dir=DIR`` folds the added ones into the index (a reload then serves the folded
+        index)."""
+        with served.changing:  # into the run being served, not one being swapped out
+            current = served.current
+            try:
+                return {"run_dir": current.run_dir, **current.retriever.save_catalogue()}
+            except TwoTowerError as error:
+                raise HTTPException(422, str(error)) from error
 
 
 def create_app(settings: ServeSettings, served: Served) -> Guard:
