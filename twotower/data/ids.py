@@ -98,9 +98,10 @@ def query_ids(ids: Sequence[object], numeric: bool) -> pl.Series:
     """Ids asked for (any mix of Python values), read against a vocabulary of numeric or text ids; null
     where a value cannot be an id of the vocabulary's kind (it is then unknown)."""
     keys = [_query_key(value, numeric) for value in ids]
-    text = as_kind(pl.Series("id", [key if isinstance(key, str) else None for key in keys], dtype=pl.String),
-                   numeric)
     if not numeric:
-        return text
+        return pl.Series("id", [key.strip() if isinstance(key, str) else key for key in keys], dtype=pl.String)
     numbers = pl.Series("id", [key if isinstance(key, int) else None for key in keys], dtype=pl.Int64)
-    return numbers.fill_null(text)
+    if not any(isinstance(key, str) for key in keys):  # no text to parse: the common case, kept fast
+        return numbers
+    text = pl.Series("id", [key if isinstance(key, str) else None for key in keys], dtype=pl.String)
+    return numbers.fill_null(as_kind(text, numeric))
