@@ -93,16 +93,16 @@ class LiveItems:
         vocabulary (None where a value cannot be such an id)."""
         return query_ids(ids, self.vocab.numeric).to_list()
 
-    def rows(self, ids: Sequence[object]) -> np.ndarray:
+    def rows(self, ids: Sequence[object], missing: int | None = None) -> np.ndarray:
         """Rows of ``ids`` (added ones first: a removed run item added again is the added one); unknown ids
-        raise one error that names them."""
+        raise one error that names them, or map to ``missing`` if given."""
         ids = list(ids)
         if not self.rows_by_id:
-            return self.vocab.lookup(ids)
+            return self.vocab.lookup(ids, missing=missing)
         rows = np.array([self.rows_by_id.get(key, -1) for key in self._keys(ids)], dtype=np.int64)
-        missing = np.flatnonzero(rows < 0)
-        if len(missing):
-            rows[missing] = self.vocab.lookup([ids[i] for i in missing])
+        outside = np.flatnonzero(rows < 0)
+        if len(outside):
+            rows[outside] = self.vocab.lookup([ids[i] for i in outside], missing=missing)
         return rows
 
     def resolve(self, key: object) -> int:
@@ -157,18 +157,12 @@ class LiveItems:
         repeated = [key for key, count in Counter(keys).items() if count > 1]
         if repeated:
             raise TwoTowerError(f"new {self.vocab.name} ids repeat: {repeated[:5]}")
-        present = [key for key, row in zip(keys, self._rows_or_missing(keys), strict=True)
+        present = [key for key, row in zip(keys, self.rows(keys, missing=-1), strict=True)
                    if row >= 0 and not self.is_removed(row)]
         if present:
             raise TwoTowerError(f"{self.vocab.name} id(s) {present[:5]} are in the catalogue already; "
                                 "remove them first to replace them")
         return keys
-
-    def _rows_or_missing(self, keys: list[object]) -> np.ndarray:
-        rows = self.vocab.lookup(keys, missing=-1)
-        for i, key in enumerate(keys):
-            rows[i] = self.rows_by_id.get(key, rows[i])
-        return rows
 
     def _checked_vectors(self, vectors: object, n: int, score: str) -> np.ndarray:
         dim = self.vectors.shape[1]

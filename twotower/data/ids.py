@@ -78,20 +78,11 @@ def _query_key(value: object, numeric: bool) -> int | str | None:
 
 
 def as_kind(values: pl.Series, numeric: bool) -> pl.Series:
-    """Ids of any one dtype read as the vocabulary's kind: numeric (``Int64``) or text; null where a value
-    cannot be an id of that kind."""
-    if numeric:
-        if values.dtype == pl.String:
-            return _whole_number_text(values.str.strip_chars())
-        if values.dtype.is_float():
-            whole = values.is_finite() & (values == values.round(0))
-            return values.to_frame("id").select(pl.when(whole).then(pl.col("id").cast(pl.Int64, strict=False)))\
-                .to_series()
-        return values.cast(pl.Int64, strict=False)
+    """Ids as the readers leave them (``Int64``, or stripped text) read as a vocabulary's kind: numeric
+    (``Int64``) or text; null where text cannot be a numeric id."""
     if values.dtype == pl.String:
-        return values.str.strip_chars()
-    return values.cast(pl.String) if values.dtype.is_integer() else pl.Series(values.name, [None] * len(values),
-                                                                              dtype=pl.String)
+        return _whole_number_text(values) if numeric else values
+    return values.cast(pl.Int64) if numeric else values.cast(pl.String)
 
 
 def query_ids(ids: Sequence[object], numeric: bool) -> pl.Series:
@@ -103,5 +94,5 @@ def query_ids(ids: Sequence[object], numeric: bool) -> pl.Series:
     numbers = pl.Series("id", [key if isinstance(key, int) else None for key in keys], dtype=pl.Int64)
     if not any(isinstance(key, str) for key in keys):  # no text to parse: the common case, kept fast
         return numbers
-    text = pl.Series("id", [key if isinstance(key, str) else None for key in keys], dtype=pl.String)
+    text = pl.Series("id", [key.strip() if isinstance(key, str) else None for key in keys], dtype=pl.String)
     return numbers.fill_null(as_kind(text, numeric))
