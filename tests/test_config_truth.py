@@ -112,9 +112,9 @@ def test_progress_bar_loss_moves_within_a_short_epoch(tmp_path: Path, monkeypatc
 
     monkeypatch.setattr("twotower.commands.train.instantiate", with_watcher)
     train(compose_train(tmp_path / "run", "data=interactions", f"data.path={tmp_path / 'log.csv'}",
-                        "trainer.max_epochs=1", "final_fit=false", "datamodule.batch_size=64"))
-    # ~40 steps in the epoch, fewer than the logger's interval of 50: the bar still shows a new value every
-    # 10 steps.
+                        "trainer.max_epochs=1", "final_fit=false", "loss=softmax", "datamodule.batch_size=64"))
+    # ~40 steps in the epoch (of pairs), fewer than the logger's interval of 50: the bar still shows a new
+    # value every 10 steps.
     assert 30 <= len(watcher.shown) < 50
     assert len(set(watcher.shown)) >= len(watcher.shown) // 10, watcher.shown
 

@@ -8,10 +8,11 @@ A new implementation is checked by adding one line to a registry below, and noth
 
 Every contract test is parametrised by these registries. The contracts:
 
-- loss: a finite scalar on a batch made by ``TrainBatches``; a gradient for every user, positive and valid
-  negative vector; lower when positives outscore negatives than the other way round; blind to invalid
-  negatives and to the order of rows and of negatives; the same value after a Lightning checkpoint round
-  trip; and a short training on a planted log beats popularity at recall@10 on held-out items.
+- loss: a finite scalar on a batch made by ``TrainBatches`` (losses over pairs) or ``UserBatches`` (losses
+  over users, with the whole or a sampled catalogue); a gradient for every vector it is given; lower when
+  positives outscore the rest than the other way round; blind to invalid negatives and to the order of
+  rows, of negatives and of positives; the same value after a Lightning checkpoint round trip; and a short
+  training on a planted log beats popularity at recall@10 on held-out items.
 - tower: float32 vectors shaped (*ids.shape, dim) for any shape of ids, consistent with ``all()``; a
   gradient for every parameter; identical outputs after a ``state_dict`` and after a full-model checkpoint
   round trip; and the same planted-log training (default loss) beats popularity.
@@ -39,8 +40,9 @@ from torch.utils.data import DataLoader
 
 import twotower.losses
 from twotower.checkpoint_io import AtomicCheckpointIO
-from twotower.data.batches import Batch, EpochBatchSampler, TrainBatches
+from twotower.data.batches import Batch, EpochBatchSampler, TrainBatches, UserBatches
 from twotower.data.features import KINDS, encode_features, feature_specs
+from twotower.data.user_items import UserItems
 from twotower.index import (
     AnnoyIndex,
     Backend,
@@ -68,6 +70,9 @@ pytestmark = pytest.mark.filterwarnings("ignore:You defined a `validation_step` 
 # Every conf/loss/*.yaml, as the plain dict the model stores: {"_target_": "twotower.losses.BPRLoss", ...}.
 LOSSES: dict[str, dict] = {path.stem: OmegaConf.to_container(OmegaConf.load(path), resolve=True)
                            for path in sorted((CONF / "loss").glob("*.yaml"))}
+# ... by what one training example is: a positive pair with negatives, or a user with all their positives.
+PAIR_LOSSES = [name for name, spec in LOSSES.items() if twotower.losses.build_loss(spec).examples == "pairs"]
+USER_LOSSES = [name for name, spec in LOSSES.items() if twotower.losses.build_loss(spec).examples == "users"]
 
 # Tower specs as the config writes them; a feature tower names columns of the side's metadata (side_frame).
 TOWERS: dict[str, dict] = {
@@ -92,6 +97,7 @@ DIM, SCORE, TEMPERATURE, LR = 16, "cosine", 0.15, 0.01
 
 # The planted log: 8 groups of ~12 items; each user keeps 2 random interactions held out.
 N_USERS, N_ITEMS, N_CLUSTERS, PER_USER, HELD_OUT, EPOCHS, BATCH_SIZE = 200, 100, 8, 10, 2, 30, 128
+USER_BATCH_SIZE = 16  # users, each with all their ~8 training items: about as many steps as BATCH_SIZE pairs
 # Measured at these settings (seed 0): popularity recall@10 0.278, random ranking ~0.11; trained models
 # 0.627 (mse) 0.710 (bpr) 0.750 (softmax: id, id-sparse) 0.748 (softmax, features) 0.808 (bce), i.e. 2.3-2.9x
 # popularity. Over planted-log seeds 0-3 the weakest (mse) is 0.58-0.66 and 1.7-2.5x popularity.
@@ -158,6 +164,18 @@ def train_batches(data: Planted, batch_size: int = BATCH_SIZE, n_negatives: int 
                         sampler.fit(data.train_users, data.train_items, N_ITEMS), seed=0)
 
 
+def user_batches(data: Planted, batch_size: int = USER_BATCH_SIZE, max_candidates: int | None = None
+                 ) -> UserBatches:
+    positives = UserItems.from_pairs(data.train_users.numpy(), data.train_items.numpy(), N_USERS)
+    return UserBatches(positives, N_ITEMS, batch_size, seed=0, max_candidates=max_candidates)
+
+
+def batches_for(loss: str, data: Planted) -> TrainBatches | UserBatches:
+    """The batches the data module gives a model with this loss (``InteractionDataModule.train_dataloader``)."""
+    spec = LOSSES[loss]
+    return train_batches(data) if loss in PAIR_LOSSES else user_batches(data, max_candidates=spec["max_candidates"])
+
+
 def real_batch() -> Batch:
     """One training batch; popularity negatives, so that the negatives' logQ terms differ by item too."""
     return train_batches(planted(), batch_size=64, n_negatives=4, distribution="popularity")[0, 0]
@@ -217,7 +235,7 @@ def planted_recall(loss: str, tower: str) -> float:
     data = planted()
     model = make_model(loss, tower, data)
     optimizer = model.configure_optimizers()
-    batches = train_batches(data)
+    batches = batches_for(loss, data)
     for epoch in range(EPOCHS):
         for index in range(len(batches)):
             optimizer.zero_grad()
@@ -247,7 +265,7 @@ def checkpoint_round_trip(loss: str, tower: str, folder: Path) -> RoundTrip:
     ``trainer.save_checkpoint`` and ``TwoTowerModel.load_from_checkpoint``."""
     data = planted()
     model = make_model(loss, tower, data)
-    batches = train_batches(data)
+    batches = batches_for(loss, data)
     trainer = L.Trainer(max_steps=3, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, accelerator="cpu", devices=1, use_distributed_sampler=False,
                         plugins=[AtomicCheckpointIO()], default_root_dir=folder)
@@ -301,7 +319,7 @@ def random_vectors(batch: Batch, seed: int = 0) -> tuple[torch.Tensor, torch.Ten
     return users.requires_grad_(), items.requires_grad_(), negatives.requires_grad_()
 
 
-@pytest.mark.parametrize("loss", LOSSES)
+@pytest.mark.parametrize("loss", PAIR_LOSSES)
 def test_loss_is_a_finite_scalar_with_a_gradient_for_every_vector(loss: str) -> None:
     batch = real_batch()
     assert set(batch) == {"users", "items", "negatives", "negatives_valid", "items_log_q", "negatives_log_q"}
@@ -315,7 +333,7 @@ def test_loss_is_a_finite_scalar_with_a_gradient_for_every_vector(loss: str) -> 
         assert (vectors.grad.norm(dim=-1) > 0).all(), f"{name}: some vectors get no gradient"
 
 
-@pytest.mark.parametrize("loss", LOSSES)
+@pytest.mark.parametrize("loss", PAIR_LOSSES)
 def test_loss_is_lower_when_positives_outscore_negatives(loss: str) -> None:
     batch = real_batch()
     size, n = batch["negatives"].shape
@@ -330,7 +348,7 @@ def test_loss_is_lower_when_positives_outscore_negatives(loss: str) -> None:
     assert right < wrong, (right, wrong)
 
 
-@pytest.mark.parametrize("loss", LOSSES)
+@pytest.mark.parametrize("loss", PAIR_LOSSES)
 def test_loss_ignores_invalid_negatives(loss: str) -> None:
     batch = real_batch()
     batch["negatives_valid"] = torch.rand(batch["negatives"].shape, generator=torch.Generator().manual_seed(1)) > 0.3
@@ -342,7 +360,7 @@ def test_loss_ignores_invalid_negatives(loss: str) -> None:
     torch.testing.assert_close(function(users, items, moved, batch), function(users, items, negatives, batch))
 
 
-@pytest.mark.parametrize("loss", LOSSES)
+@pytest.mark.parametrize("loss", PAIR_LOSSES)
 def test_loss_ignores_the_order_of_rows_and_of_negatives(loss: str) -> None:
     batch = real_batch()
     users, items, negatives = (vectors.detach() for vectors in random_vectors(batch))
@@ -367,6 +385,86 @@ def test_loss_survives_a_checkpoint_round_trip(loss: str, tmp_path: Path) -> Non
 @pytest.mark.parametrize("loss", LOSSES)
 def test_loss_recovers_planted_structure_better_than_popularity(loss: str) -> None:
     assert_beats_popularity(loss, "id")
+
+
+# Losses whose example is a user: the batch holds users and their positives (rows, items), and the loss
+# scores them against the whole catalogue, or against a sampled one with the positives' vectors given.
+
+
+def user_loss_inputs(sampled: bool, seed: int = 0) -> tuple[Batch, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """A real user batch (whole or sampled catalogue) with random vectors: users (divided by the
+    temperature), catalogue and, when sampled, positives."""
+    batch = user_batches(planted(), max_candidates=40 if sampled else None)[0, 0]
+    generator = torch.Generator().manual_seed(seed)
+    users = torch.randn(len(batch["users"]), DIM, generator=generator) / TEMPERATURE / DIM**0.5
+    catalogue = torch.randn(len(batch.get("candidates", range(N_ITEMS))), DIM, generator=generator) / DIM**0.5
+    positives = torch.randn(len(batch["items"]), DIM, generator=generator) / DIM**0.5 if sampled else None
+    return batch, users, catalogue, positives
+
+
+@pytest.mark.parametrize("sampled", [False, True], ids=["whole", "sampled"])
+@pytest.mark.parametrize("loss", USER_LOSSES)
+def test_user_loss_is_a_finite_scalar_with_a_gradient_for_every_vector(loss: str, sampled: bool) -> None:
+    batch, users, catalogue, positives = user_loss_inputs(sampled)
+    assert set(batch) == {"users", "rows", "items"} | ({"candidates", "candidates_log_q"} if sampled else set())
+    vectors = {"users": users, "catalogue": catalogue} | ({"positives": positives} if sampled else {})
+    for tensor in vectors.values():
+        tensor.requires_grad_()
+    value = twotower.losses.build_loss(LOSSES[loss])(users, catalogue, batch, positives=positives)
+    assert value.shape == () and value.dtype == torch.float32 and torch.isfinite(value)
+    value.backward()
+    for name, tensor in vectors.items():
+        assert torch.isfinite(tensor.grad).all(), name
+        assert (tensor.grad.norm(dim=-1) > 0).all(), f"{name}: some vectors get no gradient"
+
+
+@pytest.mark.parametrize("sampled", [False, True], ids=["whole", "sampled"])
+@pytest.mark.parametrize("loss", USER_LOSSES)
+def test_user_loss_is_lower_when_positives_outscore_the_catalogue(loss: str, sampled: bool) -> None:
+    batch, users, catalogue, _ = user_loss_inputs(sampled)
+    function = twotower.losses.build_loss(LOSSES[loss])
+    if sampled:
+        right = function(users, catalogue, batch, positives=3 * users[batch["rows"]] * TEMPERATURE)
+        wrong = function(users, catalogue, batch, positives=-3 * users[batch["rows"]] * TEMPERATURE)
+    else:  # each user's positives point along it (or against it), every other item is random
+        aligned = catalogue.clone()
+        aligned[batch["items"]] = users[batch["rows"]] * TEMPERATURE
+        right = function(users, aligned, batch)
+        wrong = function(-users, aligned, batch)
+    assert right < wrong, (right, wrong)
+
+
+@pytest.mark.parametrize("loss", USER_LOSSES)
+def test_user_loss_ignores_the_order_of_users_and_of_their_positives(loss: str) -> None:
+    batch, users, catalogue, _ = user_loss_inputs(sampled=False)
+    generator = torch.Generator().manual_seed(2)
+    order = torch.randperm(len(users), generator=generator)  # new row r holds old user order[r]
+    position = torch.empty_like(order)
+    position[order] = torch.arange(len(order))
+    pairs = torch.randperm(len(batch["items"]), generator=generator)
+    shuffled = {"users": batch["users"][order], "rows": position[batch["rows"]][pairs], "items": batch["items"][pairs]}
+    function = twotower.losses.build_loss(LOSSES[loss])
+    torch.testing.assert_close(function(users[order], catalogue, shuffled), function(users, catalogue, batch))
+
+
+@pytest.mark.parametrize("loss", USER_LOSSES)
+def test_user_loss_over_the_whole_catalogue_is_softmax_cross_entropy(loss: str) -> None:
+    """The whole-catalogue value is the mean, over the batch's positives, of cross-entropy against every item."""
+    batch, users, catalogue, _ = user_loss_inputs(sampled=False)
+    expected = torch.nn.functional.cross_entropy((users @ catalogue.T)[batch["rows"]], batch["items"])
+    torch.testing.assert_close(twotower.losses.build_loss(LOSSES[loss])(users, catalogue, batch), expected)
+
+
+@pytest.mark.parametrize("loss", USER_LOSSES)
+def test_user_batches_cover_every_training_pair_once_per_epoch(loss: str) -> None:
+    data = planted()
+    batches = batches_for(loss, data)
+    seen = []
+    for index in range(len(batches)):
+        batch = batches[3, index]
+        seen += [(int(batch["users"][row]), int(item)) for row, item in zip(batch["rows"], batch["items"], strict=True)]
+    expected = sorted(zip(data.train_users.tolist(), data.train_items.tolist(), strict=True))
+    assert sorted(seen) == expected
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -420,7 +518,8 @@ def test_tower_survives_a_model_checkpoint_round_trip(tower: str, tmp_path: Path
         for side in ("user_tower", "item_tower"):
             loaded, trained = getattr(trip.loaded, side), getattr(trip.model, side)
             assert torch.equal(loaded.all(), trained.all()), side
-            assert torch.equal(loaded(trip.batch["negatives"]), trained(trip.batch["negatives"])), side
+            ids = trip.batch["items"][:8].reshape(4, 2)  # a (batch, n) shape, as negatives come
+            assert torch.equal(loaded(ids), trained(ids)), side
         assert torch.equal(trip.loaded.loss(trip.batch), trip.model.loss(trip.batch))
 
 

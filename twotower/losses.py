@@ -1,8 +1,13 @@
-"""Training losses over a batch of positives and their negatives.
+"""Training losses. A loss's ``examples`` says what one training example is, and so which batches it takes:
 
-Every loss gets the user vectors already divided by the temperature, so a dot product is a logit:
-``users`` (batch, dim), ``items`` (batch, dim) for the positives, ``negatives`` (batch, n, dim) for the
-sampled negatives, and the batch itself (ids, validity mask of the negatives, logQ terms).
+- ``"pairs"``: a (user, positive item) pair with sampled negatives (``TrainBatches``). The loss gets
+  ``users`` (batch, dim), ``items`` (batch, dim) for the positives, ``negatives`` (batch, n, dim) and the
+  batch itself (ids, validity mask of the negatives, logQ terms).
+- ``"users"``: a user with all of their positives (``UserBatches``). The loss gets ``users`` (batch, dim),
+  ``catalogue`` (C, dim), the vectors of every item or of the batch's sampled candidates, the batch
+  (``rows``/``items`` of the positives), and ``positives`` (P, dim) when the catalogue is sampled.
+
+Every loss gets the user vectors already divided by the temperature, so a dot product is a logit.
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 class PointwiseLoss:
+    examples = "pairs"
+
     """Each (user, item) pair is a labelled example: positives 1, negatives 0 (``bce``, binary
     cross-entropy on the logit) or positives +1, negatives -1 (``mse``, squared error on the score, as in
     the original Wikipedia book-embedding project)."""
@@ -53,6 +60,8 @@ class PointwiseLoss:
 class BPRLoss:
     """Bayesian personalised ranking: -log sigmoid(positive logit - negative logit), per negative."""
 
+    examples = "pairs"
+
     def __call__(self, users: torch.Tensor, items: torch.Tensor, negatives: torch.Tensor, batch: Batch
                  ) -> torch.Tensor:
         positive, negative = pair_logits(users, items, negatives)
@@ -68,6 +77,8 @@ class SampledSoftmaxLoss:
     - ``remove_accidental_hits`` drops a candidate that is the row's own positive item appearing again
       (another user's positive or a sampled negative), which would otherwise be trained as a negative.
     """
+
+    examples = "pairs"
 
     def __init__(self, logq_correction: bool = True, remove_accidental_hits: bool = True) -> None:
         self.logq_correction = logq_correction
@@ -91,8 +102,40 @@ class SampledSoftmaxLoss:
         return F.cross_entropy(logits, target)
 
 
-Loss = PointwiseLoss | BPRLoss | SampledSoftmaxLoss
-LOSSES = (PointwiseLoss, BPRLoss, SampledSoftmaxLoss)
+class CatalogueSoftmaxLoss:
+    """Softmax over the whole catalogue, one user at a time: each of a user's positives against every item
+    (-log softmax of its logit), averaged over the batch's positives.
+
+    Scoring a batch of users against every item costs (users x items) once, where a loss over pairs pays for
+    its negatives once per interaction: for logs with many interactions per user this is both the exact
+    objective that sampled softmax approximates and far less work per epoch. Beyond ``max_candidates`` items
+    (the batches draw them, ``UserBatches``) each batch scores a shared uniform sample instead, and the sum of
+    its exponentiated logits, scaled up by the sample's share of the catalogue (logQ), stands for the whole
+    catalogue's; null scores the whole catalogue at any size.
+    """
+
+    examples = "users"
+
+    def __init__(self, max_candidates: int | None = 32768) -> None:
+        if max_candidates is not None and max_candidates < 1:
+            raise TwoTowerError(f"loss.max_candidates must be >= 1 (or null: always the whole catalogue), "
+                                f"got {max_candidates}")
+        self.max_candidates = max_candidates
+
+    def __call__(self, users: torch.Tensor, catalogue: torch.Tensor, batch: Batch,
+                 positives: torch.Tensor | None = None) -> torch.Tensor:
+        rows = batch["rows"]
+        logits = users @ catalogue.T  # (users, C)
+        if positives is None:  # the whole catalogue: a positive's logit is one of its entries
+            positive = logits[rows, batch["items"]]
+            return (torch.logsumexp(logits, dim=1)[rows] - positive).mean()
+        positive = (users[rows] * positives).sum(-1)
+        sampled = torch.logsumexp(logits - batch["candidates_log_q"], dim=1)[rows]
+        return (torch.logaddexp(positive, sampled) - positive).mean()
+
+
+Loss = PointwiseLoss | BPRLoss | SampledSoftmaxLoss | CatalogueSoftmaxLoss
+LOSSES = (PointwiseLoss, BPRLoss, SampledSoftmaxLoss, CatalogueSoftmaxLoss)
 
 
 def build_loss(spec: dict) -> Loss:
@@ -100,8 +143,8 @@ def build_loss(spec: dict) -> Loss:
     ``{"_target_": "twotower.losses.SampledSoftmaxLoss", "logq_correction": True}``."""
     from hydra.utils import instantiate  # a plain function: no Hydra app is needed to load a checkpoint
 
-    target = spec.get("_target_", "twotower.losses.SampledSoftmaxLoss")
+    target = spec.get("_target_", "twotower.losses.CatalogueSoftmaxLoss")
     if target not in {f"{loss.__module__}.{loss.__name__}" for loss in LOSSES}:
         raise TwoTowerError(f"unknown loss '{target}'; choose one of {[loss.__name__ for loss in LOSSES]} "
-                            "(loss=softmax, bpr, bce or mse)")
+                            "(loss=catalogue, softmax, bpr, bce or mse)")
     return instantiate({**spec, "_target_": target})

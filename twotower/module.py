@@ -38,7 +38,8 @@ class TwoTowerModel(L.LightningModule):
         dim: vector dimension shared by both towers.
         score: ``dot`` or ``cosine`` (L2-normalised vectors).
         temperature: logits are scores divided by this; small values sharpen a cosine softmax.
-        loss: loss spec, e.g. ``{"_target_": "twotower.losses.BPRLoss"}`` (see ``losses.build_loss``).
+        loss: loss spec, e.g. ``{"_target_": "twotower.losses.BPRLoss"}`` (see ``losses.build_loss``); its
+            ``examples`` decide the batches it trains on (pairs with negatives, or users with their items).
         user_tower, item_tower: tower specs, e.g. ``{"kind": "id"}`` (see ``towers.build_tower``).
         optimizer: a factory taking the parameters (Hydra passes a ``_partial_`` optimizer); Adam if None.
         scheduler: a factory taking the optimizer (a ``_partial_`` LR scheduler, stepped once per epoch);
@@ -102,6 +103,11 @@ class TwoTowerModel(L.LightningModule):
     def loss(self, batch: Batch) -> torch.Tensor:
         """The training loss of one batch (the whole training math, without Lightning)."""
         users = self.user_vectors(batch["users"]) / self.hparams.temperature  # (batch, dim)
+        if self.loss_fn.examples == "users":
+            if "candidates" not in batch:
+                return self.loss_fn(users, self.all_item_vectors(), batch)
+            return self.loss_fn(users, self.item_vectors(batch["candidates"]), batch,
+                                positives=self.item_vectors(batch["items"]))
         items = self.item_vectors(batch["items"])  # (batch, dim)
         negatives = self.item_vectors(batch["negatives"])  # (batch, n, dim)
         return self.loss_fn(users, items, negatives, batch)
@@ -111,7 +117,7 @@ class TwoTowerModel(L.LightningModule):
         # A self.log call costs about half a millisecond on CPU, a tenth of a small batch's step: the step
         # loss goes to the progress bar every PROGRESS_EVERY steps and at each epoch's start (a superset of
         # the steps the logger writes, so its file is unchanged), the epoch mean is accumulated by a metric.
-        self.epoch_loss.update(loss.detach(), weight=len(batch["users"]))
+        self.epoch_loss.update(loss.detach(), weight=len(batch["items"]))  # the positives it averages over
         step = self.global_step
         if batch_idx == 0 or step % PROGRESS_EVERY == 0 or step % self.trainer.log_every_n_steps == 0:
             self.log("train/loss_step", loss, prog_bar=True)

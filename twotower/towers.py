@@ -37,7 +37,10 @@ class IdTower(nn.Module):
         return self.embedding(ids)  # (batch, dim)
 
     def all(self) -> torch.Tensor:
-        """Vectors of every id, in index order: (n, dim)."""
+        """Vectors of every id, in index order: (n, dim). A sparse table is looked up row by row, so that a
+        loss over the whole catalogue still gives it the sparse gradient its optimizer takes."""
+        if self.embedding.sparse:
+            return self.embedding(torch.arange(self.embedding.num_embeddings, device=self.embedding.weight.device))
         return self.embedding.weight
 
 

@@ -15,6 +15,7 @@ import logging
 import os
 import shutil
 import sys
+import time
 from pathlib import Path
 
 import hydra
@@ -41,6 +42,19 @@ from twotower.towers import FeatureTower
 log = logging.getLogger("twotower")
 register_resolvers()
 quiet_framework_notices()
+
+
+class Stopwatch:
+    """Wall seconds spent in named phases; a phase timed twice adds up."""
+
+    def __init__(self) -> None:
+        self.laps: dict[str, float] = {}
+        self.started = time.perf_counter()
+
+    def lap(self, phase: str) -> None:
+        now = time.perf_counter()
+        self.laps[phase] = round(self.laps.get(phase, 0.0) + now - self.started, 3)
+        self.started = now
 
 
 def checkpoint_to_resume(ckpt_path: str | None, paths: RunPaths) -> str | None:
@@ -148,6 +162,7 @@ def staged(cfg: DictConfig, root: RunPaths) -> DictConfig:
 
 def fit_and_export(cfg: DictConfig, index: Backend, root: RunPaths) -> dict[str, float]:
     paths = RunPaths(Path(cfg.run_dir))
+    seconds = Stopwatch()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule: InteractionDataModule = instantiate(cfg.datamodule)
     datamodule.setup("fit")
@@ -160,8 +175,10 @@ def fit_and_export(cfg: DictConfig, index: Backend, root: RunPaths) -> dict[str,
     if trainer.is_global_zero:
         write_text(OmegaConf.to_yaml(cfg, resolve=True), paths.config)
         datamodule.save(paths)
+    seconds.lap("data")
 
     trainer.fit(model, datamodule=datamodule, ckpt_path=resume)
+    seconds.lap("selection")
     selected = Path(trainer.checkpoint_callback.best_model_path or paths.last_checkpoint)
     # Metrics of the selected checkpoint, not of the last epoch.
     metrics = trainer.validate(model, datamodule=datamodule, ckpt_path=str(selected), verbose=False)[0]
@@ -173,7 +190,9 @@ def fit_and_export(cfg: DictConfig, index: Backend, root: RunPaths) -> dict[str,
             metrics |= trainer.test(model, datamodule=datamodule, ckpt_path=str(selected), verbose=False)[0]
             sources["test"] = {"model": "selected", "trained_on": ["train"]}
         epochs = torch.load(selected, map_location="cpu", weights_only=False)["epoch"] + 1
+        seconds.lap("evaluation")
         exported, trainer = final_fit(cfg, datamodule, epochs, paths)
+        seconds.lap("final_fit")
         metrics["final_fit_epochs"] = epochs
     if cfg.test and "test" not in sources:
         metrics |= trainer.test(model, datamodule=datamodule, ckpt_path=str(exported), verbose=False)[0]
@@ -183,6 +202,7 @@ def fit_and_export(cfg: DictConfig, index: Backend, root: RunPaths) -> dict[str,
         write_json(metrics, paths.metrics(f"rank{trainer.global_rank}"))
     if not trainer.is_global_zero:
         return metrics
+    seconds.lap("evaluation")
 
     best = TwoTowerModel.load_from_checkpoint(exported, map_location="cpu")
     users, items = export(best, datamodule, paths)
@@ -193,6 +213,7 @@ def fit_and_export(cfg: DictConfig, index: Backend, root: RunPaths) -> dict[str,
     log.info("index: %s, recall@10 vs exact %s on %d queries, built in %.1fs", report["backend"],
              report["recall@10_vs_exact"], report["queries"], report["build_seconds"])
     write_json(metrics, paths.metrics("train"))
+    seconds.lap("export_and_index")
     write_json({
         "names": datamodule.names,
         "score": best.hparams.score,
@@ -210,6 +231,9 @@ def fit_and_export(cfg: DictConfig, index: Backend, root: RunPaths) -> dict[str,
         "metrics_from": sources,
         # What retrieval and evaluation check before trusting a file of this directory.
         "fingerprints": artifact_fingerprints(paths),
+        # Wall time of each phase: reading and splitting the data, training with validation (selection),
+        # validation and test passes, the final fit, exporting and indexing.
+        "seconds": seconds.laps,
     }, paths.manifest)
     if paths != root:
         publish(paths.root, root.root)

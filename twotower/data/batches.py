@@ -1,4 +1,5 @@
-"""Batches built by slicing tensors: training positives with sampled negatives, and ranking-evaluation chunks.
+"""Batches built by slicing tensors: training positives with sampled negatives, training users with all their
+positives, and ranking-evaluation chunks.
 
 The data loaders run with ``batch_size=None``: each dataset item *is* a batch, so there is no per-row
 Python work and no collation. ``EpochBatchSampler`` hands out ``(epoch, batch)`` keys; the dataset derives
@@ -56,6 +57,26 @@ class EpochBatchSampler(Sampler):
         return len(self._mine())
 
 
+class EpochOrder:
+    """The shuffled order of ``n`` rows in an epoch, a function of (seed, epoch) only (the latest is kept)."""
+
+    def __init__(self, n: int, seed: int) -> None:
+        self.n = n
+        self.seed = seed
+        self._latest: tuple[int, torch.Tensor] | None = None
+
+    def __call__(self, epoch: int) -> torch.Tensor:
+        if self._latest is None or self._latest[0] != epoch:
+            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            self._latest = (epoch, torch.randperm(self.n, generator=generator))
+        return self._latest[1]
+
+
+def batch_generator(seed: int, epoch: int, batch: int) -> torch.Generator:
+    """The random stream of one batch: a function of (seed, epoch, batch) only."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + epoch) * 1_000_033 + batch)
+
+
 class TrainBatches(Dataset):
     """Training batches of positives ``(users, items)`` with ``negatives`` drawn by the sampler.
 
@@ -71,24 +92,16 @@ class TrainBatches(Dataset):
         self.batch_size = batch_size
         self.sampler = sampler
         self.seed = seed
-        self._order: tuple[int, torch.Tensor] | None = None
+        self.order = EpochOrder(len(users), seed)
 
     def __len__(self) -> int:
         return math.ceil(len(self.users) / self.batch_size)
-
-    def order(self, epoch: int) -> torch.Tensor:
-        """The shuffled row order of an epoch, a function of (seed, epoch) only."""
-        if self._order is None or self._order[0] != epoch:
-            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-            self._order = (epoch, torch.randperm(len(self.users), generator=generator))
-        return self._order[1]
 
     def __getitem__(self, key: tuple[int, int]) -> Batch:
         epoch, batch = key
         rows = self.order(epoch)[batch * self.batch_size:(batch + 1) * self.batch_size]
         users, items = self.users[rows].long(), self.items[rows].long()
-        generator = torch.Generator().manual_seed((self.seed * 1_000_003 + epoch) * 1_000_033 + batch)
-        negatives, valid = self.sampler.sample(users, generator)
+        negatives, valid = self.sampler.sample(users, batch_generator(self.seed, epoch, batch))
         return {
             "users": users,
             "items": items,
@@ -101,6 +114,41 @@ class TrainBatches(Dataset):
     def log_expected_count(self, items: torch.Tensor, in_batch: int, sampled: int) -> torch.Tensor:
         """log E[times each item is a candidate] = log(in_batch * frequency + sampled * sampler prob)."""
         return (in_batch * self.sampler.frequency[items] + sampled * self.sampler.probs[items]).log().float()
+
+
+class UserBatches(Dataset):
+    """Training batches of users, each with every one of its training positives, for losses whose example
+    is a user (``loss=catalogue``): ``users`` (B,), and the positives as ``rows`` (position in ``users``) and
+    ``items``, both (P,).
+
+    A catalogue larger than ``max_candidates`` is represented in each batch by ``candidates``, that many
+    items drawn uniformly (shared by the batch), with ``candidates_log_q``, the log of each one's expected
+    number of draws; a smaller one is scored whole and the batch carries no candidates.
+    """
+
+    def __init__(self, positives: UserItems, n_items: int, batch_size: int, seed: int,
+                 max_candidates: int | None = None) -> None:
+        self.positives = positives
+        self.users = torch.from_numpy(np.flatnonzero(np.diff(positives.indptr) > 0))
+        self.n_items = n_items
+        self.batch_size = batch_size
+        self.seed = seed
+        self.n_candidates = max_candidates if max_candidates is not None and n_items > max_candidates else None
+        self.order = EpochOrder(len(self.users), seed)
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.users) / self.batch_size)
+
+    def __getitem__(self, key: tuple[int, int]) -> Batch:
+        epoch, batch = key
+        users = self.users[self.order(epoch)[batch * self.batch_size:(batch + 1) * self.batch_size]].numpy()
+        rows, items = self.positives.gather(users)
+        out = {"users": torch.from_numpy(users), "rows": torch.from_numpy(rows), "items": torch.from_numpy(items)}
+        if self.n_candidates is not None:
+            generator = batch_generator(self.seed, epoch, batch)
+            out["candidates"] = torch.randint(self.n_items, (self.n_candidates,), generator=generator)
+            out["candidates_log_q"] = torch.full((self.n_candidates,), math.log(self.n_candidates / self.n_items))
+        return out
 
 
 def eval_chunk_size(n_items: int, budget: int = 1 << 24) -> int:

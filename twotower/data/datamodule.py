@@ -18,6 +18,7 @@ from twotower.data.batches import (
     RankingBatches,
     ShardedChunks,
     TrainBatches,
+    UserBatches,
     eval_chunk_size,
     process_share,
 )
@@ -52,7 +53,7 @@ class InteractionDataModule(L.LightningDataModule):
         source: Reader,
         split: Splitter,
         sampler: NegativeSampler,
-        batch_size: int = 512,
+        batch_size: int = 256,
         num_workers: int = 0,
         seed: int = 0,
     ) -> None:
@@ -160,7 +161,14 @@ class InteractionDataModule(L.LightningDataModule):
         return UserItems.from_frame(self.stacked(names), self.n_users)
 
     def train_dataloader(self) -> DataLoader:
-        dataset = TrainBatches(self.train_users, self.train_items, self.batch_size, self.sampler, self.seed)
+        """Batches of the kind the model's loss trains on (``loss.examples``): users with all their positives,
+        or positive pairs with negatives from the sampler (also without a model, as for a bare loader)."""
+        loss = getattr(self.trainer.lightning_module, "loss_fn", None) if self.trainer is not None else None
+        if getattr(loss, "examples", "pairs") == "users":
+            positives = UserItems.from_pairs(self.train_users.numpy(), self.train_items.numpy(), self.n_users)
+            dataset = UserBatches(positives, self.n_items, self.batch_size, self.seed, loss.max_candidates)
+        else:
+            dataset = TrainBatches(self.train_users, self.train_items, self.batch_size, self.sampler, self.seed)
         return self._loader(dataset, EpochBatchSampler(len(dataset)))
 
     def val_dataloader(self) -> DataLoader:
