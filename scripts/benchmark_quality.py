@@ -120,19 +120,26 @@ def sparse(frame: pl.DataFrame, shape: tuple[int, int]) -> sp.csr_matrix:
     return matrix
 
 
-def benchmark(folder: Path, overrides: list[str]) -> dict[str, dict]:
-    splits = read_split(folder)
+def scoring_protocol(splits: dict[str, pl.DataFrame]) -> tuple[sp.csr_matrix, UserItems, UserItems]:
+    """The train + valid matrix the models fit, each user's seen items (removed from the ranking) and the
+    test targets."""
     known = pl.concat([splits["train"], splits["valid"]])
     shape = tuple(int(max(frame[column].max() for frame in splits.values())) + 1 for column in ("user_id", "item_id"))
     matrix = sparse(known, shape)
-    seen = UserItems.from_pairs(matrix.nonzero()[0], matrix.nonzero()[1], shape[0])
+    seen = UserItems.from_pairs(*matrix.nonzero(), shape[0])
     # Test items that no user has in train + valid cannot be ranked by a model that never saw them;
     # twotower-eval skips them (with a warning), so the references are scored on the same targets.
     test = splits["test"].filter(pl.col("item_id").is_in(known["item_id"].unique().implode()))
     if test.height < splits["test"].height:
         print(f"{splits['test'].height - test.height} of {splits['test'].height} test interactions have items "
               "outside train + valid; every model is scored without them")
-    targets = UserItems.from_pairs(test["user_id"].to_numpy(), test["item_id"].to_numpy(), shape[0])
+    return matrix, seen, UserItems.from_pairs(test["user_id"].to_numpy(), test["item_id"].to_numpy(), shape[0])
+
+
+def benchmark(folder: Path, overrides: list[str]) -> dict[str, dict]:
+    splits = read_split(folder)
+    matrix, seen, targets = scoring_protocol(splits)
+    shape = matrix.shape
 
     references: dict[str, Callable[[sp.csr_matrix], tuple[np.ndarray, np.ndarray] | np.ndarray]] = {
         "implicit ALS (64 factors)": fit_als, "PureSVD (32 factors)": fit_pure_svd}

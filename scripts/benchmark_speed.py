@@ -31,14 +31,13 @@ import lightning as L
 import numpy as np
 import polars as pl
 import torch
-from benchmark_quality import SHARED, fit_als, read_split, sparse, write_csv
+from benchmark_quality import SHARED, fit_als, read_split, scoring_protocol, write_csv
 from hydra import compose, initialize_config_module
 from hydra.utils import instantiate
 
 from twotower.commands.cli import register_resolvers
 from twotower.commands.eval import evaluate_vectors
 from twotower.commands.train import build_model
-from twotower.data.user_items import UserItems
 from twotower.synthetic import planted_interactions
 
 SHARED_SETS = {"ml-1m": "ml-1m-split", "lastfm": "lastfm-split", "sports": "amazon-sports-split"}
@@ -99,15 +98,11 @@ class TestRecallCurve(L.Callback):
 
 
 def time_to_als(scratch: Path, every: int) -> dict:
-    splits = read_split(SHARED / SHARED_SETS["ml-1m"])
-    known = pl.concat([splits["train"], splits["valid"]])
-    shape = tuple(int(max(frame[column].max() for frame in splits.values())) + 1 for column in ("user_id", "item_id"))
+    matrix, seen, targets = scoring_protocol(read_split(SHARED / SHARED_SETS["ml-1m"]))
+    shape = matrix.shape
     started = time.perf_counter()
-    als = fit_als(sparse(known, shape))
+    als = fit_als(matrix)
     als_seconds = time.perf_counter() - started
-    seen = UserItems.from_pairs(known["user_id"].to_numpy(), known["item_id"].to_numpy(), shape[0])
-    test = splits["test"].filter(pl.col("item_id").is_in(known["item_id"].unique().implode()))
-    targets = UserItems.from_pairs(test["user_id"].to_numpy(), test["item_id"].to_numpy(), shape[0])
     als_metrics = evaluate_vectors(*als, seen, targets, ks=[20])
 
     register_resolvers()
