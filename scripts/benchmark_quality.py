@@ -1,9 +1,12 @@
 """Ranking quality on the pre-split benchmark sets: twotower's defaults against three references fitted in
 the same process, implicit's ALS, PureSVD and EASE, all evaluated by the same code.
 
-    python scripts/benchmark_quality.py [--data DIR ...] [--out results.json] [hydra overrides for twotower]
+    python scripts/benchmark_quality.py [--data DIR ...] [--variant "OVERRIDES" ...] [--out results.json]
+                                        [hydra overrides for every twotower run]
 
-``--data`` defaults to ../shared/data/{ml-1m-split,lastfm-split,amazon-sports-split}.
+``--data`` defaults to ../shared/data/{ml-1m-split,lastfm-split,amazon-sports-split}. Each ``--variant`` adds
+a twotower run with those Hydra overrides (space-separated, e.g. ``--variant "model=history"``) beside the
+defaults; ``--no-references`` skips the references (for a quick comparison of variants).
 
 Protocol (../shared/data/README.md): full ranking over all items, each user's train + valid items removed,
 Recall@20 and NDCG@20 averaged over users with test items. Everything is fitted on train + valid; EASE's
@@ -136,27 +139,27 @@ def scoring_protocol(splits: dict[str, pl.DataFrame]) -> tuple[sp.csr_matrix, Us
     return matrix, seen, UserItems.from_pairs(test["user_id"].to_numpy(), test["item_id"].to_numpy(), shape[0])
 
 
-def benchmark(folder: Path, overrides: list[str]) -> dict[str, dict]:
+def benchmark(folder: Path, overrides: list[str], variants: list[str], references: bool = True) -> dict[str, dict]:
     splits = read_split(folder)
     matrix, seen, targets = scoring_protocol(splits)
     shape = matrix.shape
 
-    references: dict[str, Callable[[sp.csr_matrix], tuple[np.ndarray, np.ndarray] | np.ndarray]] = {
-        "implicit ALS (64 factors)": fit_als, "PureSVD (32 factors)": fit_pure_svd}
+    fits: dict[str, Callable[[sp.csr_matrix], tuple[np.ndarray, np.ndarray] | np.ndarray]] = {
+        "implicit ALS (64 factors)": fit_als, "PureSVD (32 factors)": fit_pure_svd} if references else {}
     selection_seconds = 0.0
-    if shape[1] <= EASE_MAX_ITEMS:
+    if references and shape[1] <= EASE_MAX_ITEMS:
         started = time.perf_counter()
         train_matrix = sparse(splits["train"], shape)
         ease = Ease(train_matrix, UserItems.from_pairs(*train_matrix.nonzero(), shape[0]),
                     UserItems.from_pairs(splits["valid"]["user_id"].to_numpy(), splits["valid"]["item_id"].to_numpy(),
                                          shape[0]))
         selection_seconds = time.perf_counter() - started
-        references[ease.name] = ease
-    else:
+        fits[ease.name] = ease
+    elif references:
         print(f"EASE skipped: {shape[1]:,} items (its item-item matrix is kept below {EASE_MAX_ITEMS:,})")
 
     results = {}
-    for name, fit in references.items():
+    for name, fit in fits.items():
         started = time.perf_counter()
         fitted = fit(matrix)
         seconds = time.perf_counter() - started
@@ -169,40 +172,48 @@ def benchmark(folder: Path, overrides: list[str]) -> dict[str, dict]:
               f"{seconds:.1f}s", flush=True)
 
     with tempfile.TemporaryDirectory() as scratch:
-        run_dir = Path(scratch) / "run"
         test_csv = write_csv([splits["test"]], Path(scratch) / "test.csv")
         data = write_csv([splits["train"], splits["valid"]], Path(scratch) / "train_valid.csv")
-        started = time.perf_counter()
-        trained = fit_twotower(data, run_dir, overrides)
-        seconds = time.perf_counter() - started
-        # Scored as a user would score it: test interactions, minus everything the run was given.
-        metrics = evaluate_run(run_dir, path=str(test_csv), ks=[20])
-    results["twotower (defaults)"] = {metric: metrics[metric] for metric in METRICS} | {
-        "fit_seconds": seconds, "epochs": trained.get("final_fit_epochs")}
+        for variant in ["", *variants]:
+            run_dir = Path(scratch) / f"run{len(results)}"
+            started = time.perf_counter()
+            trained = fit_twotower(data, run_dir, [*overrides, *variant.split()])
+            seconds = time.perf_counter() - started
+            # Scored as a user would score it: test interactions, minus everything the run was given.
+            metrics = evaluate_run(run_dir, path=str(test_csv), ks=[20])
+            name = f"twotower ({variant or 'defaults'})"
+            results[name] = {metric: metrics[metric] for metric in METRICS} | {
+                "fit_seconds": seconds, "epochs": trained.get("final_fit_epochs")}
+            print(f"{folder.name} {name}: recall@20 {metrics['recall@20']:.4f}  ndcg@20 {metrics['ndcg@20']:.4f}  "
+                  f"{seconds:.1f}s", flush=True)
     return results
 
 
 def print_table(name: str, results: dict[str, dict]) -> None:
-    best = {metric: max(r[metric] for model, r in results.items() if not model.startswith("twotower"))
-            for metric in METRICS}
-    ours = results["twotower (defaults)"]
     print(f"\n{name}\n\n| model | Recall@20 | NDCG@20 | fit time (s) |\n|---|---|---|---|")
     for model, r in results.items():
         print(f"| {model} | {r['recall@20']:.4f} | {r['ndcg@20']:.4f} | {r['fit_seconds']:.1f} |")
-    print(f"\ntwotower / best reference: Recall@20 x{ours['recall@20'] / best['recall@20']:.3f}, "
-          f"NDCG@20 x{ours['ndcg@20'] / best['ndcg@20']:.3f}; final fit: {ours['epochs']:.0f} epochs", flush=True)
+    references = [r for model, r in results.items() if not model.startswith("twotower")]
+    for model, ours in results.items():
+        if model.startswith("twotower") and references:
+            ratios = ", ".join(f"{metric} x{ours[metric] / max(r[metric] for r in references):.3f}"
+                               for metric in METRICS)
+            print(f"{model} / best reference: {ratios}; final fit: {ours['epochs']:.0f} epochs", flush=True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, nargs="+", default=[SHARED / name for name in DATASETS])
+    parser.add_argument("--variant", action="append", default=[],
+                        help='a twotower run beside the defaults, with these overrides (e.g. "model=history")')
+    parser.add_argument("--no-references", action="store_true", help="skip ALS, PureSVD and EASE")
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for twotower (e.g. model.dim=64)")
     args = parser.parse_args()
 
     everything = {}
     for folder in args.data:
-        everything[folder.name] = benchmark(folder, args.overrides)
+        everything[folder.name] = benchmark(folder, args.overrides, args.variant, not args.no_references)
         print_table(folder.name, everything[folder.name])
     if args.out:
         args.out.write_text(json.dumps(everything, indent=2) + "\n")

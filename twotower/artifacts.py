@@ -64,6 +64,7 @@ class RunPaths:
         return self.root / "splits" / "non_positive.parquet"
 
     def embeddings(self, side: str) -> Path:
+        """``users``, ``items``, or ``history``: a history tower's item vectors that embed a user's items."""
         return self.root / "embeddings" / f"{side}.parquet"
 
     @property
@@ -95,7 +96,7 @@ class RunPaths:
     def fingerprinted(self) -> list[Path]:
         """The artifacts retrieval and evaluation read besides the index (which has its own fingerprints)."""
         files = [self.vocab("users"), self.vocab("items"), self.embeddings("users"), self.embeddings("items"),
-                 *(self.split(name) for name in SPLIT_NAMES), self.non_positive]
+                 self.embeddings("history"), *(self.split(name) for name in SPLIT_NAMES), self.non_positive]
         return [file for file in files if file.exists()]
 
 

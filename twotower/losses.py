@@ -5,7 +5,10 @@
   batch itself (ids, validity mask of the negatives, logQ terms).
 - ``"users"``: a user with all of their positives (``UserBatches``). The loss gets ``users`` (batch, dim),
   ``catalogue`` (C, dim), the vectors of every item or of the batch's sampled candidates, the batch
-  (``rows``/``items`` of the positives), and ``positives`` (P, dim) when the catalogue is sampled.
+  (``rows``/``items`` of the positives), ``positives`` (P, dim) when the catalogue is sampled, and ``own``
+  (P,) when the user vectors are built from the positives themselves (a history tower): the part of each
+  positive's logit that comes from that positive being in its user's history, which the loss takes off that
+  item's logit for that user so that no positive is predicted from itself.
 
 Every loss gets the user vectors already divided by the temperature, so a dot product is a logit.
 """
@@ -111,7 +114,9 @@ class CatalogueSoftmaxLoss:
     objective that sampled softmax approximates and far less work per epoch. Beyond ``max_candidates`` items
     (the batches draw them, ``UserBatches``) each batch scores a shared uniform sample instead, and the sum of
     its exponentiated logits, scaled up by the sample's share of the catalogue (logQ), stands for the whole
-    catalogue's; null scores the whole catalogue at any size.
+    catalogue's; null scores the whole catalogue at any size. With a sampled catalogue, ``own`` is taken off
+    the positives' logits only: a sampled candidate that is another of the user's positives keeps its share
+    (a small bias, on few items).
     """
 
     examples = "users"
@@ -123,13 +128,17 @@ class CatalogueSoftmaxLoss:
         self.max_candidates = max_candidates
 
     def __call__(self, users: torch.Tensor, catalogue: torch.Tensor, batch: Batch,
-                 positives: torch.Tensor | None = None) -> torch.Tensor:
+                 positives: torch.Tensor | None = None, own: torch.Tensor | None = None) -> torch.Tensor:
         rows = batch["rows"]
         logits = users @ catalogue.T  # (users, C)
         if positives is None:  # the whole catalogue: a positive's logit is one of its entries
+            if own is not None:  # each of a user's positives, as a candidate, without its own share
+                logits = logits.index_put((rows, batch["items"]), -own, accumulate=True)
             positive = logits[rows, batch["items"]]
             return (torch.logsumexp(logits, dim=1)[rows] - positive).mean()
         positive = (users[rows] * positives).sum(-1)
+        if own is not None:
+            positive = positive - own
         sampled = torch.logsumexp(logits - batch["candidates_log_q"], dim=1)[rows]
         return (torch.logaddexp(positive, sampled) - positive).mean()
 

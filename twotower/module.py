@@ -17,8 +17,8 @@ from twotower.data.batches import Batch
 from twotower.errors import TwoTowerError
 from twotower.losses import build_loss
 from twotower.metrics import RankingMetrics
-from twotower.scoring import SCORES, project
-from twotower.towers import build_tower
+from twotower.scoring import SCORES, project, projection_scale
+from twotower.towers import HistoryTower, build_tower
 
 # Optimizers that accept sparse gradients (SGD and Adagrad take dense ones as well).
 SPARSE_OPTIMIZERS = (torch.optim.SparseAdam, torch.optim.Adagrad, torch.optim.SGD)
@@ -73,9 +73,11 @@ class TwoTowerModel(L.LightningModule):
         if weight_decay < 0:
             raise TwoTowerError(f"model.weight_decay must be >= 0, got {weight_decay}")
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
-        self.user_tower = build_tower(dict(user_tower or {}), n_users, dim)
+        self.user_tower = build_tower(dict(user_tower or {}), n_users, dim, n_items=n_items)
         self.item_tower = build_tower(dict(item_tower or {}), n_items, dim)
         self.loss_fn = build_loss(dict(loss or {}))
+        if isinstance(self.user_tower, HistoryTower) and self.loss_fn.examples != "users":
+            raise TwoTowerError("the history tower trains on users with all their items: use it with loss=catalogue")
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.epoch_loss = MeanMetric()
@@ -102,15 +104,28 @@ class TwoTowerModel(L.LightningModule):
 
     def loss(self, batch: Batch) -> torch.Tensor:
         """The training loss of one batch (the whole training math, without Lightning)."""
-        users = self.user_vectors(batch["users"]) / self.hparams.temperature  # (batch, dim)
         if self.loss_fn.examples == "users":
-            if "candidates" not in batch:
-                return self.loss_fn(users, self.all_item_vectors(), batch)
-            return self.loss_fn(users, self.item_vectors(batch["candidates"]), batch,
-                                positives=self.item_vectors(batch["items"]))
+            return self._user_loss(batch)
+        users = self.user_vectors(batch["users"]) / self.hparams.temperature  # (batch, dim)
         items = self.item_vectors(batch["items"])  # (batch, dim)
         negatives = self.item_vectors(batch["negatives"])  # (batch, n, dim)
         return self.loss_fn(users, items, negatives, batch)
+
+    def _user_loss(self, batch: Batch) -> torch.Tensor:
+        """A loss over users with all their positives; a history tower's user leaves out, for each positive,
+        that positive's own share of the user's vector (its ``own`` logit, taken off that logit)."""
+        rows, items = batch["rows"], batch["items"]
+        if isinstance(self.user_tower, HistoryTower):
+            raw, _, shares = self.user_tower.leave_own_out(batch["users"], rows, items)
+        else:
+            raw, shares = self.user_tower(batch["users"]), None
+        scale = projection_scale(raw, self.hparams.score) / self.hparams.temperature  # (users, 1)
+        users = raw * scale  # project(raw) / temperature: logits are dot products
+        sampled = "candidates" in batch
+        catalogue = self.item_vectors(batch["candidates"]) if sampled else self.all_item_vectors()
+        positives = self.item_vectors(items) if sampled else catalogue[items]
+        own = None if shares is None else (shares * positives).sum(-1) * scale[rows, 0]
+        return self.loss_fn(users, catalogue, batch, positives=positives if sampled else None, own=own)
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         loss = self.loss(batch)

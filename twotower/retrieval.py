@@ -5,6 +5,7 @@
     ids, scores = retriever.recommend(196, k=10)            # one user: two arrays of length <= k
     results = retriever.recommend([196, 186], k=10)          # several: a list of (ids, scores)
     ids, scores = retriever.similar_items("Toy Story (1995)", k=5)   # ids or titles
+    ids, scores = retriever.recommend_from_history([1, 260, 1196], k=10)  # a new user (history tower runs)
 
 The index proposes candidates; scores are always recomputed exactly from the exported vectors. Every item
 a user has anywhere in the run's log (whichever split it fell into), and any ``deny`` list, is filtered out
@@ -56,6 +57,7 @@ from twotower.live_items import LiveItems, saved_vectors
 
 Result = tuple[np.ndarray, np.ndarray]
 UNKNOWN_POLICIES = ("error", "popular")
+HISTORY_UNKNOWN_POLICIES = ("error", "skip")
 # Which index a loaded run searches with: its own (null), its Annoy index, or brute force.
 INDEX_CHOICES = (None, "annoy", "exact")
 CATALOGUE = ("added", "removed")  # what save_catalogue writes: RunPaths.catalogue(name)
@@ -63,6 +65,11 @@ CATALOGUE = ("added", "removed")  # what save_catalogue writes: RunPaths.catalog
 
 def _is_batch(query: object) -> bool:
     return isinstance(query, (list, tuple, np.ndarray, pl.Series))
+
+
+def _is_history_batch(query: object) -> bool:
+    """Whether ``query`` is several histories (a sequence of sequences), not one."""
+    return _is_batch(query) and len(query) > 0 and all(_is_batch(history) for history in query)
 
 
 def _check_k(k: object, available: int) -> int:
@@ -120,7 +127,8 @@ class Retriever:
 
     def __init__(self, paths: RunPaths, manifest: dict[str, Any], index: Backend,
                  user_vocab: Vocabulary, item_vocab: Vocabulary,
-                 user_vectors: np.ndarray, index_vectors: np.ndarray, seen: UserItems, live: LiveItems) -> None:
+                 user_vectors: np.ndarray, index_vectors: np.ndarray, seen: UserItems, live: LiveItems,
+                 history_vectors: np.ndarray | None = None) -> None:
         self.paths = paths
         self.manifest = manifest
         self.names = manifest["names"]
@@ -137,6 +145,7 @@ class Retriever:
         self._model_lock = threading.Lock()
         self.live = live  # replaced whole, never changed in place
         self._live_lock = threading.Lock()
+        self.history_vectors = history_vectors  # a history tower's: items as evidence about a user
 
     @classmethod
     def load(cls, run_dir: str | Path, index: str | None = None) -> Retriever:
@@ -165,8 +174,13 @@ class Retriever:
         else:
             searcher, _ = load_index(paths.index, item_vectors, manifest["score"],
                                      checkpoint=manifest.get("checkpoint_fingerprint"))
+        history = paths.embeddings("history")
+        history_vectors = read_vectors(history)[1] if history.exists() else None  # fingerprint checked above
+        if history_vectors is not None and len(history_vectors) != len(item_vocab):
+            raise TwoTowerError(f"{history}: {len(history_vectors)} vectors for {len(item_vocab)} items; "
+                                "train the run again")
         return cls(paths, manifest, searcher, user_vocab, item_vocab, user_vectors, item_vectors,
-                   read_seen(paths, len(user_vocab)), live)
+                   read_seen(paths, len(user_vocab)), live, history_vectors)
 
     def recommend(self, users: object, k: int = 10, exclude_seen: bool = True, allow: Iterable | None = None,
                   deny: Iterable | None = None, unknown: str = "error") -> Result | list[Result]:
@@ -192,6 +206,49 @@ class Retriever:
         for position in np.flatnonzero(~known):
             results[position] = self.popular(k, exclude=exclude[position], allow=allow)
         return results if _is_batch(users) else results[0]
+
+    def recommend_from_history(self, items: object, k: int = 10, allow: Iterable | None = None,
+                               deny: Iterable | None = None, unknown: str = "error") -> Result | list[Result]:
+        """Top-``k`` items for a user known only by the items they interacted with: one list of item ids,
+        or a batch of lists. No retraining and no training data: the run's history tower embeds the list
+        (the mean of its items' history vectors). The given items are left out of the answer.
+
+        Only runs trained with a history tower (``model=history``) can do this. A known user's whole training
+        history gives that user's own vector when the tower has no user ids (``use_id=false``), so the same
+        ranking as ``recommend(user)``, which also leaves out what else the user has (e.g. low ratings).
+        ``unknown="skip"`` drops item ids outside the run's vocabulary (also items added after training)
+        instead of raising; a history left empty gets the most popular items.
+        """
+        if self.history_vectors is None:
+            raise TwoTowerError(f"{self.paths.root} was trained without a history tower, so it cannot embed a user "
+                                "from their items; train with model=history")
+        if unknown not in HISTORY_UNKNOWN_POLICIES:
+            raise TwoTowerError(f"unknown must be one of {HISTORY_UNKNOWN_POLICIES}, got '{unknown}'")
+        histories = list(items) if _is_history_batch(items) else [items]
+        rows = []
+        for history in histories:
+            if not _is_batch(history):
+                raise TwoTowerError(f"a history is a list of item ids, got {history!r}")
+            found = self.item_vocab.lookup(list(history), missing=-1 if unknown == "skip" else None)
+            rows.append(np.unique(found[found >= 0]))
+        denied = self._item_rows(deny)
+        exclude = [np.union1d(given, denied) for given in rows]
+        results = [self.popular(k, exclude=excluded, allow=allow) if not len(given) else None
+                   for given, excluded in zip(rows, exclude, strict=True)]
+        filled = [i for i, result in enumerate(results) if result is None]
+        if filled:
+            queries = self.history_queries([rows[i] for i in filled])
+            for position, result in zip(filled, self.search(queries, k, [exclude[i] for i in filled], allow=allow),
+                                        strict=True):
+                results[position] = result
+        return results if _is_history_batch(items) else results[0]
+
+    def history_queries(self, histories: Sequence[np.ndarray]) -> np.ndarray:
+        """The history tower's user vectors for histories of item indices, in the space of the index."""
+        queries = np.stack([self.history_vectors[rows].mean(axis=0) for rows in histories])
+        if self.manifest["score"] == "cosine":
+            queries /= np.maximum(np.linalg.norm(queries, axis=1, keepdims=True), 1e-12)
+        return queries
 
     def similar_items(self, items: object, k: int = 10, allow: Iterable | None = None,
                       deny: Iterable | None = None) -> Result | list[Result]:

@@ -16,3 +16,10 @@ SCORES = ("dot", "cosine")
 def project(vectors: torch.Tensor, score: str) -> torch.Tensor:
     """Vectors in the space where the dot product is the model's score."""
     return F.normalize(vectors, dim=-1) if score == "cosine" else vectors
+
+
+def projection_scale(vectors: torch.Tensor, score: str) -> torch.Tensor:
+    """(rows, 1): the factor ``project`` multiplies each vector by (1 / its norm for cosine, 1 for dot)."""
+    if score == "cosine":
+        return 1.0 / vectors.norm(dim=-1, keepdim=True).clamp(min=1e-12)  # F.normalize's own floor
+    return torch.ones_like(vectors[:, :1])

@@ -4,6 +4,8 @@
 - ``FeatureTower``: an MLP over side features (categorical, multi-hot, numeric; see ``data.features``),
   plus a learned vector per id for ids seen in training. An id without training interactions, or a new
   one given only its features, is embedded from its features alone (cold start).
+- ``HistoryTower`` (users only): the mean of learned vectors of the items the user interacted with,
+  optionally plus a learned vector per user. A new user is embedded from a list of items, without retraining.
 
 Towers are built from plain-value specs (``build_tower``) so checkpoints load without the data.
 """
@@ -13,10 +15,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from twotower.data.features import FeatureSpec
 from twotower.errors import TwoTowerError
+
+
+def in_chunks(tower: nn.Module, n: int, device: torch.device, chunk: int = 65536) -> torch.Tensor:
+    """The vectors of all ``n`` ids of a tower that computes them, a chunk of ids at a time (bounded memory)."""
+    return torch.cat([tower(torch.arange(start, min(start + chunk, n), device=device)) for start in range(0, n, chunk)])
 
 
 class IdTower(nn.Module):
@@ -109,17 +117,93 @@ class FeatureTower(nn.Module):
         return vectors.reshape(*ids.shape, -1)  # (*ids.shape, dim)
 
     def all(self) -> torch.Tensor:
-        n = len(self.known)
-        return torch.cat([self(torch.arange(start, min(start + 65536, n), device=self.known.device))
-                          for start in range(0, n, 65536)])
+        return in_chunks(self, len(self.known), self.known.device)
 
 
-def build_tower(spec: dict, n: int, dim: int) -> nn.Module:
-    """A tower from its plain-value spec (as stored in the checkpoint's hyperparameters)."""
+class HistoryTower(nn.Module):
+    """A user is the mean of the vectors of the items they interacted with (their history), plus, with
+    ``use_id``, a learned vector of their own.
+
+    - The history vectors are a table of their own (``history``, one row per item), not the item tower's:
+      an item's role as evidence about a user differs from its role as a candidate, and with separate
+      tables the score is an asymmetric item-item model (as in FISM, or EASE's weights at low rank).
+    - Each user's history is kept in buffers (``history_indptr``, ``history_items``: compressed rows, filled by
+      ``load_history``) that travel with the checkpoint, so the tower embeds known users without the data.
+    - Training (``leave_own_out``) drops each history item with probability ``dropout`` (a denoising
+      regulariser) and reports each remaining item's share of its user's vector, so that the loss scores
+      a positive with a user vector that leaves that positive out: otherwise the tower learns to copy.
+    - Histories are not capped: a batch's history is its users' positives, which the loss scores anyway.
+    """
+
+    def __init__(self, n: int, dim: int, n_items: int, use_id: bool = False, dropout: float = 0.5,
+                 init_std: float = 0.1) -> None:
+        super().__init__()
+        if not 0 <= dropout < 1:
+            raise TwoTowerError(f"the history tower's dropout must be in [0, 1), got {dropout}")
+        self.dropout = dropout
+        self.history = nn.Embedding(n_items, dim)
+        nn.init.normal_(self.history.weight, std=init_std)
+        self.embedding = nn.Embedding(n, dim) if use_id else None
+        if self.embedding is not None:
+            nn.init.normal_(self.embedding.weight, std=init_std)
+        self.register_buffer("history_indptr", torch.zeros(n + 1, dtype=torch.long))
+        self.register_buffer("history_items", torch.zeros(0, dtype=torch.long))
+
+    def load_history(self, indptr: torch.Tensor, items: torch.Tensor) -> None:
+        """Each user's items as compressed rows: ``items[indptr[u]:indptr[u + 1]]``."""
+        if len(indptr) != len(self.history_indptr):
+            raise TwoTowerError(f"a history for {len(indptr) - 1} users given to a tower of "
+                                f"{len(self.history_indptr) - 1}")
+        self.history_indptr = indptr.to(self.history_indptr)
+        self.history_items = items.to(self.history_items)
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: object, **kwargs: object) -> None:
+        # The histories' length is the data's, not a hyperparameter: take the checkpoint's.
+        self.history_items = torch.empty_like(state_dict.get(prefix + "history_items", self.history_items))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def forward(self, users: torch.Tensor) -> torch.Tensor:
+        """Vectors of known users from their whole stored histories (an empty one counts as zero): (users, dim)."""
+        starts, ends = self.history_indptr[users], self.history_indptr[users + 1]
+        lengths = ends - starts
+        offsets = torch.cumsum(lengths, 0) - lengths
+        positions = torch.arange(int(lengths.sum()), device=users.device) - torch.repeat_interleave(offsets - starts,
+                                                                                                   lengths)
+        vectors = F.embedding_bag(self.history_items[positions], self.history.weight, offsets, mode="mean")
+        return vectors + self.embedding(users) if self.embedding is not None else vectors
+
+    def all(self) -> torch.Tensor:
+        return in_chunks(self, len(self.history_indptr) - 1, self.history_indptr.device)
+
+    def leave_own_out(self, users: torch.Tensor, rows: torch.Tensor, items: torch.Tensor
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """A training batch's user vectors from their positives (``rows``: position in ``users``, ``items``),
+        each kept with probability 1 - dropout: ``(vectors (users, dim), kept (P,) bool, shares (P, dim))``,
+        where ``shares[p]`` is what positive ``p`` added to its user's vector (zero if dropped). Subtracting
+        it from the vector before scoring positive ``p`` leaves ``p`` out of its own history."""
+        kept = torch.rand(len(items), device=items.device) >= self.dropout
+        counts = torch.bincount(rows[kept], minlength=len(users))
+        sums = torch.zeros(len(users), self.history.embedding_dim, device=items.device, dtype=self.history.weight.dtype)
+        own = self.history(items) * kept.unsqueeze(-1)
+        sums = sums.index_add(0, rows, own)
+        scale = 1.0 / counts.clamp(min=1).unsqueeze(-1)
+        vectors = sums * scale
+        if self.embedding is not None:
+            vectors = vectors + self.embedding(users)
+        return vectors, kept, own * scale[rows]
+
+
+def build_tower(spec: dict, n: int, dim: int, n_items: int | None = None) -> nn.Module:
+    """A tower from its plain-value spec (as stored in the checkpoint's hyperparameters); ``n_items`` sizes
+    a user history tower's table of item vectors."""
     kind = spec.get("kind", "id")
     options = {key: value for key, value in spec.items() if key != "kind"}
     if kind == "id":
         return IdTower(n, dim, **options)
     if kind == "features":
         return FeatureTower(n, dim, **options)
-    raise TwoTowerError(f"unknown tower kind '{kind}'; choose id or features")
+    if kind == "history":
+        if n_items is None:
+            raise TwoTowerError("a history tower embeds users from their items; use it as model.user_tower")
+        return HistoryTower(n, dim, n_items, **options)
+    raise TwoTowerError(f"unknown tower kind '{kind}'; choose id, features or history")

@@ -4,6 +4,7 @@
     twotower-retrieve run_dir=DIR item="Toy Story (1995)" output=json
     twotower-retrieve run_dir=DIR users_file=users.txt output=csv output_file=recs.csv
     twotower-retrieve run_dir=DIR similar_user=196          # users (or links ...) closest to a user
+    twotower-retrieve run_dir=DIR history='[1,260,1196]'     # a new user from their items (model=history runs)
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 
 import hydra
 import polars as pl
-from omegaconf import DictConfig
+from omegaconf import DictConfig, ListConfig
 
 from twotower.artifacts import atomic_path
 from twotower.commands.cli import index_choice, reported_errors
@@ -86,9 +87,10 @@ def batch_results(retriever: Retriever, users: list[Any], k: int, exclude_seen: 
 def run(cfg: DictConfig) -> None:
     if cfg.output not in OUTPUTS:
         raise TwoTowerError(f"output must be one of {OUTPUTS}, got '{cfg.output}'")
-    queries = [name for name in ("user", "item", "users_file", "similar_user") if cfg.get(name) is not None]
+    queries = [name for name in ("user", "item", "users_file", "similar_user", "history") if cfg.get(name) is not None]
     if len(queries) != 1:
-        raise TwoTowerError("give exactly one of user=ID, item=ID_OR_TITLE, users_file=FILE or similar_user=ID")
+        raise TwoTowerError("give exactly one of user=ID, item=ID_OR_TITLE, users_file=FILE, similar_user=ID "
+                            "or history='[ID,...]'")
     retriever = Retriever.load(cfg.run_dir, index=index_choice(cfg.get("index")))
     names = retriever.names
     if cfg.users_file is not None:
@@ -105,6 +107,13 @@ def run(cfg: DictConfig) -> None:
         ids, scores = retriever.similar_users(cfg.similar_user, k=cfg.k)
         rows = rows_for(retriever.user_vocab, ids, scores)
         heading = f"{names['user'].capitalize()}s most similar to {cfg.similar_user!r}:"
+    elif cfg.history is not None:
+        history = cfg.history
+        if not isinstance(history, ListConfig):
+            raise TwoTowerError(f"history must be a list of item ids, e.g. history='[1,2,3]', got {history!r}")
+        ids, scores = retriever.recommend_from_history(list(history), k=cfg.k, unknown=cfg.unknown_items)
+        rows = rows_for(retriever.item_vocab, ids, scores)
+        heading = f"Top {cfg.k} {names['item']}s for a {names['user']} with {len(history)} {names['item']}(s):"
     elif cfg.user is not None:
         ids, scores = retriever.recommend(cfg.user, k=cfg.k, exclude_seen=cfg.exclude_seen)
         rows = rows_for(retriever.item_vocab, ids, scores)

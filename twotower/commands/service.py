@@ -48,7 +48,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from twotower.commands.retrieve import rows_for
 from twotower.commands.serve import ServeSettings, as_dict, from_dict
 from twotower.errors import TwoTowerError
-from twotower.retrieval import UNKNOWN_POLICIES, Retriever
+from twotower.retrieval import HISTORY_UNKNOWN_POLICIES, UNKNOWN_POLICIES, Retriever
 
 log = logging.getLogger("twotower")
 
@@ -82,6 +82,10 @@ class ItemResult(BaseModel):
 
 class RecommendResults(BaseModel):
     results: list[UserResult]
+
+
+class HistoryResults(BaseModel):
+    results: list[list[ItemScore]]  # one list per history, in the request's order
 
 
 class SimilarResults(BaseModel):
@@ -330,6 +334,14 @@ def add_query_routes(app: FastAPI, served: Served, settings: ServeSettings) -> N
         deny: Ids | None = None
         unknown: Unknown = "error"
 
+    class HistoryRequest(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        histories: Annotated[list[Ids], Field(min_length=1, max_length=limits.max_batch)]
+        k: K = default_k
+        allow: Ids | None = None
+        deny: Ids | None = None
+        unknown: Literal[HISTORY_UNKNOWN_POLICIES] = "error"
+
     class SimilarRequest(BaseModel):
         model_config = ConfigDict(extra="forbid")
         items: Batch
@@ -354,6 +366,15 @@ def add_query_routes(app: FastAPI, served: Served, settings: ServeSettings) -> N
                                       allow=request.allow, deny=request.deny, unknown=request.unknown)
         return {"results": [{"user": user, "items": item_rows(retriever, ids, scores)}
                             for user, (ids, scores) in zip(request.users, results, strict=True)]}
+
+    @app.post("/recommend_from_history", response_model=HistoryResults, response_model_exclude_none=True)
+    def recommend_from_history(request: HistoryRequest) -> dict[str, Any]:
+        """Top-k items for each history (a list of item ids: a new user, a live session), without its items;
+        runs trained with model=history."""
+        retriever = served.current.retriever
+        results = retriever.recommend_from_history([list(history) for history in request.histories], k=request.k,
+                                                   allow=request.allow, deny=request.deny, unknown=request.unknown)
+        return {"results": [item_rows(retriever, ids, scores) for ids, scores in results]}
 
     @app.get("/similar", response_model=list[ItemScore], response_model_exclude_none=True)
     def similar(item: str, k: QueryK = default_k, allow: QueryIds = None, deny: QueryIds = None

@@ -37,7 +37,7 @@ from twotower.index import Backend, build_index, index_report
 from twotower.metrics import metric_names
 from twotower.module import TwoTowerModel
 from twotower.retrieval import Retriever, read_seen
-from twotower.towers import FeatureTower
+from twotower.towers import FeatureTower, HistoryTower
 
 log = logging.getLogger("twotower")
 register_resolvers()
@@ -73,11 +73,15 @@ def export(model: TwoTowerModel, datamodule: InteractionDataModule, paths: RunPa
         items = model.all_item_vectors().float().cpu().numpy()
     write_vectors(datamodule.user_vocab.ids, users, paths.embeddings("users"))
     write_vectors(datamodule.item_vocab.ids, items, paths.embeddings("items"))
+    if isinstance(model.user_tower, HistoryTower):  # what embeds a new user from their items, at retrieval
+        write_vectors(datamodule.item_vocab.ids, model.user_tower.history.weight.detach().float().cpu().numpy(),
+                      paths.embeddings("history"))
     return users, items
 
 
 def build_model(model_cfg: DictConfig, datamodule: InteractionDataModule) -> TwoTowerModel:
-    """The configured model, sized for the data, with its feature towers' tables filled in."""
+    """The configured model, sized for the data, with its feature towers' tables and its history tower's
+    histories (what it now trains on) filled in."""
     model_cfg = model_cfg.copy()
     for side in ("user", "item"):  # assigned, not merged: a feature list becomes a list of specs
         model_cfg[f"{side}_tower"] = datamodule.complete_tower(side, model_cfg.get(f"{side}_tower") or {})
@@ -91,6 +95,9 @@ def build_model(model_cfg: DictConfig, datamodule: InteractionDataModule) -> Two
         tower = getattr(model, f"{side}_tower")
         if isinstance(tower, FeatureTower):
             tower.load_features(*datamodule.side_features(side, tower.specs))
+    if isinstance(model.user_tower, HistoryTower):
+        history = datamodule.training_user_items()
+        model.user_tower.load_history(torch.from_numpy(history.indptr), torch.from_numpy(history.items))
     return model
 
 

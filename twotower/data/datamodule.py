@@ -156,6 +156,11 @@ class InteractionDataModule(L.LightningDataModule):
         known = torch.bincount(ids, minlength=len(self.vocab(side))) > 0
         return encode_features(self.vocab(side).frame, specs), known
 
+    def training_user_items(self) -> UserItems:
+        """Each user's items in what the model now trains on (``fit_on``): its positives, and a history
+        tower's histories."""
+        return UserItems.from_pairs(self.train_users.numpy(), self.train_items.numpy(), self.n_users)
+
     def user_items(self, *names: str) -> UserItems:
         """Each user's items over the named splits."""
         return UserItems.from_frame(self.stacked(names), self.n_users)
@@ -165,8 +170,8 @@ class InteractionDataModule(L.LightningDataModule):
         or positive pairs with negatives from the sampler (also without a model, as for a bare loader)."""
         loss = getattr(self.trainer.lightning_module, "loss_fn", None) if self.trainer is not None else None
         if getattr(loss, "examples", "pairs") == "users":
-            positives = UserItems.from_pairs(self.train_users.numpy(), self.train_items.numpy(), self.n_users)
-            dataset = UserBatches(positives, self.n_items, self.batch_size, self.seed, loss.max_candidates)
+            dataset = UserBatches(self.training_user_items(), self.n_items, self.batch_size, self.seed,
+                                  loss.max_candidates)
         else:
             dataset = TrainBatches(self.train_users, self.train_items, self.batch_size, self.sampler, self.seed)
         return self._loader(dataset, EpochBatchSampler(len(dataset)))

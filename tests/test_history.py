@@ -1,0 +1,222 @@
+"""The history tower: users embedded from their items, trained without copying, served for new users."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+
+from tests.conftest import compose_train
+from twotower.commands.retrieve import rows_for
+from twotower.commands.retrieve import run as retrieve
+from twotower.commands.train import train
+from twotower.errors import TwoTowerError
+from twotower.module import TwoTowerModel
+from twotower.retrieval import Retriever
+from twotower.synthetic import planted_interactions
+from twotower.towers import HistoryTower
+
+CATALOGUE = {"_target_": "twotower.losses.CatalogueSoftmaxLoss"}
+
+
+def history_model(score: str, use_id: bool = False, dropout: float = 0.0) -> TwoTowerModel:
+    torch.manual_seed(0)
+    return TwoTowerModel(n_users=3, n_items=7, dim=5, score=score, temperature=0.5, loss=CATALOGUE,
+                         user_tower={"kind": "history", "use_id": use_id, "dropout": dropout})
+
+
+# Three users' positives (each user's history is exactly its positives, as in training).
+USERS = torch.tensor([0, 1, 2])
+ROWS = torch.tensor([0, 0, 0, 1, 1, 2])
+ITEMS = torch.tensor([1, 4, 6, 0, 4, 3])
+
+
+def loss_with_explicit_histories(model: TwoTowerModel) -> torch.Tensor:
+    """The catalogue softmax written out per positive, with every item of a user's history scored by the
+    user's vector without that item's share: a positive is never predicted from itself."""
+    tower = model.user_tower
+    items = model.all_item_vectors()
+    terms = []
+    for row, user in enumerate(USERS.tolist()):
+        history = ITEMS[ROWS.eq(row)]
+        full = tower.history(history).mean(0) + (tower.embedding(torch.tensor(user)) if tower.embedding else 0)
+        norm = full.norm() if model.hparams.score == "cosine" else torch.tensor(1.0)
+        logits = []
+        for candidate in range(items.shape[0]):
+            vector = full - tower.history(torch.tensor(candidate)) / len(history) if candidate in history else full
+            logits.append(vector @ items[candidate] / norm / model.hparams.temperature)
+        logits = torch.stack(logits)
+        terms += [torch.logsumexp(logits, 0) - logits[positive] for positive in history.tolist()]
+    return torch.stack(terms).mean()
+
+
+@pytest.mark.parametrize("score", ["cosine", "dot"])
+@pytest.mark.parametrize("use_id", [False, True])
+def test_training_never_scores_a_positive_with_itself_in_the_history(score: str, use_id: bool) -> None:
+    model = history_model(score, use_id)
+    batch = {"users": USERS, "rows": ROWS, "items": ITEMS}
+    assert torch.allclose(model.loss(batch), loss_with_explicit_histories(model), atol=1e-5)
+
+
+def test_a_sampled_catalogue_leaves_the_positive_out_of_its_own_logit() -> None:
+    model = history_model("cosine")
+    candidates = torch.tensor([2, 5])
+    batch = {"users": USERS, "rows": ROWS, "items": ITEMS, "candidates": candidates,
+             "candidates_log_q": torch.zeros(2)}
+    tower, temperature = model.user_tower, model.hparams.temperature
+    terms = []
+    for row in range(3):
+        history = ITEMS[ROWS.eq(row)]
+        full = tower.history(history).mean(0)
+        for positive in history.tolist():
+            own = (full - tower.history(torch.tensor(positive)) / len(history)) @ model.item_vectors(
+                torch.tensor(positive)) / full.norm() / temperature
+            sampled = torch.logsumexp(model.item_vectors(candidates) @ full / full.norm() / temperature, 0)
+            terms.append(torch.logaddexp(own, sampled) - own)
+    assert torch.allclose(model.loss(batch), torch.stack(terms).mean(), atol=1e-5)
+
+
+def test_dropout_keeps_a_share_of_the_history_and_the_shares_add_up_to_the_vector() -> None:
+    model = history_model("dot", dropout=0.5)
+    torch.manual_seed(1)  # keeps items 0, 3 and 5: some of each user's
+    vectors, kept, shares = model.user_tower.leave_own_out(USERS, ROWS, ITEMS)
+    assert 0 < kept.sum() < len(ITEMS)
+    assert torch.all(shares[~kept] == 0)
+    for row in range(3):
+        assert torch.allclose(shares[ROWS.eq(row)].sum(0), vectors[row], atol=1e-6)
+
+
+def test_the_history_tower_needs_the_catalogue_loss() -> None:
+    with pytest.raises(TwoTowerError, match="loss=catalogue"):
+        TwoTowerModel(n_users=3, n_items=7, loss={"_target_": "twotower.losses.BPRLoss"},
+                      user_tower={"kind": "history"})
+
+
+def test_histories_travel_with_the_checkpoint(tmp_path: Path) -> None:
+    model = history_model("cosine")
+    model.user_tower.load_history(torch.tensor([0, 3, 5, 6]), ITEMS)
+    torch.save({"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams),
+                "pytorch-lightning_version": "2.5.0"}, tmp_path / "model.ckpt")
+    loaded = TwoTowerModel.load_from_checkpoint(tmp_path / "model.ckpt")
+    assert isinstance(loaded.user_tower, HistoryTower)
+    assert torch.equal(loaded.user_tower.history_items, ITEMS)
+    assert torch.allclose(loaded.all_user_vectors(), model.all_user_vectors())
+
+
+@pytest.fixture(scope="module")
+def planted_history_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, pl.DataFrame]:
+    """A history-tower run on a planted log, and 100 users it never saw (with their items)."""
+    folder = tmp_path_factory.mktemp("history")
+    log = planted_interactions(n_users=700, n_items=300, n_clusters=10, interactions_per_user=20, seed=3,
+                               with_timestamps=False)
+    new_users = log.filter(pl.col("user_id") < 100)
+    log.filter(pl.col("user_id") >= 100).write_csv(folder / "log.csv")
+    train(compose_train(folder / "run", "data=interactions", f"data.path={folder / 'log.csv'}", "model=history",
+                        "model.dim=16", "trainer.max_epochs=15", "show_similar_to=null"))
+    return folder / "run", new_users
+
+
+def test_new_users_from_their_history_beat_popularity(planted_history_run: tuple) -> None:
+    run_dir, new_users = planted_history_run
+    retriever = Retriever.load(run_dir, index="exact")
+    found = {"history": [], "popular": []}
+    for _, items in new_users.group_by("user_id"):
+        given, held_out = items["item_id"].to_list()[:-5], set(items["item_id"].to_list()[-5:])
+        ids, _ = retriever.recommend_from_history(given, k=10)
+        assert not set(ids.tolist()) & set(given)  # what the user gave is never recommended back
+        popular, _ = retriever.popular(10, exclude=retriever.item_vocab.lookup(given))
+        found["history"].append(len(held_out & set(ids.tolist())) / len(held_out))
+        found["popular"].append(len(held_out & set(popular.tolist())) / len(held_out))
+    recall = {name: float(np.mean(values)) for name, values in found.items()}
+    assert recall["history"] > 0.35, recall  # measured: 0.48 against popularity's 0.13
+    assert recall["history"] > 2.5 * recall["popular"], recall
+
+
+def test_a_known_users_whole_history_gives_their_recommendations(planted_history_run: tuple) -> None:
+    run_dir, _ = planted_history_run
+    retriever = Retriever.load(run_dir, index="exact")
+    trained = pl.concat([pl.read_parquet(run_dir / "splits" / f"{name}.parquet")
+                         for name in retriever.manifest["trained_on"]])
+    for row in (0, 7, 300):
+        user = retriever.user_vocab.ids[row]
+        history = retriever.item_vocab.decode(trained.filter(pl.col("user") == row)["item"].to_numpy())
+        expected_ids, expected_scores = retriever.recommend(user, k=10)
+        ids, scores = retriever.recommend_from_history(list(history), k=10)
+        np.testing.assert_array_equal(ids, expected_ids)
+        np.testing.assert_allclose(scores, expected_scores, atol=1e-5)
+
+
+def test_histories_in_a_batch_and_unknown_items(planted_history_run: tuple) -> None:
+    run_dir, _ = planted_history_run
+    retriever = Retriever.load(run_dir)
+    one = retriever.recommend_from_history([120, 121], k=5)
+    batch = retriever.recommend_from_history([[120, 121], [5]], k=5)
+    np.testing.assert_array_equal(batch[0][0], one[0])
+    with pytest.raises(TwoTowerError, match="unknown item id"):
+        retriever.recommend_from_history([120, 99999], k=5)
+    skipped, _ = retriever.recommend_from_history([120, 121, 99999], k=5, unknown="skip")
+    np.testing.assert_array_equal(skipped, one[0])
+    popular, _ = retriever.recommend_from_history([99999], k=5, unknown="skip")
+    np.testing.assert_array_equal(popular, retriever.popular(5)[0])
+
+
+def test_retrieve_command_takes_a_history(planted_history_run: tuple, capsys: pytest.CaptureFixture) -> None:
+    run_dir, _ = planted_history_run
+    cfg = compose_retrieve(run_dir, "history=[120,121]", "k=3", "output=json")
+    retrieve(cfg)
+    ids, _ = Retriever.load(run_dir).recommend_from_history([120, 121], k=3)
+    assert f'"id": {ids[0]}' in capsys.readouterr().out
+
+
+def test_a_run_without_history_tower_says_so(tmp_path: Path) -> None:
+    from twotower.index import ExactIndex
+    from twotower.synthetic import write_vector_run
+
+    retriever = Retriever.load(write_vector_run(tmp_path / "run", ExactIndex()))
+    with pytest.raises(TwoTowerError, match="model=history"):
+        retriever.recommend_from_history([0, 7])
+
+
+def compose_retrieve(run_dir: Path, *overrides: str):
+    from hydra import compose, initialize_config_module
+
+    with initialize_config_module(config_module="twotower.conf", version_base="1.3"):
+        return compose("retrieve", overrides=[f"run_dir={run_dir}", *overrides])
+
+
+def test_the_service_answers_histories_as_the_python_api(planted_history_run: tuple, tmp_path: Path) -> None:
+    from tests.test_serve import Server
+
+    run_dir, _ = planted_history_run
+    retriever = Retriever.load(run_dir)
+    server = Server(run_dir, tmp_path / "server.log")
+    try:
+        server.wait_ready()
+        answer = server.client.post("/recommend_from_history", json={"histories": [[120, 121], [5, 99999]], "k": 4,
+                                                                     "unknown": "skip"})
+        assert answer.status_code == 200, answer.text
+        expected = retriever.recommend_from_history([[120, 121], [5, 99999]], k=4, unknown="skip")
+        assert answer.json()["results"] == [rows_for(retriever.item_vocab, *result) for result in expected]
+        refused = server.client.post("/recommend_from_history", json={"histories": [[120, 99999]]})
+        assert refused.status_code == 404 and "99999" in refused.json()["error"]
+    finally:
+        server.stop()
+
+
+def test_the_yaml_defaults_are_the_towers(tmp_path: Path) -> None:
+    import inspect
+
+    spec = compose_train(tmp_path, "model=history").model.user_tower
+    defaults = inspect.signature(HistoryTower).parameters
+    assert spec.kind == "history"
+    assert {name: spec[name] for name in ("use_id", "dropout")} == {
+        name: defaults[name].default for name in ("use_id", "dropout")}
+
+
+def test_retrieve_refuses_a_history_that_is_not_a_list(planted_history_run: tuple) -> None:
+    run_dir, _ = planted_history_run
+    with pytest.raises(TwoTowerError, match="list of item ids"):
+        retrieve(compose_retrieve(run_dir, "history=120"))
