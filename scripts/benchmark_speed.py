@@ -3,12 +3,13 @@ Recall@20 the default model reaches against its training seconds, beside implici
 process.
 
     python scripts/benchmark_speed.py [--out benchmark-speed.json] [--plot docs/time-to-quality.png]
-                                      [--datasets ml-1m lastfm sports synthetic-1m synthetic-10m]
+                                      [--datasets ml-1m lastfm sports synthetic-1m synthetic-gowalla-size ...]
+                                      [--no-curve] [hydra overrides for every twotower run]
 
 - **Whole command**: ``twotower-train data=interactions data.path=FILE`` with its defaults, run as a user runs
   it (a fresh process), on a plain file: train + valid of each shared split as CSV, and synthetic logs
-  (``twotower.synthetic``, 50 interactions per user, as many items as users) as Parquet. It prints the wall
-  time of the command, of training alone (selection with its validation passes, plus the final fit, from
+  (``twotower.synthetic``: 1M and 10M logs with 50 interactions per user and as many items as users, and one
+  of Gowalla's size) as Parquet. It prints the wall time of the command, of training alone (selection with its validation passes, plus the final fit, from
   ``run.json``'s ``seconds``) and the cost of one epoch (the final fit's seconds per epoch: no validation).
   ``synthetic-10m`` and its 1M twin (``synthetic-1m-1epoch``) run one epoch each, with validation on 5% of
   the users and no test pass: they measure how an epoch's cost grows with the log.
@@ -41,7 +42,10 @@ from twotower.commands.train import build_model
 from twotower.synthetic import planted_interactions
 
 SHARED_SETS = {"ml-1m": "ml-1m-split", "lastfm": "lastfm-split", "sports": "amazon-sports-split"}
-SYNTHETIC = {"synthetic-1m": 1_000_000, "synthetic-1m-1epoch": 1_000_000, "synthetic-10m": 10_000_000}
+# (users, items, interactions per user): 1M and 10M logs, and one of Gowalla's size (810k interactions, 29,858
+# users, 40,981 items).
+SYNTHETIC = {"synthetic-1m": (20_000, 20_000, 50), "synthetic-1m-1epoch": (20_000, 20_000, 50),
+             "synthetic-10m": (200_000, 200_000, 50), "synthetic-gowalla-size": (29_858, 40_981, 27)}
 ONE_EPOCH = ["trainer.max_epochs=1", "trainer.limit_val_batches=0.05", "test=false"]
 
 
@@ -50,22 +54,22 @@ def log_file(name: str, scratch: Path) -> Path:
     if name in SHARED_SETS:
         splits = read_split(SHARED / SHARED_SETS[name])
         return write_csv([splits["train"], splits["valid"]], scratch / f"{name}.csv")
-    path = scratch / f"synthetic-{SYNTHETIC[name]}.parquet"
+    users, items, per_user = SYNTHETIC[name]
+    path = scratch / f"synthetic-{users}-{items}-{per_user}.parquet"
     if not path.exists():
-        users = SYNTHETIC[name] // 50
-        planted_interactions(n_users=users, n_items=users, n_clusters=200, interactions_per_user=50,
+        planted_interactions(n_users=users, n_items=items, n_clusters=200, interactions_per_user=per_user,
                              popularity_exponent=0.8, seed=0).write_parquet(path)
     return path
 
 
-def whole_command(name: str, scratch: Path) -> dict:
+def whole_command(name: str, scratch: Path, overrides: list[str]) -> dict:
     path = log_file(name, scratch)
     frame = pl.scan_csv(path) if path.suffix == ".csv" else pl.scan_parquet(path)
     size = frame.select(pl.len(), pl.col("user_id").n_unique(), pl.col("item_id").n_unique()).collect().row(0)
     run_dir = scratch / f"run-{name}"
     command = [str(Path(sys.executable).parent / "twotower-train"), "data=interactions", f"data.path={path}",
                f"hydra.run.dir={run_dir}", "show_similar_to=null", "trainer.enable_progress_bar=false",
-               *(ONE_EPOCH if name in ("synthetic-10m", "synthetic-1m-1epoch") else [])]
+               *(ONE_EPOCH if name in ("synthetic-10m", "synthetic-1m-1epoch") else []), *overrides]
     started = time.perf_counter()
     subprocess.run(command, check=True, capture_output=True, text=True)
     wall = time.perf_counter() - started
@@ -170,14 +174,17 @@ def main() -> None:
     parser.add_argument("--every", type=int, default=4, help="training steps between points of the curve")
     parser.add_argument("--plot", type=Path, default=Path("docs/time-to-quality.png"))
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
+    parser.add_argument("--no-curve", action="store_true", help="skip the ml-1m time-to-ALS curve")
+    parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for twotower (e.g. model=sparse)")
     args = parser.parse_args()
 
     results: dict = {}
     with tempfile.TemporaryDirectory() as scratch:
-        results["time_to_als"] = time_to_als(Path(scratch), args.every)
-        plot(results["time_to_als"], args.plot)
+        if not args.no_curve:
+            results["time_to_als"] = time_to_als(Path(scratch), args.every)
+            plot(results["time_to_als"], args.plot)
         for name in args.datasets:
-            results[name] = whole_command(name, Path(scratch))
+            results[name] = whole_command(name, Path(scratch), args.overrides)
 
     print("\n| log | interactions | users | items | whole command (s) | training (s) | epochs | s per epoch |")
     print("|---|---|---|---|---|---|---|---|")

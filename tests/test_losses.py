@@ -1,5 +1,6 @@
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -92,3 +93,33 @@ def test_build_loss_and_tower_from_specs() -> None:
     assert isinstance(tower, IdTower)
     assert tower(torch.tensor([1, 2])).shape == (2, 4)
     assert tower.all().shape == (10, 4)
+
+
+def test_a_sample_of_every_item_gives_the_whole_catalogue_loss() -> None:
+    """A sample without replacement as large as the catalogue is the catalogue: the sampled estimate, with
+    each positive counted once (though every positive was also drawn), must equal the exact softmax."""
+    from twotower.data.batches import UserBatches
+    from twotower.data.user_items import UserItems
+    from twotower.losses import CatalogueSoftmaxLoss
+
+    positives = UserItems.from_pairs(np.array([0, 0, 1, 2, 2, 2]), np.array([3, 5, 0, 1, 3, 7]), 3)
+    whole = UserBatches(positives, 8, batch_size=3, seed=0)[0, 0]
+    candidates = torch.randperm(8, generator=torch.Generator().manual_seed(1))
+    sampled = {**whole, "candidates": candidates, "candidates_log_q": torch.zeros(8),  # log(8 / 8)
+               "positives_sampled": torch.ones(len(whole["items"]), dtype=torch.bool)}
+    generator = torch.Generator().manual_seed(0)
+    users, items = torch.randn(3, 4, generator=generator), torch.randn(8, 4, generator=generator)
+    exact = CatalogueSoftmaxLoss()(users, items, whole)
+    estimate = CatalogueSoftmaxLoss()(users, items[candidates], sampled, positives=items[whole["items"]])
+    assert torch.allclose(exact, estimate, atol=1e-5)
+
+
+def test_sampled_candidates_are_distinct_and_say_which_positives_they_hold() -> None:
+    from twotower.data.batches import UserBatches
+    from twotower.data.user_items import UserItems
+
+    positives = UserItems.from_pairs(np.repeat(np.arange(50), 4), np.arange(200) % 97, 50)
+    batch = UserBatches(positives, 97, batch_size=50, seed=0, max_candidates=30)[0, 0]
+    assert len(batch["candidates"]) == len(set(batch["candidates"].tolist())) == 30
+    assert torch.allclose(batch["candidates_log_q"], torch.full((30,), math.log(30 / 97)))
+    assert torch.equal(batch["positives_sampled"], torch.isin(batch["items"], batch["candidates"]))

@@ -46,3 +46,28 @@ def test_model_sparse_recovers_planted_structure(tmp_path: Path) -> None:
     metrics = train(cfg)
     # Random ranking would give recall@10 of about 10 / 300 = 0.03 (see test_end_to_end for the dense model).
     assert metrics["test/recall@10"] >= 0.5, metrics
+
+
+@pytest.mark.parametrize(("overrides", "switched"), [
+    ([], True),  # the defaults: plain ID towers, Adam, no weight decay
+    (["model.weight_decay=0.001"], False),  # SparseAdam has no weight decay: the configured Adam stays
+    (["+model.item_tower.sparse=false"], False),  # a tower configured explicitly is left as configured
+    (["model.sparse_above=null"], False),
+])
+def test_vocabularies_beyond_sparse_above_train_sparse(overrides: list[str], switched: bool, tmp_path: Path) -> None:
+    from hydra.utils import instantiate
+
+    from twotower.commands.train import build_model
+    from twotower.data.datamodule import InteractionDataModule
+
+    planted_interactions(n_users=60, n_items=40, n_clusters=4, seed=0).write_csv(tmp_path / "log.csv")
+    cfg = compose_train(tmp_path / "run", "data=interactions", f"data.path={tmp_path / 'log.csv'}",
+                        "model.sparse_above=50", *overrides)
+    datamodule: InteractionDataModule = instantiate(cfg.datamodule)
+    datamodule.setup("fit")
+    model = build_model(cfg.model, datamodule)
+    optimizer = model.configure_optimizers()
+    assert isinstance(optimizer, torch.optim.SparseAdam) is switched
+    assert model.user_tower.embedding.sparse is switched
+    if switched:
+        assert optimizer.defaults["lr"] == cfg.model.optimizer.lr

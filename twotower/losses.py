@@ -112,16 +112,16 @@ class CatalogueSoftmaxLoss:
     Scoring a batch of users against every item costs (users x items) once, where a loss over pairs pays for
     its negatives once per interaction: for logs with many interactions per user this is both the exact
     objective that sampled softmax approximates and far less work per epoch. Beyond ``max_candidates`` items
-    (the batches draw them, ``UserBatches``) each batch scores a shared uniform sample instead, and the sum of
-    its exponentiated logits, scaled up by the sample's share of the catalogue (logQ), stands for the whole
-    catalogue's; null scores the whole catalogue at any size. With a sampled catalogue, ``own`` is taken off
-    the positives' logits only: a sampled candidate that is another of the user's positives keeps its share
-    (a small bias, on few items).
+    (the batches draw them, ``UserBatches``) each batch scores a shared uniform sample instead: each positive's
+    own term plus the sum of the other sampled items' exponentiated logits, scaled up by the sample's share of
+    the catalogue (logQ), stands for the whole catalogue's; null scores the whole catalogue at any size. With
+    a sampled catalogue, ``own`` is taken off the positives' logits only: a sampled candidate that is another
+    of the user's positives keeps its share (a small bias, on few items).
     """
 
     examples = "users"
 
-    def __init__(self, max_candidates: int | None = 32768) -> None:
+    def __init__(self, max_candidates: int | None = 16384) -> None:
         if max_candidates is not None and max_candidates < 1:
             raise TwoTowerError(f"loss.max_candidates must be >= 1 (or null: always the whole catalogue), "
                                 f"got {max_candidates}")
@@ -136,10 +136,14 @@ class CatalogueSoftmaxLoss:
                 logits = logits.index_put((rows, batch["items"]), -own, accumulate=True)
             positive = logits[rows, batch["items"]]
             return (torch.logsumexp(logits, dim=1)[rows] - positive).mean()
-        positive = (users[rows] * positives).sum(-1)
-        if own is not None:
-            positive = positive - own
+        scored = (users[rows] * positives).sum(-1)  # the positive's logit, as a candidate would have it
+        positive = scored if own is None else scored - own
         sampled = torch.logsumexp(logits - batch["candidates_log_q"], dim=1)[rows]
+        # The positive's own term is added exactly (logaddexp below): where it was also drawn as a candidate,
+        # its weighted term comes out of the sample's sum, so it is not counted twice (the draws are uniform:
+        # every candidate has the same log q).
+        drawn = batch["positives_sampled"] * torch.exp(scored - batch["candidates_log_q"][0] - sampled)
+        sampled = sampled + torch.log1p(-drawn.clamp(max=1 - 1e-6))
         return (torch.logaddexp(positive, sampled) - positive).mean()
 
 

@@ -26,7 +26,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from twotower.artifacts import RunPaths, artifact_fingerprints, exclusive, fingerprint, publish, write_json, write_text
 from twotower.commands.cli import quiet_framework_notices, register_resolvers, reported_errors, user_error
@@ -85,6 +85,10 @@ def build_model(model_cfg: DictConfig, datamodule: InteractionDataModule) -> Two
     model_cfg = model_cfg.copy()
     for side in ("user", "item"):  # assigned, not merged: a feature list becomes a list of specs
         model_cfg[f"{side}_tower"] = datamodule.complete_tower(side, model_cfg.get(f"{side}_tower") or {})
+    with open_dict(model_cfg):
+        sparse_above = model_cfg.pop("sparse_above", None)
+    if sparse_above is not None and datamodule.n_users + datamodule.n_items > sparse_above:
+        model_cfg = sparse_by_size(model_cfg, datamodule.n_users + datamodule.n_items, sparse_above)
     # Only the optimizer and scheduler become objects; the loss and towers stay plain specs (the loss's
     # _target_ included), which the model stores as hyperparameters and builds itself on loading.
     factories = {name: instantiate(model_cfg[name]) if model_cfg.get(name) else None
@@ -99,6 +103,24 @@ def build_model(model_cfg: DictConfig, datamodule: InteractionDataModule) -> Two
         history = datamodule.training_user_items()
         model.user_tower.load_history(torch.from_numpy(history.indptr), torch.from_numpy(history.items))
     return model
+
+
+def sparse_by_size(model_cfg: DictConfig, n_ids: int, limit: int) -> DictConfig:
+    """``model_cfg`` with sparse ID towers and SparseAdam at its learning rate (what ``model=sparse`` sets),
+    where its towers are plain ID towers with dense gradients and Adam without weight decay; as it was
+    otherwise (a configured alternative is kept as configured)."""
+    towers = [model_cfg[f"{side}_tower"] for side in ("user", "item")]
+    optimizer = model_cfg.get("optimizer") or {}
+    if any(tower.get("kind", "id") != "id" or tower.get("sparse") is not None for tower in towers) or \
+            optimizer.get("_target_") != "torch.optim.Adam" or model_cfg.get("weight_decay"):
+        return model_cfg
+    log.info("%d users and items: sparse ID towers with SparseAdam (model.sparse_above=%d)", n_ids, limit)
+    with open_dict(model_cfg):
+        for tower in towers:
+            tower.sparse = True
+        model_cfg.optimizer = {"_target_": "torch.optim.SparseAdam", "_partial_": True,
+                               "lr": optimizer.get("lr", 0.01)}
+    return model_cfg
 
 
 def final_fit(cfg: DictConfig, datamodule: InteractionDataModule, epochs: int, paths: RunPaths

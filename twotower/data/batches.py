@@ -122,8 +122,9 @@ class UserBatches(Dataset):
     ``items``, both (P,).
 
     A catalogue larger than ``max_candidates`` is represented in each batch by ``candidates``, that many
-    items drawn uniformly (shared by the batch), with ``candidates_log_q``, the log of each one's expected
-    number of draws; a smaller one is scored whole and the batch carries no candidates.
+    distinct items drawn uniformly without replacement (shared by the batch), with ``candidates_log_q``, the
+    log of each one's chance of being drawn, and ``positives_sampled`` (P,), whether each positive is among
+    them; a smaller catalogue is scored whole and the batch carries no candidates.
     """
 
     def __init__(self, positives: UserItems, n_items: int, batch_size: int, seed: int,
@@ -146,8 +147,12 @@ class UserBatches(Dataset):
         out = {"users": torch.from_numpy(users), "rows": torch.from_numpy(rows), "items": torch.from_numpy(items)}
         if self.n_candidates is not None:
             generator = batch_generator(self.seed, epoch, batch)
-            out["candidates"] = torch.randint(self.n_items, (self.n_candidates,), generator=generator)
+            candidates = torch.randperm(self.n_items, generator=generator)[:self.n_candidates]
+            drawn = torch.zeros(self.n_items, dtype=torch.bool)
+            drawn[candidates] = True
+            out["candidates"] = candidates
             out["candidates_log_q"] = torch.full((self.n_candidates,), math.log(self.n_candidates / self.n_items))
+            out["positives_sampled"] = drawn[out["items"]]
         return out
 
 
