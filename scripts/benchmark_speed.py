@@ -9,8 +9,9 @@ process.
 - **Whole command**: ``twotower-train data=interactions data.path=FILE`` with its defaults, run as a user runs
   it (a fresh process), on a plain file: train + valid of each shared split as CSV, and synthetic logs
   (``twotower.synthetic``: 1M and 10M logs with 50 interactions per user and as many items as users, and one
-  of Gowalla's size) as Parquet. It prints the wall time of the command, of training alone (selection with its validation passes, plus the final fit, from
-  ``run.json``'s ``seconds``) and the cost of one epoch (the final fit's seconds per epoch: no validation).
+  of Gowalla's size) as Parquet. It prints the wall time of the command, of training alone (selection with
+  its validation passes, plus the final fit, from ``run.json``'s ``seconds``) and the cost of one epoch (the
+  final fit's seconds per epoch: no validation).
   ``synthetic-10m`` and its 1M twin (``synthetic-1m-1epoch``) run one epoch each, with validation on 5% of
   the users and no test pass: they measure how an epoch's cost grows with the log.
 - **Time to ALS's recall** (ml-1m): ALS is fitted on train + valid and scored on test; then the default model
