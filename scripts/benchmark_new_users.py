@@ -12,7 +12,7 @@ histories and targets alike.
 
 - twotower: ``twotower-train data=interactions model=history`` on a CSV of the training users, then
   ``Retriever.recommend_from_history``'s user vectors (the mean of the history's vectors, projected).
-- ALS fold-in: implicit's ALS (as in ``benchmark_quality.py``) fitted on the same users, then
+- ALS fold-in: implicit's ALS (``benchmark_quality.als_model``) fitted on the same users, then
   ``recalculate_user`` solves each new user's factors from their history against the fixed item factors.
 - popularity: the items most often seen among the training users.
 """
@@ -30,7 +30,7 @@ import polars as pl
 import scipy.sparse as sp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchmark_quality import METRICS, fit_twotower, read_split
+from benchmark_quality import METRICS, als_model, fit_twotower, read_split
 
 from twotower.commands.eval import evaluate_vectors
 from twotower.data.user_items import UserItems
@@ -50,19 +50,16 @@ def hold_out(log: pl.DataFrame, share: float, seed: int) -> tuple[pl.DataFrame, 
     return (log.filter(~is_new), held.filter(in_history).drop("draw"), held.filter(~in_history).drop("draw"))
 
 
-def encode(frame: pl.DataFrame, users: dict[object, int], items: Retriever) -> tuple[np.ndarray, np.ndarray]:
+def encode(frame: pl.DataFrame, users: dict[object, int], retriever: Retriever) -> tuple[np.ndarray, np.ndarray]:
     """(new user row, item index) pairs, items outside the trained vocabulary dropped."""
-    rows = items.item_vocab.lookup(frame["item_id"].to_list(), missing=-1)
+    rows = retriever.item_vocab.lookup(frame["item_id"].to_list(), missing=-1)
     user_rows = np.array([users[user] for user in frame["user_id"].to_list()])
     return user_rows[rows >= 0], rows[rows >= 0]
 
 
 def fit_als_with_fold_in(train: sp.csr_matrix, history: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray, float]:
-    from implicit.als import AlternatingLeastSquares
-
     started = time.perf_counter()
-    model = AlternatingLeastSquares(factors=64, regularization=0.05, alpha=10.0, iterations=15, random_state=0)
-    model.fit(train, show_progress=False)
+    model = als_model(train)
     fit_seconds = time.perf_counter() - started
     users = model.recalculate_user(np.arange(history.shape[0]), history)
     return np.asarray(users), np.asarray(model.item_factors), fit_seconds

@@ -27,6 +27,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -55,11 +56,17 @@ def read_split(folder: Path) -> dict[str, pl.DataFrame]:
             for name in ("train", "valid", "test")}
 
 
-def fit_als(matrix: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
+def als_model(matrix: sp.csr_matrix) -> Any:
+    """implicit's ALS, fitted on ``matrix`` with the settings every benchmark compares against."""
     from implicit.als import AlternatingLeastSquares
 
     model = AlternatingLeastSquares(factors=64, regularization=0.05, alpha=10.0, iterations=15, random_state=0)
     model.fit(matrix, show_progress=False)
+    return model
+
+
+def fit_als(matrix: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
+    model = als_model(matrix)
     return np.asarray(model.user_factors), np.asarray(model.item_factors)
 
 
