@@ -17,11 +17,12 @@ from twotower.data.batches import Batch
 from twotower.errors import TwoTowerError
 from twotower.losses import build_loss
 from twotower.metrics import RankingMetrics
+from twotower.optim import LazyAdam
 from twotower.scoring import SCORES, project, projection_scale
 from twotower.towers import HistoryTower, build_tower
 
-# Optimizers that accept sparse gradients (SGD and Adagrad take dense ones as well).
-SPARSE_OPTIMIZERS = (torch.optim.SparseAdam, torch.optim.Adagrad, torch.optim.SGD)
+# Optimizers that accept sparse gradients (LazyAdam, SGD and Adagrad take dense ones as well).
+SPARSE_OPTIMIZERS = (LazyAdam, torch.optim.SparseAdam, torch.optim.Adagrad, torch.optim.SGD)
 
 # Steps between updates of the loss on the progress bar.
 PROGRESS_EVERY = 10
@@ -176,7 +177,7 @@ class TwoTowerModel(L.LightningModule):
             raise TwoTowerError(
                 f"sparse embeddings ({', '.join(sparse)}) need an optimizer that takes sparse gradients "
                 f"({', '.join(kind.__name__ for kind in SPARSE_OPTIMIZERS)}), not {type(optimizer).__name__}; "
-                "model=sparse pairs them with SparseAdam")
+                "model=sparse pairs them with LazyAdam")
         if self.scheduler_factory is None:
             return optimizer
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer),

@@ -106,7 +106,7 @@ def build_model(model_cfg: DictConfig, datamodule: InteractionDataModule) -> Two
 
 
 def sparse_by_size(model_cfg: DictConfig, n_ids: int, limit: int) -> DictConfig:
-    """``model_cfg`` with sparse ID towers and SparseAdam at its learning rate (what ``model=sparse`` sets),
+    """``model_cfg`` with sparse ID towers and LazyAdam at its learning rate (what ``model=sparse`` sets),
     where its towers are plain ID towers with dense gradients and Adam without weight decay; as it was
     otherwise (a configured alternative is kept as configured)."""
     towers = [model_cfg[f"{side}_tower"] for side in ("user", "item")]
@@ -114,11 +114,11 @@ def sparse_by_size(model_cfg: DictConfig, n_ids: int, limit: int) -> DictConfig:
     if any(tower.get("kind", "id") != "id" or tower.get("sparse") is not None for tower in towers) or \
             optimizer.get("_target_") != "torch.optim.Adam" or model_cfg.get("weight_decay"):
         return model_cfg
-    log.info("%d users and items: sparse ID towers with SparseAdam (model.sparse_above=%d)", n_ids, limit)
+    log.info("%d users and items: sparse ID towers with LazyAdam (model.sparse_above=%d)", n_ids, limit)
     with open_dict(model_cfg):
         for tower in towers:
             tower.sparse = True
-        model_cfg.optimizer = {"_target_": "torch.optim.SparseAdam", "_partial_": True,
+        model_cfg.optimizer = {"_target_": "twotower.optim.LazyAdam", "_partial_": True,
                                "lr": optimizer.get("lr", 0.01)}
     return model_cfg
 
