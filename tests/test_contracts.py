@@ -54,6 +54,7 @@ from twotower.index import (
     search_excluding,
 )
 from twotower.module import TwoTowerModel
+from twotower.optim import LazyAdam
 from twotower.sampling import NegativeSampler
 from twotower.synthetic import clustered_unit_vectors, planted_interactions
 from twotower.towers import FeatureTower, build_tower
@@ -217,7 +218,7 @@ def make_tower(name: str, n: int = 50, seed: int = 0) -> torch.nn.Module:
 
 def make_model(loss: str, tower: str, data: Planted) -> TwoTowerModel:
     users, items = side_frame(N_USERS, 1), side_frame(N_ITEMS, 2)
-    optimizer = torch.optim.SparseAdam if TOWERS[tower].get("sparse") else torch.optim.Adam
+    optimizer = LazyAdam if TOWERS[tower].get("sparse") else torch.optim.Adam  # as model=sparse pairs them
     torch.manual_seed(0)
     model = TwoTowerModel(N_USERS, N_ITEMS, dim=DIM, score=SCORE, temperature=TEMPERATURE, loss=LOSSES[loss],
                           user_tower=complete_tower(TOWERS[tower], users),

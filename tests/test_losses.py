@@ -123,3 +123,15 @@ def test_sampled_candidates_are_distinct_and_say_which_positives_they_hold() -> 
     assert len(batch["candidates"]) == len(set(batch["candidates"].tolist())) == 30
     assert torch.allclose(batch["candidates_log_q"], torch.full((30,), math.log(30 / 97)))
     assert torch.equal(batch["positives_sampled"], torch.isin(batch["items"], batch["candidates"]))
+
+
+@pytest.mark.parametrize(("sample_above", "sampled"), [(0, True), (96, True), (97, False), (500, False)])
+def test_catalogues_up_to_sample_above_are_scored_whole(sample_above: int, sampled: bool) -> None:
+    from twotower.data.batches import UserBatches
+    from twotower.data.user_items import UserItems
+
+    positives = UserItems.from_pairs(np.repeat(np.arange(50), 4), np.arange(200) % 97, 50)
+    batch = UserBatches(positives, 97, batch_size=50, seed=0, max_candidates=30, sample_above=sample_above)[0, 0]
+    assert ("candidates" in batch) is sampled
+    if sampled:
+        assert len(batch["candidates"]) == 30

@@ -102,3 +102,29 @@ def test_ids_of_a_given_test_file_only_are_not_in_the_vocabulary(tmp_path: Path)
     decoded = {name: [(int(datamodule.user_vocab.ids[u]), int(datamodule.item_vocab.ids[i])) for u, i in split.rows()]
                for name, split in datamodule.splits.items()}
     assert decoded == {"train": [(1, 10), (1, 11), (2, 10), (3, 10)], "valid": [(2, 11)], "test": [(3, 11)]}
+
+
+def test_validation_ranks_a_seeded_sample_of_val_users_and_test_ranks_every_user(tmp_path: Path) -> None:
+    planted_interactions(n_users=300, n_items=50, n_clusters=5, seed=0).write_parquet(tmp_path / "log.parquet")
+
+    def datamodule(val_users: int | None) -> InteractionDataModule:
+        loaded = InteractionDataModule(InteractionFileReader(str(tmp_path / "log.parquet")), RandomSplit(),
+                                       NegativeSampler(), val_users=val_users)
+        loaded.setup("fit")
+        return loaded
+
+    def targets(loader: object) -> dict[int, list[int]]:
+        found: dict[int, list[int]] = {}
+        for batch in loader:
+            for row, item in zip(batch["target_rows"].tolist(), batch["target_items"].tolist(), strict=True):
+                found.setdefault(int(batch["users"][row]), []).append(item)
+        return found
+
+    every, capped = datamodule(None), datamodule(100)
+    all_targets, sampled = targets(every.val_dataloader()), targets(capped.val_dataloader())
+    assert len(all_targets) > 250 and len(sampled) == 100
+    assert all(all_targets[user] == items for user, items in sampled.items())  # each user whole
+    assert sampled == targets(capped.val_dataloader())  # the same users every epoch
+    assert targets(capped.test_dataloader()) == targets(every.test_dataloader())
+    with pytest.raises(TwoTowerError, match="val_users must be >= 1"):
+        datamodule(0)

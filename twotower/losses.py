@@ -111,8 +111,9 @@ class CatalogueSoftmaxLoss:
 
     Scoring a batch of users against every item costs (users x items) once, where a loss over pairs pays for
     its negatives once per interaction: for logs with many interactions per user this is both the exact
-    objective that sampled softmax approximates and far less work per epoch. Beyond ``max_candidates`` items
-    (the batches draw them, ``UserBatches``) each batch scores a shared uniform sample instead: each positive's
+    objective that sampled softmax approximates and far less work per epoch. Beyond ``sample_above`` items
+    (or ``max_candidates``, if larger) each batch scores a shared uniform sample of ``max_candidates`` items
+    instead (the batches draw them, ``UserBatches``): each positive's
     own term plus the sum of the other sampled items' exponentiated logits, scaled up by the sample's share of
     the catalogue (logQ), stands for the whole catalogue's; null scores the whole catalogue at any size. With
     a sampled catalogue, ``own`` is taken off the positives' logits only: a sampled candidate that is another
@@ -121,11 +122,14 @@ class CatalogueSoftmaxLoss:
 
     examples = "users"
 
-    def __init__(self, max_candidates: int | None = 16384) -> None:
+    def __init__(self, max_candidates: int | None = 16384, sample_above: int = 32768) -> None:
         if max_candidates is not None and max_candidates < 1:
             raise TwoTowerError(f"loss.max_candidates must be >= 1 (or null: always the whole catalogue), "
                                 f"got {max_candidates}")
+        if sample_above < 1:
+            raise TwoTowerError(f"loss.sample_above must be >= 1, got {sample_above}")
         self.max_candidates = max_candidates
+        self.sample_above = sample_above
 
     def __call__(self, users: torch.Tensor, catalogue: torch.Tensor, batch: Batch,
                  positives: torch.Tensor | None = None, own: torch.Tensor | None = None) -> torch.Tensor:

@@ -121,20 +121,22 @@ class UserBatches(Dataset):
     is a user (``loss=catalogue``): ``users`` (B,), and the positives as ``rows`` (position in ``users``) and
     ``items``, both (P,).
 
-    A catalogue larger than ``max_candidates`` is represented in each batch by ``candidates``, that many
-    distinct items drawn uniformly without replacement (shared by the batch), with ``candidates_log_q``, the
-    log of each one's chance of being drawn, and ``positives_sampled`` (P,), whether each positive is among
-    them; a smaller catalogue is scored whole and the batch carries no candidates.
+    A catalogue larger than ``sample_above`` and ``max_candidates`` is represented in each batch by
+    ``candidates``, ``max_candidates`` distinct items drawn uniformly without replacement (shared by the
+    batch), with ``candidates_log_q``, the log of each one's chance of being drawn, and
+    ``positives_sampled`` (P,), whether each positive is among them; a smaller catalogue is scored whole and
+    the batch carries no candidates.
     """
 
     def __init__(self, positives: UserItems, n_items: int, batch_size: int, seed: int,
-                 max_candidates: int | None = None) -> None:
+                 max_candidates: int | None = None, sample_above: int = 0) -> None:
         self.positives = positives
         self.users = torch.from_numpy(np.flatnonzero(np.diff(positives.indptr) > 0))
         self.n_items = n_items
         self.batch_size = batch_size
         self.seed = seed
-        self.n_candidates = max_candidates if max_candidates is not None and n_items > max_candidates else None
+        sampled = max_candidates is not None and n_items > max(max_candidates, sample_above)
+        self.n_candidates = max_candidates if sampled else None
         self.order = EpochOrder(len(self.users), seed)
 
     def __len__(self) -> int:

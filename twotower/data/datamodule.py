@@ -46,7 +46,12 @@ class Splitter(Protocol):
 
 class InteractionDataModule(L.LightningDataModule):
     """Interaction data for a two-tower model: ``source`` reads the log, ``split`` holds out valid/test
-    interactions per user, ``sampler`` draws negatives for each training batch."""
+    interactions per user, ``sampler`` draws negatives for each training batch.
+
+    ``val_users`` caps the users that validation ranks (a seeded sample, the same every epoch; None: all of
+    them): validation only has to tell epochs apart for early stopping, and ranking every user against
+    every item each epoch can cost most of an epoch on large logs. Test always ranks every user.
+    """
 
     def __init__(
         self,
@@ -56,16 +61,20 @@ class InteractionDataModule(L.LightningDataModule):
         batch_size: int = 256,
         num_workers: int = 0,
         seed: int = 0,
+        val_users: int | None = 10_000,
     ) -> None:
         super().__init__()
         if batch_size < 1:
             raise TwoTowerError(f"data.batch_size must be >= 1, got {batch_size}")
+        if val_users is not None and val_users < 1:
+            raise TwoTowerError(f"datamodule.val_users must be >= 1 (or null: every user), got {val_users}")
         self.source = source
         self.splitter = split
         self.sampler = sampler
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.seed = seed
+        self.val_users = val_users
         self.splits: Splits | None = None
 
     def setup(self, stage: str | None = None) -> None:
@@ -130,6 +139,7 @@ class InteractionDataModule(L.LightningDataModule):
         self.train_users = torch.from_numpy(train["user"].to_numpy().astype(np.int32))
         self.train_items = torch.from_numpy(train["item"].to_numpy().astype(np.int32))
         self.sampler.fit(self.train_users, self.train_items, self.n_items)
+        self._training_user_items: UserItems | None = None  # built on first use, then shared
 
     @property
     def n_users(self) -> int:
@@ -158,8 +168,11 @@ class InteractionDataModule(L.LightningDataModule):
 
     def training_user_items(self) -> UserItems:
         """Each user's items in what the model now trains on (``fit_on``): its positives, and a history
-        tower's histories."""
-        return UserItems.from_pairs(self.train_users.numpy(), self.train_items.numpy(), self.n_users)
+        tower's histories; built once per ``fit_on``."""
+        if self._training_user_items is None:
+            self._training_user_items = UserItems.from_pairs(self.train_users.numpy(), self.train_items.numpy(),
+                                                             self.n_users)
+        return self._training_user_items
 
     def user_items(self, *names: str) -> UserItems:
         """Each user's items over the named splits."""
@@ -171,22 +184,25 @@ class InteractionDataModule(L.LightningDataModule):
         loss = getattr(self.trainer.lightning_module, "loss_fn", None) if self.trainer is not None else None
         if getattr(loss, "examples", "pairs") == "users":
             dataset = UserBatches(self.training_user_items(), self.n_items, self.batch_size, self.seed,
-                                  loss.max_candidates)
+                                  loss.max_candidates, loss.sample_above)
         else:
             dataset = TrainBatches(self.train_users, self.train_items, self.batch_size, self.sampler, self.seed)
         return self._loader(dataset, EpochBatchSampler(len(dataset)))
 
     def val_dataloader(self) -> DataLoader:
-        return self._ranking_loader(seen=("train",), target="valid")
+        return self._ranking_loader(seen=("train",), target="valid", max_users=self.val_users)
 
     def test_dataloader(self) -> DataLoader:
         return self._ranking_loader(seen=("train", "valid"), target="test")
 
-    def _ranking_loader(self, seen: tuple[str, ...], target: str) -> DataLoader:
+    def _ranking_loader(self, seen: tuple[str, ...], target: str, max_users: int | None = None) -> DataLoader:
         targets = self.user_items(target)
+        users = np.flatnonzero(np.diff(targets.indptr) > 0)
+        if max_users is not None and len(users) > max_users:
+            users = np.random.default_rng(self.seed).choice(users, max_users, replace=False)
+            targets = UserItems.from_frame(self.splits[target].filter(pl.col("user").is_in(users)), self.n_users)
         # Under DDP every process needs at least one chunk: split the users at least world-size ways.
-        users = int((np.diff(targets.indptr) > 0).sum())
-        chunk_size = max(1, min(eval_chunk_size(self.n_items), -(-users // process_share()[1])))
+        chunk_size = max(1, min(eval_chunk_size(self.n_items), -(-len(users) // process_share()[1])))
         dataset = RankingBatches(self.user_items(*seen), targets, chunk_size)
         return self._loader(dataset, ShardedChunks(len(dataset)))
 
