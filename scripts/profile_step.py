@@ -5,12 +5,12 @@ outside Lightning, for each optimizer on the same synthetic log, alternated in o
     python scripts/profile_step.py --users 20000 --items 20000       # the 1M log
 
 The log is ``benchmark_speed.py``'s synthetic one (50 interactions per user). Each setting is the model the
-defaults build at that size (cosine, dimension 128, batches of 256 users, ``loss.max_candidates`` sampled
-items): ``dense`` is Adam on dense gradients (the default below ``model.sparse_above``), ``lazy`` is
-LazyAdam on sparse gradients (the default beyond it), ``sparseadam`` is torch's SparseAdam on the same
-gradients. Milliseconds per step: for each setting, the median over ``--rounds`` rounds of the mean over
-``--steps`` steps (after ``--warmup``); the rounds alternate the settings, so noise from the machine falls on
-all of them alike.
+defaults build at that size (cosine, dimension 128, batches of 256 users; beyond ``loss.sample_above``
+items, ``loss.max_candidates`` sampled items, otherwise the whole catalogue): ``dense`` is Adam on dense
+gradients (the default below ``model.sparse_above``), ``lazy`` is LazyAdam on sparse gradients (the
+default beyond it), ``sparseadam`` is torch's SparseAdam on the same gradients. Milliseconds per step:
+for each setting, the median over ``--rounds`` rounds of the mean over ``--steps`` steps (after
+``--warmup``); the rounds alternate the settings, so noise from the machine falls on all of them alike.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import torch
 
 from twotower.data.batches import UserBatches
 from twotower.data.user_items import UserItems
+from twotower.losses import CatalogueSoftmaxLoss
 from twotower.module import TwoTowerModel
 from twotower.optim import LazyAdam
 from twotower.synthetic import planted_interactions
@@ -81,7 +82,8 @@ def main() -> None:
     log = planted_interactions(n_users=args.users, n_items=args.items, n_clusters=200, interactions_per_user=50,
                                popularity_exponent=0.8, seed=0, with_timestamps=False)
     positives = UserItems.from_pairs(log["user_id"].to_numpy(), log["item_id"].to_numpy(), args.users)
-    batches = UserBatches(positives, args.items, batch_size=256, seed=0, max_candidates=args.candidates)
+    batches = UserBatches(positives, args.items, batch_size=256, seed=0, max_candidates=args.candidates,
+                          sample_above=CatalogueSoftmaxLoss().sample_above)
     settings = {name: setting(name, args.users, args.items, args.candidates) for name in args.optimizers}
     rounds: dict[str, list[dict[str, float]]] = {name: [] for name in settings}
     for epoch in range(args.rounds):
