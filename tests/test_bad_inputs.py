@@ -149,6 +149,9 @@ TRAIN_CASES = [
     ("monitor that is not logged", write_log(GOOD), ["monitor=val/ndcg@200"], r"monitor=val/ndcg@200 is not a metric the run logs; choose one of \[.*'val/ndcg@20'"),
     ("zero cut-off", write_log(GOOD), ["model.ks=[0]"], r"ranking cut-offs must be a non-empty list of integers >= 1, got \[0\]"),
     ("rating threshold that is not a number", write_log(with_rating([5, 4, 3])), ["data.min_rating=abc"], r"data\.min_rating must be a number \(or null\), got 'abc'"),
+    ("trainer setting Lightning refuses", write_log(GOOD), ["trainer.limit_val_batches=0.0001"], r"trainer settings: .*limit_val_batches"),
+    ("no validation users", write_log(GOOD), ["datamodule.val_users=0"], r"datamodule\.val_users must be >= 1"),
+    ("catalogue sampled from zero items", write_log(GOOD), ["loss.sample_above=0"], r"loss\.sample_above must be >= 1"),
 ]
 
 RUN_CASES = [

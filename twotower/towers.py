@@ -154,8 +154,9 @@ class HistoryTower(nn.Module):
         if len(indptr) != len(self.history_indptr):
             raise TwoTowerError(f"a history for {len(indptr) - 1} users given to a tower of "
                                 f"{len(self.history_indptr) - 1}")
-        self.history_indptr = indptr.to(self.history_indptr)
-        self.history_items = items.to(self.history_items)
+        # Copies: loading a checkpoint writes into these buffers, which must not alias the caller's arrays.
+        self.history_indptr = indptr.to(self.history_indptr, copy=True)
+        self.history_items = items.to(self.history_items, copy=True)
 
     def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: object, **kwargs: object) -> None:
         # The histories' length is the data's, not a hyperparameter: take the checkpoint's.

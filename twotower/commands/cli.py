@@ -41,10 +41,16 @@ def quiet_framework_notices() -> None:
 
 
 def user_error(error: BaseException) -> TwoTowerError | None:
-    """The ``TwoTowerError`` behind ``error``, if any (Hydra wraps errors raised while instantiating)."""
+    """The ``TwoTowerError`` behind ``error``, if any (Hydra wraps errors raised while instantiating);
+    Lightning's refusal of a trainer setting (``trainer.limit_val_batches`` below one batch, say) is one."""
+    # Looked up, not imported: the commands that never load Lightning (eval, retrieve) stay light.
+    lightning_refusal = getattr(sys.modules.get("lightning.fabric.utilities.exceptions"),
+                                "MisconfigurationException", ())
     while error is not None:
         if isinstance(error, TwoTowerError):
             return error
+        if isinstance(error, lightning_refusal):
+            return TwoTowerError(f"trainer settings: {error}")
         error = error.__cause__
     return None
 
