@@ -55,12 +55,17 @@ def log_file(name: str, scratch: Path) -> Path:
     if name in SHARED_SETS:
         splits = read_split(SHARED / SHARED_SETS[name])
         return write_csv([splits["train"], splits["valid"]], scratch / f"{name}.csv")
-    users, items, per_user = SYNTHETIC[name]
-    path = scratch / f"synthetic-{users}-{items}-{per_user}.parquet"
+    path = scratch / f"synthetic-{'-'.join(map(str, SYNTHETIC[name]))}.parquet"
     if not path.exists():
-        planted_interactions(n_users=users, n_items=items, n_clusters=200, interactions_per_user=per_user,
-                             popularity_exponent=0.8, seed=0).write_parquet(path)
+        synthetic_log(name).write_parquet(path)
     return path
+
+
+def synthetic_log(name: str) -> pl.DataFrame:
+    """One of the ``SYNTHETIC`` logs (planted groups, skewed item popularity), the same in every script."""
+    users, items, per_user = SYNTHETIC[name]
+    return planted_interactions(n_users=users, n_items=items, n_clusters=200, interactions_per_user=per_user,
+                                popularity_exponent=0.8, seed=0)
 
 
 def whole_command(name: str, scratch: Path, overrides: list[str]) -> dict:

@@ -1,10 +1,10 @@
 """Where a training step's time goes: the catalogue loss's batch, forward, backward and optimizer step,
 outside Lightning, for each optimizer on the same synthetic log, alternated in one process.
 
-    python scripts/profile_step.py                                   # the 10M log: 200,000 users and items
-    python scripts/profile_step.py --users 20000 --items 20000       # the 1M log
+    python scripts/profile_step.py                          # the 10M log: 200,000 users and items
+    python scripts/profile_step.py --log synthetic-1m       # the 1M log: 20,000 users and items
 
-The log is ``benchmark_speed.py``'s synthetic one (50 interactions per user). Each setting is the model the
+The log is one of ``benchmark_speed.py``'s synthetic ones (50 interactions per user). Each setting is the model the
 defaults build at that size (cosine, dimension 128, batches of 256 users; beyond ``loss.sample_above``
 items, ``loss.max_candidates`` sampled items, otherwise the whole catalogue): ``dense`` is Adam on dense
 gradients (the default below ``model.sparse_above``), ``lazy`` is LazyAdam on sparse gradients (the
@@ -21,13 +21,13 @@ import time
 from collections.abc import Callable
 
 import torch
+from benchmark_speed import SYNTHETIC, synthetic_log
 
 from twotower.data.batches import UserBatches
 from twotower.data.user_items import UserItems
 from twotower.losses import CatalogueSoftmaxLoss
 from twotower.module import TwoTowerModel
 from twotower.optim import LazyAdam
-from twotower.synthetic import planted_interactions
 
 OPTIMIZERS: dict[str, tuple[bool, Callable]] = {  # name: (sparse gradients, optimizer class)
     "dense": (False, torch.optim.Adam),
@@ -70,8 +70,7 @@ def profile(model: TwoTowerModel, optimizer: torch.optim.Optimizer, batches: Use
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--users", type=int, default=200_000)
-    parser.add_argument("--items", type=int, default=200_000)
+    parser.add_argument("--log", choices=sorted(SYNTHETIC), default="synthetic-10m")
     parser.add_argument("--candidates", type=int, default=16_384, help="loss.max_candidates")
     parser.add_argument("--optimizers", nargs="+", choices=sorted(OPTIMIZERS), default=list(OPTIMIZERS))
     parser.add_argument("--rounds", type=int, default=3)
@@ -79,18 +78,18 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30)
     args = parser.parse_args()
 
-    log = planted_interactions(n_users=args.users, n_items=args.items, n_clusters=200, interactions_per_user=50,
-                               popularity_exponent=0.8, seed=0, with_timestamps=False)
-    positives = UserItems.from_pairs(log["user_id"].to_numpy(), log["item_id"].to_numpy(), args.users)
-    batches = UserBatches(positives, args.items, batch_size=256, seed=0, max_candidates=args.candidates,
+    n_users, n_items, _ = SYNTHETIC[args.log]
+    log = synthetic_log(args.log)
+    positives = UserItems.from_pairs(log["user_id"].to_numpy(), log["item_id"].to_numpy(), n_users)
+    batches = UserBatches(positives, n_items, batch_size=256, seed=0, max_candidates=args.candidates,
                           sample_above=CatalogueSoftmaxLoss().sample_above)
-    settings = {name: setting(name, args.users, args.items, args.candidates) for name in args.optimizers}
+    settings = {name: setting(name, n_users, n_items, args.candidates) for name in args.optimizers}
     rounds: dict[str, list[dict[str, float]]] = {name: [] for name in settings}
     for epoch in range(args.rounds):
         for name, (model, optimizer) in settings.items():
             rounds[name].append(profile(model, optimizer, batches, epoch, args.warmup, args.steps))
 
-    print(f"{len(log):,} interactions, {args.users:,} users, {args.items:,} items, "
+    print(f"{len(log):,} interactions, {n_users:,} users, {n_items:,} items, "
           f"{args.candidates:,} candidates; ms per step, median of {args.rounds} rounds")
     print("| optimizer | " + " | ".join(PHASES) + " | total |")
     print("|---" * (len(PHASES) + 2) + "|")

@@ -113,11 +113,11 @@ class CatalogueSoftmaxLoss:
     its negatives once per interaction: for logs with many interactions per user this is both the exact
     objective that sampled softmax approximates and far less work per epoch. Beyond ``sample_above`` items
     (or ``max_candidates``, if larger) each batch scores a shared uniform sample of ``max_candidates`` items
-    instead (the batches draw them, ``UserBatches``): each positive's
-    own term plus the sum of the other sampled items' exponentiated logits, scaled up by the sample's share of
-    the catalogue (logQ), stands for the whole catalogue's; null scores the whole catalogue at any size. With
-    a sampled catalogue, ``own`` is taken off the positives' logits only: a sampled candidate that is another
-    of the user's positives keeps its share (a small bias, on few items).
+    instead (the batches draw them, ``UserBatches``): each positive's own term plus the sum of the other
+    sampled items' exponentiated logits, scaled up by the sample's share of the catalogue (logQ), stands for
+    the whole catalogue's; null scores the whole catalogue at any size. With a sampled catalogue, ``own`` is
+    taken off the positives' logits only: a sampled candidate that is another of the user's positives keeps
+    its share (a small bias, on few items).
     """
 
     examples = "users"

@@ -196,11 +196,12 @@ class InteractionDataModule(L.LightningDataModule):
         return self._ranking_loader(seen=("train", "valid"), target="test")
 
     def _ranking_loader(self, seen: tuple[str, ...], target: str, max_users: int | None = None) -> DataLoader:
-        targets = self.user_items(target)
-        users = np.flatnonzero(np.diff(targets.indptr) > 0)
+        frame = self.splits[target]
+        users = np.unique(frame["user"].to_numpy())
         if max_users is not None and len(users) > max_users:
             users = np.random.default_rng(self.seed).choice(users, max_users, replace=False)
-            targets = UserItems.from_frame(self.splits[target].filter(pl.col("user").is_in(users)), self.n_users)
+            frame = frame.filter(pl.col("user").is_in(users))
+        targets = UserItems.from_frame(frame, self.n_users)
         # Under DDP every process needs at least one chunk: split the users at least world-size ways.
         chunk_size = max(1, min(eval_chunk_size(self.n_items), -(-len(users) // process_share()[1])))
         dataset = RankingBatches(self.user_items(*seen), targets, chunk_size)
