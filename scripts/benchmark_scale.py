@@ -12,7 +12,7 @@ For each synthetic log (``scripts/make_synthetic.py``'s generator, written as Pa
 - training throughput (interactions per second) of the Lightning pipeline (Trainer, DataLoader, logging)
   and of a minimal loop that slices the same batches from the same tensors and runs the same
   ``model.loss`` and optimizer step, alternating in the same process, median of ``--repeats``; for the
-  dense model (``model=default``, Adam) and the sparse one (``model=sparse``, LazyAdam).
+  dense model (``model=default``, Adam) and the sparse one (``model=sparse``, row-wise Adagrad).
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from twotower.data.batches import TrainBatches
@@ -38,7 +39,6 @@ from twotower.data.datamodule import InteractionDataModule
 from twotower.data.readers import InteractionFileReader
 from twotower.data.splits import RandomSplit
 from twotower.module import TwoTowerModel
-from twotower.optim import LazyAdam
 from twotower.sampling import NegativeSampler
 from twotower.synthetic import planted_interactions
 
@@ -79,14 +79,15 @@ def loss_spec(name: str) -> dict:
 
 
 def model_for(datamodule: InteractionDataModule, loss: str, variant: str) -> TwoTowerModel:
-    """conf/model/default.yaml (dense Adam) or conf/model/sparse.yaml (sparse gradients, LazyAdam)."""
+    """conf/model/default.yaml (dense Adam) or conf/model/sparse.yaml (sparse gradients, its sparse_optimizer)."""
     torch.manual_seed(0)
     sparse = variant == "sparse"
-    optimizer = LazyAdam if sparse else torch.optim.Adam
+    model_cfg = OmegaConf.load(files("twotower.conf") / "model" / "default.yaml")
+    optimizer = instantiate(model_cfg.sparse_optimizer if sparse else model_cfg.optimizer)
     return TwoTowerModel(datamodule.n_users, datamodule.n_items, dim=128, score="cosine", temperature=0.15,
                          loss=loss_spec(loss), user_tower={"kind": "id", "sparse": sparse},
                          item_tower={"kind": "id", "sparse": sparse},
-                         optimizer=lambda params: optimizer(params, lr=0.01))
+                         optimizer=optimizer)
 
 
 def plain_loop(datamodule: InteractionDataModule, loss: str, variant: str, steps: int, warmup: int) -> float:
@@ -132,7 +133,7 @@ def main() -> None:
     parser.add_argument("--batch-sizes", type=int, nargs="*", default=[512, 2048, 8192])
     parser.add_argument("--losses", nargs="*", default=["bpr", "softmax"])
     parser.add_argument("--models", nargs="*", default=["default", "sparse"], choices=["default", "sparse"],
-                        help="conf/model/default.yaml (dense Adam) and/or conf/model/sparse.yaml (LazyAdam)")
+                        help="conf/model/default.yaml (dense Adam) and/or conf/model/sparse.yaml (row-wise Adagrad)")
     parser.add_argument("--steps", type=int, default=60, help="timed optimizer steps per measurement")
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=3)

@@ -1,16 +1,21 @@
-"""Where a training step's time goes: the catalogue loss's batch, forward, backward and optimizer step,
-outside Lightning, for each optimizer on the same synthetic log, alternated in one process.
+"""Where a training step's time goes, and what an epoch costs at 10M against 1M: the catalogue loss's batch,
+forward, backward and optimizer step, outside Lightning, for each setting, alternated in one process.
 
-    python scripts/profile_step.py                          # the 10M log: 200,000 users and items
-    python scripts/profile_step.py --log synthetic-1m       # the 1M log: 20,000 users and items
+    python scripts/profile_step.py          # 1M with dense Adam, 10M with row-wise Adagrad and with LazyAdam
+    python scripts/profile_step.py --settings synthetic-10m:rowwise synthetic-10m:sparseadam
 
-The log is one of ``benchmark_speed.py``'s synthetic ones (50 interactions per user). Each setting is the model the
-defaults build at that size (cosine, dimension 128, batches of 256 users; beyond ``loss.sample_above``
-items, ``loss.max_candidates`` sampled items, otherwise the whole catalogue): ``dense`` is Adam on dense
-gradients (the default below ``model.sparse_above``), ``lazy`` is LazyAdam on sparse gradients (the
-default beyond it), ``sparseadam`` is torch's SparseAdam on the same gradients. Milliseconds per step:
-for each setting, the median over ``--rounds`` rounds of the mean over ``--steps`` steps (after
-``--warmup``); the rounds alternate the settings, so noise from the machine falls on all of them alike.
+A setting is ``LOG:OPTIMIZER``. The logs are ``benchmark_speed.py``'s synthetic ones (50 interactions per
+user; the 1M log has 20,000 users and items, the 10M log 200,000). Each model is what the defaults build at
+that size (cosine, dimension 128, batches of 256 users; beyond ``loss.sample_above`` items,
+``loss.max_candidates`` sampled items, otherwise the whole catalogue), trained by: ``dense``, Adam on dense
+gradients (the default below ``model.sparse_above``); ``rowwise``, row-wise Adagrad on sparse gradients (the
+default beyond it, ``model.sparse_optimizer``); ``lazy``, LazyAdam; ``sparseadam``, torch's SparseAdam.
+Learning rates are those of ``conf/model/default.yaml``.
+
+Milliseconds per step: for each setting, the median over ``--rounds`` rounds of the mean over ``--steps``
+steps (after ``--warmup``); the rounds alternate the settings, so noise from the machine falls on all of
+them alike. An epoch is the log's number of batches times the median step (training steps only: no
+validation, no Lightning), and the ratio is to the first setting's epoch.
 """
 
 from __future__ import annotations
@@ -18,32 +23,36 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from collections.abc import Callable
+from importlib.resources import files
 
 import torch
 from benchmark_speed import SYNTHETIC, synthetic_log
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 from twotower.data.batches import UserBatches
 from twotower.data.user_items import UserItems
 from twotower.losses import CatalogueSoftmaxLoss
 from twotower.module import TwoTowerModel
-from twotower.optim import LazyAdam
 
-OPTIMIZERS: dict[str, tuple[bool, Callable]] = {  # name: (sparse gradients, optimizer class)
-    "dense": (False, torch.optim.Adam),
-    "lazy": (True, LazyAdam),
-    "sparseadam": (True, torch.optim.SparseAdam),
+MODEL = OmegaConf.load(files("twotower.conf") / "model" / "default.yaml")
+OPTIMIZERS = {  # name: (sparse gradients, optimizer spec)
+    "dense": (False, MODEL.optimizer),
+    "rowwise": (True, MODEL.sparse_optimizer),
+    "lazy": (True, {"_target_": "twotower.optim.LazyAdam", "_partial_": True, "lr": MODEL.optimizer.lr}),
+    "sparseadam": (True, {"_target_": "torch.optim.SparseAdam", "_partial_": True, "lr": MODEL.optimizer.lr}),
 }
 PHASES = ("batch", "forward", "backward", "step")
 
 
-def setting(name: str, n_users: int, n_items: int, candidates: int) -> tuple[TwoTowerModel, torch.optim.Optimizer]:
-    sparse, optimizer = OPTIMIZERS[name]
+def setting(optimizer: str, n_users: int, n_items: int, candidates: int
+            ) -> tuple[TwoTowerModel, torch.optim.Optimizer]:
+    sparse, spec = OPTIMIZERS[optimizer]
     torch.manual_seed(0)
     model = TwoTowerModel(n_users, n_items, loss={"_target_": "twotower.losses.CatalogueSoftmaxLoss",
                                                   "max_candidates": candidates},
                           user_tower={"kind": "id", "sparse": sparse}, item_tower={"kind": "id", "sparse": sparse})
-    return model, optimizer(model.parameters(), lr=0.01)
+    return model, instantiate(spec)(model.parameters())
 
 
 def profile(model: TwoTowerModel, optimizer: torch.optim.Optimizer, batches: UserBatches, epoch: int,
@@ -68,35 +77,51 @@ def profile(model: TwoTowerModel, optimizer: torch.optim.Optimizer, batches: Use
     return {phase: seconds / steps * 1000 for phase, seconds in totals.items()}
 
 
+def user_batches(log: str, batch_size: int, candidates: int) -> UserBatches:
+    n_users, n_items, _ = SYNTHETIC[log]
+    frame = synthetic_log(log)
+    positives = UserItems.from_pairs(frame["user_id"].to_numpy(), frame["item_id"].to_numpy(), n_users)
+    return UserBatches(positives, n_items, batch_size=batch_size, seed=0, max_candidates=candidates,
+                       sample_above=CatalogueSoftmaxLoss().sample_above)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--log", choices=sorted(SYNTHETIC), default="synthetic-10m")
+    parser.add_argument("--settings", nargs="+", metavar="LOG:OPTIMIZER",
+                        default=["synthetic-1m:dense", "synthetic-10m:rowwise", "synthetic-10m:lazy"])
     parser.add_argument("--candidates", type=int, default=16_384, help="loss.max_candidates")
-    parser.add_argument("--optimizers", nargs="+", choices=sorted(OPTIMIZERS), default=list(OPTIMIZERS))
+    parser.add_argument("--batch-size", type=int, default=256, help="datamodule.batch_size (users)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--steps", type=int, default=30)
     args = parser.parse_args()
 
-    n_users, n_items, _ = SYNTHETIC[args.log]
-    log = synthetic_log(args.log)
-    positives = UserItems.from_pairs(log["user_id"].to_numpy(), log["item_id"].to_numpy(), n_users)
-    batches = UserBatches(positives, n_items, batch_size=256, seed=0, max_candidates=args.candidates,
-                          sample_above=CatalogueSoftmaxLoss().sample_above)
-    settings = {name: setting(name, n_users, n_items, args.candidates) for name in args.optimizers}
-    rounds: dict[str, list[dict[str, float]]] = {name: [] for name in settings}
+    settings = [name.partition(":")[::2] for name in args.settings]
+    for log, optimizer in settings:
+        if log not in SYNTHETIC or optimizer not in OPTIMIZERS:
+            parser.error(f"unknown setting {log}:{optimizer}; logs: {sorted(SYNTHETIC)}, "
+                         f"optimizers: {sorted(OPTIMIZERS)}")
+    logs = dict.fromkeys(log for log, _ in settings)
+    batches = {log: user_batches(log, args.batch_size, args.candidates) for log in logs}
+    models = {(log, optimizer): setting(optimizer, SYNTHETIC[log][0], SYNTHETIC[log][1], args.candidates)
+              for log, optimizer in settings}
+    rounds: dict[tuple[str, str], list[dict[str, float]]] = {key: [] for key in models}
     for epoch in range(args.rounds):
-        for name, (model, optimizer) in settings.items():
-            rounds[name].append(profile(model, optimizer, batches, epoch, args.warmup, args.steps))
+        for (log, optimizer), (model, step) in models.items():
+            rounds[log, optimizer].append(profile(model, step, batches[log], epoch, args.warmup, args.steps))
 
-    print(f"{len(log):,} interactions, {n_users:,} users, {n_items:,} items, "
-          f"{args.candidates:,} candidates; ms per step, median of {args.rounds} rounds")
-    print("| optimizer | " + " | ".join(PHASES) + " | total |")
-    print("|---" * (len(PHASES) + 2) + "|")
-    for name, measured in rounds.items():
+    print(f"{args.candidates:,} candidates beyond {CatalogueSoftmaxLoss().sample_above:,} items, "
+          f"{args.batch_size} users a batch; ms per step, median of {args.rounds} rounds")
+    print("| log | optimizer | " + " | ".join(PHASES) + " | total | batches | epoch (s) | epoch ratio |")
+    print("|---" * (len(PHASES) + 6) + "|")
+    first = None
+    for (log, optimizer), measured in rounds.items():
         medians = {phase: statistics.median(r[phase] for r in measured) for phase in PHASES}
         total = statistics.median(sum(r.values()) for r in measured)
-        print(f"| {name} | " + " | ".join(f"{medians[phase]:.1f}" for phase in PHASES) + f" | {total:.1f} |")
+        epoch = total * len(batches[log]) / 1000
+        first = first or epoch
+        print(f"| {log} | {optimizer} | " + " | ".join(f"{medians[phase]:.1f}" for phase in PHASES)
+              + f" | {total:.1f} | {len(batches[log])} | {epoch:.2f} | {epoch / first:.2f} |")
 
 
 if __name__ == "__main__":

@@ -54,7 +54,7 @@ from twotower.index import (
     search_excluding,
 )
 from twotower.module import TwoTowerModel
-from twotower.optim import LazyAdam
+from twotower.optim import RowWiseAdagrad
 from twotower.sampling import NegativeSampler
 from twotower.synthetic import clustered_unit_vectors, planted_interactions
 from twotower.towers import FeatureTower, build_tower
@@ -218,12 +218,14 @@ def make_tower(name: str, n: int = 50, seed: int = 0) -> torch.nn.Module:
 
 def make_model(loss: str, tower: str, data: Planted) -> TwoTowerModel:
     users, items = side_frame(N_USERS, 1), side_frame(N_ITEMS, 2)
-    optimizer = LazyAdam if TOWERS[tower].get("sparse") else torch.optim.Adam  # as model=sparse pairs them
+    # As conf/model pairs them: row-wise Adagrad (lr 0.1) for sparse towers, Adam (lr 0.01) otherwise.
+    optimizer = functools.partial(RowWiseAdagrad, lr=10 * LR) if TOWERS[tower].get("sparse") else \
+        functools.partial(torch.optim.Adam, lr=LR)
     torch.manual_seed(0)
     model = TwoTowerModel(N_USERS, N_ITEMS, dim=DIM, score=SCORE, temperature=TEMPERATURE, loss=LOSSES[loss],
                           user_tower=complete_tower(TOWERS[tower], users),
                           item_tower=complete_tower(TOWERS[tower], items),
-                          optimizer=functools.partial(optimizer, lr=LR))
+                          optimizer=optimizer)
     fill_features(model.user_tower, users, torch.bincount(data.train_users, minlength=N_USERS) > 0)
     fill_features(model.item_tower, items, torch.bincount(data.train_items, minlength=N_ITEMS) > 0)
     return model

@@ -65,7 +65,7 @@ def test_a_sampled_catalogue_leaves_the_positive_out_of_its_own_logit() -> None:
     model = history_model("cosine")
     candidates = torch.tensor([2, 5])
     batch = {"users": USERS, "rows": ROWS, "items": ITEMS, "candidates": candidates,
-             "candidates_log_q": torch.zeros(2), "positives_sampled": torch.zeros(len(ITEMS), dtype=torch.bool)}
+             "candidates_log_q": torch.tensor(0.0), "positives_sampled": torch.zeros(len(ITEMS), dtype=torch.bool)}
     tower, temperature = model.user_tower, model.hparams.temperature
     terms = []
     for row in range(3):

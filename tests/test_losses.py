@@ -105,7 +105,7 @@ def test_a_sample_of_every_item_gives_the_whole_catalogue_loss() -> None:
     positives = UserItems.from_pairs(np.array([0, 0, 1, 2, 2, 2]), np.array([3, 5, 0, 1, 3, 7]), 3)
     whole = UserBatches(positives, 8, batch_size=3, seed=0)[0, 0]
     candidates = torch.randperm(8, generator=torch.Generator().manual_seed(1))
-    sampled = {**whole, "candidates": candidates, "candidates_log_q": torch.zeros(8),  # log(8 / 8)
+    sampled = {**whole, "candidates": candidates, "candidates_log_q": torch.tensor(0.0),  # log(8 / 8)
                "positives_sampled": torch.ones(len(whole["items"]), dtype=torch.bool)}
     generator = torch.Generator().manual_seed(0)
     users, items = torch.randn(3, 4, generator=generator), torch.randn(8, 4, generator=generator)
@@ -121,8 +121,27 @@ def test_sampled_candidates_are_distinct_and_say_which_positives_they_hold() -> 
     positives = UserItems.from_pairs(np.repeat(np.arange(50), 4), np.arange(200) % 97, 50)
     batch = UserBatches(positives, 97, batch_size=50, seed=0, max_candidates=30)[0, 0]
     assert len(batch["candidates"]) == len(set(batch["candidates"].tolist())) == 30
-    assert torch.allclose(batch["candidates_log_q"], torch.full((30,), math.log(30 / 97)))
+    assert torch.isclose(batch["candidates_log_q"], torch.tensor(math.log(30 / 97)))
     assert torch.equal(batch["positives_sampled"], torch.isin(batch["items"], batch["candidates"]))
+
+
+def test_sampled_candidates_are_uniform_over_the_catalogue_and_a_function_of_epoch_and_batch() -> None:
+    """Every item is drawn at the rate max_candidates / n_items (within sampling noise over many batches),
+    and a batch's draw depends only on (seed, epoch, batch), not on what was drawn before it."""
+    from twotower.data.batches import UserBatches
+    from twotower.data.user_items import UserItems
+
+    positives = UserItems.from_pairs(np.arange(400), np.arange(400) % 97, 400)
+    batches = UserBatches(positives, 97, batch_size=1, seed=0, max_candidates=30)
+    counts = torch.zeros(97)
+    for epoch in range(5):
+        for index in range(len(batches)):
+            counts[batches[epoch, index]["candidates"]] += 1
+    expected = 5 * len(batches) * 30 / 97  # about 618 draws of each item; binomial sd about 21
+    assert (counts - expected).abs().max() < 6 * expected**0.5
+    fresh = UserBatches(positives, 97, batch_size=1, seed=0, max_candidates=30)
+    assert torch.equal(fresh[3, 17]["candidates"], batches[3, 17]["candidates"])
+    assert not torch.equal(batches[3, 18]["candidates"], batches[3, 17]["candidates"])
 
 
 @pytest.mark.parametrize(("sample_above", "sampled"), [(0, True), (96, True), (97, False), (500, False)])
@@ -135,3 +154,12 @@ def test_catalogues_up_to_sample_above_are_scored_whole(sample_above: int, sampl
     assert ("candidates" in batch) is sampled
     if sampled:
         assert len(batch["candidates"]) == 30
+
+
+def test_row_logsumexp_matches_torch_in_value_and_gradient() -> None:
+    from twotower.losses import RowLogSumExp
+
+    logits = (torch.randn(5, 300, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 20)
+    logits.requires_grad_()
+    assert torch.allclose(RowLogSumExp.apply(logits), torch.logsumexp(logits, dim=1))
+    assert torch.autograd.gradcheck(RowLogSumExp.apply, (logits,))

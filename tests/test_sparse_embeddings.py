@@ -1,4 +1,5 @@
-"""model=sparse: sparse embedding gradients with LazyAdam touch only a batch's rows, match Adam, and still learn."""
+"""model=sparse: sparse embedding gradients with row-wise Adagrad (or LazyAdam) touch only a batch's rows, follow
+their reference math, and still learn."""
 
 from pathlib import Path
 
@@ -9,18 +10,18 @@ from tests.conftest import compose_train
 from twotower.commands.train import train
 from twotower.errors import TwoTowerError
 from twotower.module import TwoTowerModel
-from twotower.optim import LazyAdam
+from twotower.optim import LazyAdam, RowWiseAdagrad
 from twotower.synthetic import planted_interactions
 
 
-def sparse_model(optimizer: type[torch.optim.Optimizer] = LazyAdam) -> TwoTowerModel:
+def sparse_model(optimizer: type[torch.optim.Optimizer] = RowWiseAdagrad) -> TwoTowerModel:
     torch.manual_seed(0)
     return TwoTowerModel(50, 40, dim=8, loss={"_target_": "twotower.losses.BPRLoss"},
                          user_tower={"kind": "id", "sparse": True}, item_tower={"kind": "id", "sparse": True},
                          optimizer=lambda params: optimizer(params, lr=0.01))
 
 
-@pytest.mark.parametrize("optimizer", [LazyAdam, torch.optim.SparseAdam])
+@pytest.mark.parametrize("optimizer", [RowWiseAdagrad, LazyAdam, torch.optim.SparseAdam])
 def test_a_step_updates_only_the_rows_in_the_batch(optimizer: type[torch.optim.Optimizer]) -> None:
     model = sparse_model(optimizer)
     optimizer = model.configure_optimizers()
@@ -74,6 +75,38 @@ def test_lazy_adam_on_dense_gradients_is_adam() -> None:
     torch.testing.assert_close(lazy.detach(), reference.detach())
 
 
+def test_row_wise_adagrad_follows_its_formula_row_for_row() -> None:
+    """Each row's accumulator adds the mean square of that row's summed gradient; the row moves by
+    -lr * gradient / (sqrt(accumulator) + eps); rows without a gradient do not move."""
+    start = torch.randn(30, 4, generator=torch.Generator().manual_seed(1))
+    param = torch.nn.Parameter(start.clone())
+    optimizer = RowWiseAdagrad([param], lr=0.05)
+    expected, accumulator = start.clone(), torch.zeros(30)
+    for grad in sparse_gradients(30, steps=8, seed=0):
+        param.grad = grad.clone()
+        optimizer.step()
+        summed = grad.to_dense()
+        touched = torch.zeros(30, dtype=torch.bool).index_fill_(0, grad._indices()[0], True)
+        accumulator += torch.where(touched, summed.square().mean(1), 0.0)
+        expected -= torch.where(touched[:, None], 0.05 * summed / (accumulator.sqrt()[:, None] + 1e-8), 0.0)
+    assert not torch.equal(param.detach(), start)
+    torch.testing.assert_close(param.detach(), expected)
+    torch.testing.assert_close(optimizer.state[param]["sum"], accumulator)
+
+
+def test_row_wise_adagrad_on_a_dense_gradient_is_its_sparse_step_on_every_row() -> None:
+    start = torch.randn(6, 3, generator=torch.Generator().manual_seed(2))
+    dense, sparse = torch.nn.Parameter(start.clone()), torch.nn.Parameter(start.clone())
+    optimizers = RowWiseAdagrad([dense], lr=0.05), RowWiseAdagrad([sparse], lr=0.05)
+    generator = torch.Generator().manual_seed(3)
+    for _ in range(5):
+        grad = torch.randn(6, 3, generator=generator)
+        dense.grad, sparse.grad = grad.clone(), grad.to_sparse(1)
+        for optimizer in optimizers:
+            optimizer.step()
+    torch.testing.assert_close(dense.detach(), sparse.detach())
+
+
 def test_sparse_embeddings_with_a_dense_only_optimizer_is_a_clear_error() -> None:
     with pytest.raises(TwoTowerError, match=r"sparse embeddings .* need an optimizer that takes sparse gradients"):
         sparse_model(torch.optim.Adam).configure_optimizers()
@@ -91,7 +124,7 @@ def test_model_sparse_recovers_planted_structure(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("overrides", "switched"), [
     ([], True),  # the defaults: plain ID towers, Adam, no weight decay
-    (["model.weight_decay=0.001"], False),  # LazyAdam has no weight decay: the configured Adam stays
+    (["model.weight_decay=0.001"], False),  # the sparse optimizer has no weight decay: the configured Adam stays
     (["+model.item_tower.sparse=false"], False),  # a tower configured explicitly is left as configured
     (["model.sparse_above=null"], False),
 ])
@@ -108,7 +141,7 @@ def test_vocabularies_beyond_sparse_above_train_sparse(overrides: list[str], swi
     datamodule.setup("fit")
     model = build_model(cfg.model, datamodule)
     optimizer = model.configure_optimizers()
-    assert isinstance(optimizer, LazyAdam) is switched
+    assert isinstance(optimizer, RowWiseAdagrad) is switched
     assert model.user_tower.embedding.sparse is switched
     if switched:
-        assert optimizer.defaults["lr"] == cfg.model.optimizer.lr
+        assert optimizer.defaults["lr"] == cfg.model.sparse_optimizer.lr

@@ -17,12 +17,12 @@ from twotower.data.batches import Batch
 from twotower.errors import TwoTowerError
 from twotower.losses import build_loss
 from twotower.metrics import RankingMetrics
-from twotower.optim import LazyAdam
+from twotower.optim import LazyAdam, RowWiseAdagrad
 from twotower.scoring import SCORES, project, projection_scale
 from twotower.towers import HistoryTower, build_tower
 
 # Optimizers that accept sparse gradients (LazyAdam, SGD and Adagrad take dense ones as well).
-SPARSE_OPTIMIZERS = (LazyAdam, torch.optim.SparseAdam, torch.optim.Adagrad, torch.optim.SGD)
+SPARSE_OPTIMIZERS = (LazyAdam, RowWiseAdagrad, torch.optim.SparseAdam, torch.optim.Adagrad, torch.optim.SGD)
 
 # Steps between updates of the loss on the progress bar.
 PROGRESS_EVERY = 10
@@ -123,8 +123,13 @@ class TwoTowerModel(L.LightningModule):
         scale = projection_scale(raw, self.hparams.score) / self.hparams.temperature  # (users, 1)
         users = raw * scale  # project(raw) / temperature: logits are dot products
         sampled = "candidates" in batch
-        catalogue = self.item_vectors(batch["candidates"]) if sampled else self.all_item_vectors()
-        positives = self.item_vectors(items) if sampled else catalogue[items]
+        if sampled:  # one lookup for both: a sparse table then gets one gradient, not two to add up
+            n_candidates = len(batch["candidates"])
+            vectors = self.item_vectors(torch.cat([batch["candidates"], items]))
+            catalogue, positives = vectors[:n_candidates], vectors[n_candidates:]
+        else:
+            catalogue = self.all_item_vectors()
+            positives = catalogue[items]
         own = None if shares is None else (shares * positives).sum(-1) * scale[rows, 0]
         return self.loss_fn(users, catalogue, batch, positives=positives if sampled else None, own=own)
 

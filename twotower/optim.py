@@ -1,11 +1,15 @@
-"""Lazy Adam for embedding tables: a step reads and writes only the rows its batch touched.
+"""Optimizers for embedding tables whose step reads and writes only the rows its batch touched.
 
-``torch.optim.SparseAdam`` has the same math (Adam's moments move only for rows with a gradient, bias
-correction counts every step) but builds it from sparse-tensor operations: a coalesce, masks and sparse
-additions into the moments and the table. Here the gradient's rows are found once, and the moments and the
-table are gathered and scattered as dense blocks of those rows; on a 200,000-row table a step over the
-~28,000 rows a catalogue batch touches took 17 ms against SparseAdam's 32 ms (``scripts/profile_step.py``).
-Dense gradients (any other parameter) get the ordinary Adam update.
+- ``RowWiseAdagrad`` (the default for sparse towers, ``model.sparse_optimizer``): one accumulator per row,
+  as TorchRec and FBGEMM train embedding tables, so a step reads and writes the touched rows of the table
+  and one number per row, nothing else. On the 10M synthetic log its step over the ~29,000 rows a
+  catalogue batch touches took 8.0 ms against LazyAdam's 17.4, and with sparse towers it ranked better than
+  LazyAdam on ml-1m, lastfm and that log (README, "Large vocabularies").
+- ``LazyAdam``: ``torch.optim.SparseAdam``'s math (Adam's moments move only for rows with a gradient, bias
+  correction counts every step), which SparseAdam builds from sparse-tensor operations (a coalesce, masks,
+  sparse additions into the moments and the table). Here the gradient's rows are found once, and the
+  moments and the table are gathered and scattered as dense blocks of those rows; on a 200,000-row table a
+  step took 17 ms against SparseAdam's 32 ms (``scripts/profile_step.py``). Dense gradients get Adam.
 """
 from __future__ import annotations
 
@@ -52,14 +56,24 @@ class LazyAdam(torch.optim.Optimizer):
         return loss
 
 
+def _coalesced_rows(grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The distinct rows a sparse gradient names, in order, and each one's gradient (its repeated entries
+    summed). The rows are found by marking them in a table-long mask rather than by sorting the indices
+    (``torch.unique``): 0.6 against 1.9 ms for 29,000 indices into 200,000 rows."""
+    indices, values = grad._indices()[0], grad._values()
+    touched = torch.zeros(len(grad), dtype=torch.bool, device=indices.device).index_fill_(0, indices, True)
+    rows = touched.nonzero().squeeze(1)
+    slot = torch.empty(len(grad), dtype=torch.long, device=indices.device)  # only the rows' places are written
+    slot[rows] = torch.arange(len(rows), device=indices.device)
+    return rows, values.new_zeros((len(rows), *values.shape[1:])).index_add_(0, slot[indices], values)
+
+
 def _sparse_step(param: torch.Tensor, grad: torch.Tensor, state: dict, beta1: float, beta2: float,
                  step_size: float, eps: float) -> None:
     """Adam's update of the rows a sparse gradient names (each row once, its repeated entries summed)."""
-    indices, values = grad._indices()[0], grad._values()
-    if not len(indices):
+    rows, summed = _coalesced_rows(grad)
+    if not len(rows):
         return
-    rows, inverse = torch.unique(indices, return_inverse=True)
-    summed = values.new_zeros((len(rows), *values.shape[1:])).index_add_(0, inverse, values)
     exp_avg = state["exp_avg"].index_select(0, rows).lerp_(summed, 1 - beta1)
     exp_avg_sq = state["exp_avg_sq"].index_select(0, rows).mul_(beta2).addcmul_(summed, summed, value=1 - beta2)
     state["exp_avg"].index_copy_(0, rows, exp_avg)
@@ -68,3 +82,44 @@ def _sparse_step(param: torch.Tensor, grad: torch.Tensor, state: dict, beta1: fl
     # The rows are distinct, so a scatter-add is the same as index_add_, and on CPU it was about 4x faster
     # (2.4 against 9.1 ms for 28,000 rows of 128 into a 200,000-row table).
     param.scatter_add_(0, rows.view(-1, *[1] * (param.dim() - 1)).expand_as(update), update)
+
+
+class RowWiseAdagrad(torch.optim.Optimizer):
+    """Adagrad with one accumulator per row (TorchRec's and FBGEMM's default for embedding tables): a row's
+    accumulator adds the mean square of that row's gradient, and the row moves by ``lr`` times its gradient
+    over the accumulator's root. A step on a sparse gradient reads and writes only the table's rows (no
+    per-element moments to gather and scatter), which makes it the cheapest adaptive step per touched row.
+    Dense gradients get the same rule over all rows (a 1-D parameter is one row per element).
+    """
+
+    def __init__(self, params: Iterable[torch.nn.Parameter], lr: float = 0.1, eps: float = 1e-8) -> None:
+        if lr <= 0 or eps <= 0:
+            raise ValueError(f"RowWiseAdagrad needs lr > 0 and eps > 0; got {lr}, {eps}")
+        super().__init__(params, {"lr": lr, "eps": eps})
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor | None:
+        loss = None if closure is None else torch.enable_grad()(closure)()
+        for group in self.param_groups:
+            for param in group["params"]:
+                if param.grad is None:
+                    continue
+                state = self.state[param]
+                if not state:
+                    state["sum"] = param.new_zeros(param.shape[:1])
+                if param.grad.is_sparse:
+                    rows, grad = _coalesced_rows(param.grad)
+                else:
+                    rows, grad = None, param.grad.reshape(len(param), -1)
+                square = grad.square().mean(1)
+                if rows is None:
+                    total = state["sum"].add_(square)
+                else:
+                    total = state["sum"][rows].add_(square)
+                    state["sum"][rows] = total
+                update = grad.mul(total.sqrt().add_(group["eps"]).reciprocal_().mul_(-group["lr"]).unsqueeze(1))
+                if rows is None:
+                    param.add_(update.view_as(param))
+                else:
+                    param.scatter_add_(0, rows.view(-1, *[1] * (param.dim() - 1)).expand_as(update), update)
+        return loss

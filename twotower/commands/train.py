@@ -87,8 +87,10 @@ def build_model(model_cfg: DictConfig, datamodule: InteractionDataModule) -> Two
         model_cfg[f"{side}_tower"] = datamodule.complete_tower(side, model_cfg.get(f"{side}_tower") or {})
     with open_dict(model_cfg):
         sparse_above = model_cfg.pop("sparse_above", None)
-    if sparse_above is not None and datamodule.n_users + datamodule.n_items > sparse_above:
-        model_cfg = sparse_by_size(model_cfg, datamodule.n_users + datamodule.n_items, sparse_above)
+        sparse_optimizer = model_cfg.pop("sparse_optimizer", None)
+    n_ids = datamodule.n_users + datamodule.n_items
+    if sparse_above is not None and sparse_optimizer and n_ids > sparse_above:
+        model_cfg = sparse_by_size(model_cfg, sparse_optimizer, n_ids, sparse_above)
     # Only the optimizer and scheduler become objects; the loss and towers stay plain specs (the loss's
     # _target_ included), which the model stores as hyperparameters and builds itself on loading.
     factories = {name: instantiate(model_cfg[name]) if model_cfg.get(name) else None
@@ -105,21 +107,23 @@ def build_model(model_cfg: DictConfig, datamodule: InteractionDataModule) -> Two
     return model
 
 
-def sparse_by_size(model_cfg: DictConfig, n_ids: int, limit: int) -> DictConfig:
-    """``model_cfg`` with sparse ID towers and LazyAdam at its learning rate (what ``model=sparse`` sets),
-    where its towers are plain ID towers with dense gradients and Adam without weight decay; as it was
-    otherwise (a configured alternative is kept as configured)."""
+def sparse_by_size(model_cfg: DictConfig, sparse_optimizer: DictConfig, n_ids: int, limit: int) -> DictConfig:
+    """``model_cfg`` with sparse ID towers trained by ``sparse_optimizer``, where its towers are plain ID
+    towers with dense gradients and Adam without weight decay; as it was otherwise (a configured alternative
+    is kept as configured, and the log says so)."""
     towers = [model_cfg[f"{side}_tower"] for side in ("user", "item")]
     optimizer = model_cfg.get("optimizer") or {}
     if any(tower.get("kind", "id") != "id" or tower.get("sparse") is not None for tower in towers) or \
             optimizer.get("_target_") != "torch.optim.Adam" or model_cfg.get("weight_decay"):
+        log.info("%d users and items, beyond model.sparse_above=%d, but the towers, optimizer or weight decay "
+                 "are configured otherwise: training them as configured", n_ids, limit)
         return model_cfg
-    log.info("%d users and items: sparse ID towers with LazyAdam (model.sparse_above=%d)", n_ids, limit)
+    log.info("%d users and items: sparse ID towers with %s (model.sparse_above=%d)",
+             n_ids, sparse_optimizer["_target_"].rsplit(".", 1)[-1], limit)
     with open_dict(model_cfg):
         for tower in towers:
             tower.sparse = True
-        model_cfg.optimizer = {"_target_": "twotower.optim.LazyAdam", "_partial_": True,
-                               "lr": optimizer.get("lr", 0.01)}
+        model_cfg.optimizer = sparse_optimizer
     return model_cfg
 
 

@@ -123,9 +123,14 @@ class UserBatches(Dataset):
 
     A catalogue larger than ``sample_above`` and ``max_candidates`` is represented in each batch by
     ``candidates``, ``max_candidates`` distinct items drawn uniformly without replacement (shared by the
-    batch), with ``candidates_log_q``, the log of each one's chance of being drawn, and
-    ``positives_sampled`` (P,), whether each positive is among them; a smaller catalogue is scored whole and
-    the batch carries no candidates.
+    batch), with ``candidates_log_q``, the log of every candidate's chance of being drawn (a scalar: the draw
+    is uniform), and ``positives_sampled`` (P,), whether each positive is among them; a smaller catalogue is
+    scored whole and the batch carries no candidates.
+
+    A batch's candidates are a window of a random permutation of the catalogue drawn once per epoch, at a
+    random offset, wrapping around: any fixed window of a uniform permutation is a uniform sample without
+    replacement, and the batch pays O(candidates) rather than a permutation of the whole catalogue
+    (``randperm`` of 200,000 items cost about 1.5 ms of a step).
     """
 
     def __init__(self, positives: UserItems, n_items: int, batch_size: int, seed: int,
@@ -138,6 +143,8 @@ class UserBatches(Dataset):
         sampled = max_candidates is not None and n_items > max(max_candidates, sample_above)
         self.n_candidates = max_candidates if sampled else None
         self.order = EpochOrder(len(self.users), seed)
+        self.catalogue_order = EpochOrder(n_items, seed + 1)  # not the users' order when as many
+        self._positions: tuple[int, torch.Tensor] | None = None  # (epoch, each item's place in its order)
 
     def __len__(self) -> int:
         return math.ceil(len(self.users) / self.batch_size)
@@ -148,14 +155,20 @@ class UserBatches(Dataset):
         rows, items = self.positives.gather(users)
         out = {"users": torch.from_numpy(users), "rows": torch.from_numpy(rows), "items": torch.from_numpy(items)}
         if self.n_candidates is not None:
-            generator = batch_generator(self.seed, epoch, batch)
-            candidates = torch.randperm(self.n_items, generator=generator)[:self.n_candidates]
-            drawn = torch.zeros(self.n_items, dtype=torch.bool)
-            drawn[candidates] = True
-            out["candidates"] = candidates
-            out["candidates_log_q"] = torch.full((self.n_candidates,), math.log(self.n_candidates / self.n_items))
-            out["positives_sampled"] = drawn[out["items"]]
+            out |= self.candidates(epoch, batch, out["items"])
         return out
+
+    def candidates(self, epoch: int, batch: int, positives: torch.Tensor) -> Batch:
+        """The batch's sampled candidates (a window of the epoch's catalogue order), their log q, and which
+        of the batch's positives they hold."""
+        order = self.catalogue_order(epoch)
+        if self._positions is None or self._positions[0] != epoch:
+            self._positions = (epoch, torch.empty_like(order).scatter_(0, order, torch.arange(self.n_items)))
+        start = int(torch.randint(self.n_items, (1,), generator=batch_generator(self.seed, epoch, batch)))
+        window = (torch.arange(self.n_candidates) + start) % self.n_items
+        return {"candidates": order[window],
+                "candidates_log_q": torch.tensor(math.log(self.n_candidates / self.n_items)),
+                "positives_sampled": (self._positions[1][positives] - start) % self.n_items < self.n_candidates}
 
 
 def eval_chunk_size(n_items: int, budget: int = 1 << 24) -> int:
