@@ -1,3 +1,4 @@
+import itertools
 import math
 
 import numpy as np
@@ -122,7 +123,12 @@ def test_sampled_candidates_are_distinct_and_say_which_positives_they_hold() -> 
     batch = UserBatches(positives, 97, batch_size=50, seed=0, max_candidates=30)[0, 0]
     assert len(batch["candidates"]) == len(set(batch["candidates"].tolist())) == 30
     assert torch.isclose(batch["candidates_log_q"], torch.tensor(math.log(30 / 97)))
-    assert torch.equal(batch["positives_sampled"], torch.isin(batch["items"], batch["candidates"]))
+    # Over many batches, windows that wrap around the end of the epoch's order included.
+    batches = UserBatches(positives, 97, batch_size=5, seed=0, max_candidates=30)
+    for epoch, index in itertools.product(range(3), range(len(batches))):
+        batch = batches[epoch, index]
+        assert len(set(batch["candidates"].tolist())) == 30
+        assert torch.equal(batch["positives_sampled"], torch.isin(batch["items"], batch["candidates"]))
 
 
 def test_sampled_candidates_are_uniform_over_the_catalogue_and_a_function_of_epoch_and_batch() -> None:
@@ -163,3 +169,15 @@ def test_row_logsumexp_matches_torch_in_value_and_gradient() -> None:
     logits.requires_grad_()
     assert torch.allclose(RowLogSumExp.apply(logits), torch.logsumexp(logits, dim=1))
     assert torch.autograd.gradcheck(RowLogSumExp.apply, (logits,))
+
+
+def test_row_logsumexp_of_half_precision_logits_is_float32_with_a_gradient_of_their_dtype() -> None:
+    from twotower.losses import RowLogSumExp
+
+    logits = (torch.randn(4, 16_384, generator=torch.Generator().manual_seed(0)) * 5).bfloat16().requires_grad_()
+    value = RowLogSumExp.apply(logits)
+    assert value.dtype == torch.float32
+    assert torch.allclose(value, torch.logsumexp(logits.float(), dim=1), atol=1e-4)
+    value.sum().backward()
+    assert logits.grad.dtype == torch.bfloat16
+    assert torch.allclose(logits.grad.float(), torch.softmax(logits.float(), dim=1), atol=1e-3)

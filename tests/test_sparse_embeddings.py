@@ -127,6 +127,8 @@ def test_model_sparse_recovers_planted_structure(tmp_path: Path) -> None:
     (["model.weight_decay=0.001"], False),  # the sparse optimizer has no weight decay: the configured Adam stays
     (["+model.item_tower.sparse=false"], False),  # a tower configured explicitly is left as configured
     (["model.sparse_above=null"], False),
+    (["model.sparse_optimizer=null"], False),
+    (["model.sparse_optimizer.lr=0.3"], True),
 ])
 def test_vocabularies_beyond_sparse_above_train_sparse(overrides: list[str], switched: bool, tmp_path: Path) -> None:
     from hydra.utils import instantiate
@@ -145,3 +147,27 @@ def test_vocabularies_beyond_sparse_above_train_sparse(overrides: list[str], swi
     assert model.user_tower.embedding.sparse is switched
     if switched:
         assert optimizer.defaults["lr"] == cfg.model.sparse_optimizer.lr
+
+
+def built_model(tmp_path: Path, *overrides: str) -> TwoTowerModel:
+    from hydra.utils import instantiate
+
+    from twotower.commands.train import build_model
+
+    planted_interactions(n_users=60, n_items=40, n_clusters=4, seed=0).write_csv(tmp_path / "log.csv")
+    cfg = compose_train(tmp_path / "run", "data=interactions", f"data.path={tmp_path / 'log.csv'}", *overrides)
+    datamodule = instantiate(cfg.datamodule)
+    datamodule.setup("fit")
+    return build_model(cfg.model, datamodule)
+
+
+def test_model_sparse_switches_at_any_size(tmp_path: Path) -> None:
+    model = built_model(tmp_path, "model=sparse")  # 100 ids, far below the default limit
+    assert model.user_tower.embedding.sparse and model.item_tower.embedding.sparse
+    assert isinstance(model.configure_optimizers(), RowWiseAdagrad)
+
+
+@pytest.mark.parametrize("override", ["model.weight_decay=0.001", "model.optimizer._target_=torch.optim.SGD"])
+def test_model_sparse_refuses_what_it_cannot_switch_from(override: str, tmp_path: Path) -> None:
+    with pytest.raises(TwoTowerError, match="model=sparse needs plain ID towers, Adam and no weight decay"):
+        built_model(tmp_path, "model=sparse", override)

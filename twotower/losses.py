@@ -34,14 +34,18 @@ class RowLogSumExp(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, logits: torch.Tensor) -> torch.Tensor:
-        log_probs = torch.log_softmax(logits, dim=1)
+        # At least float32, as torch.logsumexp's sums under mixed precision: bf16 log-probabilities of 16,384
+        # items would lose the value's precision.
+        dtype = torch.promote_types(logits.dtype, torch.float32)
+        log_probs = torch.log_softmax(logits, dim=1, dtype=dtype)
         ctx.save_for_backward(log_probs)
-        return logits[:, 0] - log_probs[:, 0]
+        ctx.logits_dtype = logits.dtype
+        return logits[:, 0].to(dtype) - log_probs[:, 0]
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
         (log_probs,) = ctx.saved_tensors
-        return log_probs.exp().mul_(grad.unsqueeze(1))
+        return log_probs.exp().mul_(grad.unsqueeze(1)).to(ctx.logits_dtype)
 
 
 def pair_logits(users: torch.Tensor, items: torch.Tensor, negatives: torch.Tensor

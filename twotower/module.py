@@ -21,7 +21,7 @@ from twotower.optim import LazyAdam, RowWiseAdagrad
 from twotower.scoring import SCORES, project, projection_scale
 from twotower.towers import HistoryTower, build_tower
 
-# Optimizers that accept sparse gradients (LazyAdam, SGD and Adagrad take dense ones as well).
+# Optimizers that accept sparse gradients (all but SparseAdam take dense ones as well).
 SPARSE_OPTIMIZERS = (LazyAdam, RowWiseAdagrad, torch.optim.SparseAdam, torch.optim.Adagrad, torch.optim.SGD)
 
 # Steps between updates of the loss on the progress bar.
@@ -182,7 +182,7 @@ class TwoTowerModel(L.LightningModule):
             raise TwoTowerError(
                 f"sparse embeddings ({', '.join(sparse)}) need an optimizer that takes sparse gradients "
                 f"({', '.join(kind.__name__ for kind in SPARSE_OPTIMIZERS)}), not {type(optimizer).__name__}; "
-                "model=sparse pairs them with LazyAdam")
+                "model=sparse pairs them with model.sparse_optimizer, row-wise Adagrad")
         if self.scheduler_factory is None:
             return optimizer
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer),

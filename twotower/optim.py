@@ -89,7 +89,8 @@ class RowWiseAdagrad(torch.optim.Optimizer):
     accumulator adds the mean square of that row's gradient, and the row moves by ``lr`` times its gradient
     over the accumulator's root. A step on a sparse gradient reads and writes only the table's rows (no
     per-element moments to gather and scatter), which makes it the cheapest adaptive step per touched row.
-    Dense gradients get the same rule over all rows (a 1-D parameter is one row per element).
+    Dense gradients get the same rule over all rows (a 1-D parameter is one row per element, a scalar one
+    row).
     """
 
     def __init__(self, params: Iterable[torch.nn.Parameter], lr: float = 0.1, eps: float = 1e-8) -> None:
@@ -105,12 +106,13 @@ class RowWiseAdagrad(torch.optim.Optimizer):
                 if param.grad is None:
                     continue
                 state = self.state[param]
-                if not state:
-                    state["sum"] = param.new_zeros(param.shape[:1])
+                n_rows = len(param) if param.dim() else 1
+                if "sum" not in state:
+                    state["sum"] = param.new_zeros(n_rows)
                 if param.grad.is_sparse:
                     rows, grad = _coalesced_rows(param.grad)
                 else:
-                    rows, grad = None, param.grad.reshape(len(param), -1)
+                    rows, grad = None, param.grad.reshape(n_rows, -1)
                 square = grad.square().mean(1)
                 if rows is None:
                     total = state["sum"].add_(square)

@@ -88,7 +88,7 @@ def build_model(model_cfg: DictConfig, datamodule: InteractionDataModule) -> Two
         sparse_above = model_cfg.pop("sparse_above", None)
         sparse_optimizer = model_cfg.pop("sparse_optimizer", None)
     n_ids = datamodule.n_users + datamodule.n_items
-    if sparse_above is not None and sparse_optimizer and n_ids > sparse_above:
+    if sparse_above is not None and n_ids > sparse_above:
         model_cfg = sparse_by_size(model_cfg, sparse_optimizer, n_ids, sparse_above)
     # Only the optimizer and scheduler become objects; the loss and towers stay plain specs (the loss's
     # _target_ included), which the model stores as hyperparameters and builds itself on loading.
@@ -106,23 +106,34 @@ def build_model(model_cfg: DictConfig, datamodule: InteractionDataModule) -> Two
     return model
 
 
-def sparse_by_size(model_cfg: DictConfig, sparse_optimizer: DictConfig, n_ids: int, limit: int) -> DictConfig:
+def sparse_by_size(model_cfg: DictConfig, sparse_optimizer: DictConfig | None, n_ids: int, limit: int
+                   ) -> DictConfig:
     """``model_cfg`` with sparse ID towers trained by ``sparse_optimizer``, where its towers are plain ID
-    towers with dense gradients and Adam without weight decay; as it was otherwise (a configured alternative
-    is kept as configured, and the log says so)."""
+    towers with dense gradients and Adam without weight decay. Otherwise it is kept as configured, with a
+    warning; or, where the switch was asked for at any size (``model=sparse``, a limit of 0), refused."""
     towers = [model_cfg[f"{side}_tower"] for side in ("user", "item")]
-    optimizer = model_cfg.get("optimizer") or {}
-    if any(tower.get("kind", "id") != "id" or tower.get("sparse") is not None for tower in towers) or \
-            optimizer.get("_target_") != "torch.optim.Adam" or model_cfg.get("weight_decay"):
-        log.info("%d users and items, beyond model.sparse_above=%d, but the towers, optimizer or weight decay "
-                 "are configured otherwise: training them as configured", n_ids, limit)
+    optimizer = (model_cfg.get("optimizer") or {}).get("_target_")
+    if any(tower.get("kind", "id") != "id" or tower.get("sparse") is not None for tower in towers):
+        reason = "towers other than plain ID towers"
+    elif optimizer != "torch.optim.Adam":
+        reason = f"model.optimizer {optimizer} (set model.sparse_optimizer for another optimizer)"
+    elif model_cfg.get("weight_decay"):
+        reason = "a model.weight_decay (the sparse optimizers take none)"
+    elif not sparse_optimizer:
+        reason = "no model.sparse_optimizer"
+    else:
+        log.info("%d users and items: sparse ID towers with %s at lr %s (model.sparse_above=%d)", n_ids,
+                 sparse_optimizer["_target_"].rsplit(".", 1)[-1], sparse_optimizer.get("lr"), limit)
+        with open_dict(model_cfg):
+            for tower in towers:
+                tower.sparse = True
+            model_cfg.optimizer = sparse_optimizer
         return model_cfg
-    log.info("%d users and items: sparse ID towers with %s (model.sparse_above=%d)",
-             n_ids, sparse_optimizer["_target_"].rsplit(".", 1)[-1], limit)
-    with open_dict(model_cfg):
-        for tower in towers:
-            tower.sparse = True
-        model_cfg.optimizer = sparse_optimizer
+    if limit == 0:
+        raise TwoTowerError(f"model=sparse needs plain ID towers, Adam and no weight decay to switch from; "
+                            f"this configuration has {reason}")
+    log.warning("%d users and items, beyond model.sparse_above=%d, but %s: training as configured, where "
+                "every step updates every row", n_ids, limit, reason)
     return model_cfg
 
 
