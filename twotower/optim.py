@@ -78,9 +78,12 @@ def _sparse_step(param: torch.Tensor, grad: torch.Tensor, state: dict, beta1: fl
     exp_avg_sq = state["exp_avg_sq"].index_select(0, rows).mul_(beta2).addcmul_(summed, summed, value=1 - beta2)
     state["exp_avg"].index_copy_(0, rows, exp_avg)
     state["exp_avg_sq"].index_copy_(0, rows, exp_avg_sq)
-    update = exp_avg.div_(exp_avg_sq.sqrt_().add_(eps)).mul_(-step_size)
-    # The rows are distinct, so a scatter-add is the same as index_add_, and on CPU it was about 4x faster
-    # (2.4 against 9.1 ms for 28,000 rows of 128 into a 200,000-row table).
+    _add_to_rows(param, rows, exp_avg.div_(exp_avg_sq.sqrt_().add_(eps)).mul_(-step_size))
+
+
+def _add_to_rows(param: torch.Tensor, rows: torch.Tensor, update: torch.Tensor) -> None:
+    """``param[rows] += update`` for distinct ``rows``. A scatter-add is then the same as ``index_add_``, and
+    on CPU it was about 4x faster (2.4 against 9.1 ms for 28,000 rows of 128 into a 200,000-row table)."""
     param.scatter_add_(0, rows.view(-1, *[1] * (param.dim() - 1)).expand_as(update), update)
 
 
@@ -123,5 +126,5 @@ class RowWiseAdagrad(torch.optim.Optimizer):
                 if rows is None:
                     param.add_(update.view_as(param))
                 else:
-                    param.scatter_add_(0, rows.view(-1, *[1] * (param.dim() - 1)).expand_as(update), update)
+                    _add_to_rows(param, rows, update)
         return loss

@@ -144,7 +144,6 @@ class UserBatches(Dataset):
         self.n_candidates = max_candidates if sampled else None
         self.order = EpochOrder(len(self.users), seed)
         self.catalogue_order = EpochOrder(n_items, seed + 1)  # not the users' order when as many
-        self._positions: tuple[int, torch.Tensor] | None = None  # (epoch, each item's place in its order)
 
     def __len__(self) -> int:
         return math.ceil(len(self.users) / self.batch_size)
@@ -161,14 +160,12 @@ class UserBatches(Dataset):
     def candidates(self, epoch: int, batch: int, positives: torch.Tensor) -> Batch:
         """The batch's sampled candidates (a window of the epoch's catalogue order), their log q, and which
         of the batch's positives they hold."""
-        order = self.catalogue_order(epoch)
-        if self._positions is None or self._positions[0] != epoch:
-            self._positions = (epoch, torch.empty_like(order).scatter_(0, order, torch.arange(self.n_items)))
         start = int(torch.randint(self.n_items, (1,), generator=batch_generator(self.seed, epoch, batch)))
-        window = (torch.arange(self.n_candidates) + start) % self.n_items
-        return {"candidates": order[window],
+        candidates = self.catalogue_order(epoch)[(torch.arange(self.n_candidates) + start) % self.n_items]
+        drawn = torch.zeros(self.n_items, dtype=torch.bool).index_fill_(0, candidates, True)
+        return {"candidates": candidates,
                 "candidates_log_q": torch.tensor(math.log(self.n_candidates / self.n_items)),
-                "positives_sampled": (self._positions[1][positives] - start) % self.n_items < self.n_candidates}
+                "positives_sampled": drawn[positives]}
 
 
 def eval_chunk_size(n_items: int, budget: int = 1 << 24) -> int:
