@@ -166,7 +166,9 @@ class CatalogueSoftmaxLoss:
                 logits = logits.index_put((rows, batch["items"]), -own, accumulate=True)
             positive = logits[rows, batch["items"]]
             return (RowLogSumExp.apply(logits)[rows] - positive).mean()
-        scored = (users[rows] * positives).sum(-1)  # the positive's logit, as a candidate would have it
+        # the positive's logit, as a candidate would have it; index_select, as its backward (an index_add)
+        # is about 5x faster than indexing's (an accumulating index_put) here
+        scored = (users.index_select(0, rows) * positives).sum(-1)
         positive = scored if own is None else scored - own
         # Every candidate has the same log q (the draws are uniform), so it comes off the logsumexp rather
         # than off each of the (users x candidates) logits.

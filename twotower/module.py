@@ -126,7 +126,9 @@ class TwoTowerModel(L.LightningModule):
         if sampled:  # one lookup for both: a sparse table then gets one gradient, not two to add up
             n_candidates = len(batch["candidates"])
             vectors = self.item_vectors(torch.cat([batch["candidates"], items]))
-            catalogue, positives = vectors[:n_candidates], vectors[n_candidates:]
+            # split, not two slices: its backward is one concatenation, where each slice's writes its
+            # gradient into a zeroed copy of the whole and autograd adds the two
+            catalogue, positives = vectors.split([n_candidates, len(items)])
         else:
             catalogue = self.all_item_vectors()
             positives = catalogue[items]
