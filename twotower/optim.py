@@ -116,15 +116,15 @@ class RowWiseAdagrad(torch.optim.Optimizer):
                     rows, grad = _coalesced_rows(param.grad)
                 else:
                     rows, grad = None, param.grad.reshape(n_rows, -1)
-                square = grad.square().mean(1)
+                square = torch.linalg.vector_norm(grad, dim=1).square_().div_(grad.shape[1])  # one pass
                 if rows is None:
                     total = state["sum"].add_(square)
                 else:
-                    total = state["sum"][rows].add_(square)
-                    state["sum"][rows] = total
-                update = grad.mul(total.sqrt().add_(group["eps"]).reciprocal_().mul_(-group["lr"]).unsqueeze(1))
+                    total = state["sum"].index_select(0, rows).add_(square)
+                    state["sum"].index_copy_(0, rows, total)
+                scale = total.sqrt().add_(group["eps"]).reciprocal_().mul_(-group["lr"]).unsqueeze(1)
                 if rows is None:
-                    param.add_(update.view_as(param))
-                else:
-                    _add_to_rows(param, rows, update)
+                    param.add_(grad.mul(scale).view_as(param))
+                else:  # the coalesced gradient is this step's own copy: scaled in place
+                    _add_to_rows(param, rows, grad.mul_(scale))
         return loss
