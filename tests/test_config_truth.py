@@ -20,6 +20,7 @@ from omegaconf import OmegaConf
 from tests.conftest import compose_train
 from twotower.commands.train import main as train_main
 from twotower.commands.train import train
+from twotower.errors import TwoTowerError
 from twotower.synthetic import planted_interactions
 
 CONF = Path(twotower.conf.__file__).parent  # the package Hydra composes from
@@ -157,6 +158,26 @@ def test_scheduler_and_weight_decay_reach_the_optimizer(tmp_path: Path) -> None:
     schedule = state["lr_schedulers"][0]
     assert schedule["T_max"] == 3 and schedule["last_epoch"] >= 1
     assert group["lr"] == pytest.approx(0.01 * (1 + math.cos(math.pi * schedule["last_epoch"] / 3)) / 2)
+
+
+def test_adam_is_fused_unless_clipping_under_mixed_precision_forbids_it(tmp_path: Path) -> None:
+    planted_interactions(n_users=80, n_items=40, n_clusters=4, seed=1).write_csv(tmp_path / "log.csv")
+    common = ["data=interactions", f"data.path={tmp_path / 'log.csv'}", "trainer.max_epochs=1", "model.dim=8",
+              "show_similar_to=null", "final_fit=false"]
+    for name, extra, fused in [("plain", [], True),
+                               ("clipped", ["trainer.gradient_clip_val=1.0", "trainer.precision=bf16-mixed"], None)]:
+        train(compose_train(tmp_path / name, *common, *extra))
+        state = torch.load(tmp_path / name / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+        assert state["optimizer_states"][0]["param_groups"][0]["fused"] is fused, name
+
+
+def test_an_optimizer_without_fused_asks_to_drop_it(tmp_path: Path) -> None:
+    planted_interactions(n_users=80, n_items=40, n_clusters=4, seed=1).write_csv(tmp_path / "log.csv")
+    cfg = compose_train(tmp_path / "run", "data=interactions", f"data.path={tmp_path / 'log.csv'}",
+                        "model.optimizer._target_=torch.optim.RMSprop", "trainer.max_epochs=1", "model.dim=8",
+                        "show_similar_to=null", "final_fit=false")
+    with pytest.raises(TwoTowerError, match=r"~model\.optimizer\.fused"):
+        train(cfg)
 
 
 def test_two_trial_optuna_sweep_runs_end_to_end(tmp_path: Path) -> None:

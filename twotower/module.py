@@ -7,6 +7,7 @@ Every constructor argument is a plain value (numbers, strings, dicts) except ``o
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable, Sequence
 
 import lightning as L
@@ -20,6 +21,8 @@ from twotower.metrics import RankingMetrics
 from twotower.optim import LazyAdam, RowWiseAdagrad
 from twotower.scoring import SCORES, project, projection_scale
 from twotower.towers import HistoryTower, build_tower
+
+log = logging.getLogger(__name__)
 
 # Optimizers that accept sparse gradients (all but SparseAdam take dense ones as well).
 SPARSE_OPTIMIZERS = (LazyAdam, RowWiseAdagrad, torch.optim.SparseAdam, torch.optim.Adagrad, torch.optim.SGD)
@@ -172,13 +175,23 @@ class TwoTowerModel(L.LightningModule):
     def on_test_epoch_end(self) -> None:
         self._publish(self.test_metrics, "test")
 
+    def _clips_under_mixed_precision(self) -> bool:
+        trainer = self._trainer
+        return trainer is not None and bool(trainer.gradient_clip_val) and "mixed" in str(trainer.precision)
+
     def configure_optimizers(self) -> torch.optim.Optimizer | dict:
         factory = self.optimizer_factory or torch.optim.Adam
-        decay = {"weight_decay": self.hparams.weight_decay} if self.hparams.weight_decay else {}
+        options = {"weight_decay": self.hparams.weight_decay} if self.hparams.weight_decay else {}
+        if getattr(factory, "keywords", {}).get("fused") and self._clips_under_mixed_precision():
+            # Lightning's mixed precision refuses to clip a fused optimizer's gradients (it unscales them itself)
+            log.info("gradient clipping under mixed precision: model.optimizer without fused")
+            options["fused"] = None
         try:
-            optimizer = factory(self.parameters(), **decay)
-        except TypeError as error:  # SparseAdam, say, has no weight decay
-            raise TwoTowerError(f"this optimizer takes no weight_decay ({error}); set model.weight_decay=0") from error
+            optimizer = factory(self.parameters(), **options)
+        except TypeError as error:  # an argument the optimizer lacks: SparseAdam has no weight decay, RMSprop no fused
+            raise TwoTowerError(
+                f"model.optimizer cannot be built ({error}): set model.weight_decay=0 for an optimizer without "
+                "weight decay, and drop what it does not take (e.g. ~model.optimizer.fused)") from error
         sparse = [name for name, module in self.named_modules() if getattr(module, "sparse", False)]
         if sparse and not isinstance(optimizer, SPARSE_OPTIMIZERS):
             raise TwoTowerError(

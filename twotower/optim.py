@@ -116,7 +116,8 @@ class RowWiseAdagrad(torch.optim.Optimizer):
                     rows, grad = _coalesced_rows(param.grad)
                 else:
                     rows, grad = None, param.grad.reshape(n_rows, -1)
-                square = torch.linalg.vector_norm(grad, dim=1).square_().div_(grad.shape[1])  # one pass
+                # the mean square in one pass, scaled before squaring so half precision does not overflow
+                square = torch.linalg.vector_norm(grad, dim=1).div_(grad.shape[1] ** 0.5).square_()
                 if rows is None:
                     total = state["sum"].add_(square)
                 else:

@@ -26,6 +26,7 @@ class UnitRows(torch.autograd.Function):
         return unit
 
     @staticmethod
+    @torch.autograd.function.once_differentiable  # its saved norm is detached: no gradient of the gradient
     def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> torch.Tensor:
         unit, inverse = ctx.saved_tensors
         along = torch.linalg.vecdot(unit, grad).unsqueeze(-1)
