@@ -43,6 +43,7 @@ class RowLogSumExp(torch.autograd.Function):
         return logits[:, 0].to(dtype) - log_probs[:, 0]
 
     @staticmethod
+    @torch.autograd.function.once_differentiable  # its saved log-probabilities are detached
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
         (log_probs,) = ctx.saved_tensors
         return log_probs.exp().mul_(grad.unsqueeze(1)).to(ctx.logits_dtype)

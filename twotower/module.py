@@ -132,9 +132,9 @@ class TwoTowerModel(L.LightningModule):
             # split, not two slices: its backward is one concatenation, where each slice's writes its
             # gradient into a zeroed copy of the whole and autograd adds the two
             catalogue, positives = vectors.split([n_candidates, len(items)])
-        else:
+        else:  # the loss reads the positives' logits off the whole catalogue's: their vectors only for ``own``
             catalogue = self.all_item_vectors()
-            positives = catalogue[items]
+            positives = None if shares is None else catalogue[items]
         own = None if shares is None else (shares * positives).sum(-1) * scale[rows, 0]
         return self.loss_fn(users, catalogue, batch, positives=positives if sampled else None, own=own)
 

@@ -20,7 +20,7 @@ class UnitRows(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: torch.autograd.function.FunctionCtx, vectors: torch.Tensor) -> torch.Tensor:
-        inverse = torch.linalg.vector_norm(vectors, dim=-1, keepdim=True).clamp_(min=NORM_FLOOR).reciprocal_()
+        inverse = inverse_norms(vectors)
         unit = vectors * inverse
         ctx.save_for_backward(unit, inverse)
         return unit
@@ -40,6 +40,9 @@ def project(vectors: torch.Tensor, score: str) -> torch.Tensor:
 
 def projection_scale(vectors: torch.Tensor, score: str) -> torch.Tensor:
     """(rows, 1): the factor ``project`` multiplies each vector by (1 / its norm for cosine, 1 for dot)."""
-    if score == "cosine":
-        return 1.0 / vectors.norm(dim=-1, keepdim=True).clamp(min=NORM_FLOOR)
-    return torch.ones_like(vectors[:, :1])
+    return inverse_norms(vectors) if score == "cosine" else torch.ones_like(vectors[:, :1])
+
+
+def inverse_norms(vectors: torch.Tensor) -> torch.Tensor:
+    """(rows, 1): one over each row's L2 norm, floored as ``F.normalize`` floors it."""
+    return torch.linalg.vector_norm(vectors, dim=-1, keepdim=True).clamp(min=NORM_FLOOR).reciprocal()
