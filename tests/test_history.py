@@ -36,20 +36,31 @@ ITEMS = torch.tensor([1, 4, 6, 0, 4, 3])
 
 def loss_with_explicit_histories(model: TwoTowerModel) -> torch.Tensor:
     """The catalogue softmax written out per positive, with every item of a user's history scored by the
-    user's vector without that item's share: a positive is never predicted from itself."""
-    tower = model.user_tower
+    user's history vector without that item's share: a positive is never predicted from itself. With user
+    ids, the ID vector and the history vector are two models side by side, each met by its own half of the
+    item vectors, each with its own softmax, and the loss is the sum of the two."""
+    tower, dim = model.user_tower, model.hparams.dim
     items = model.all_item_vectors()
     terms = []
     for row, user in enumerate(USERS.tolist()):
         history = ITEMS[ROWS.eq(row)]
-        full = tower.history(history).mean(0) + (tower.embedding(torch.tensor(user)) if tower.embedding else 0)
-        norm = full.norm() if model.hparams.score == "cosine" else torch.tensor(1.0)
-        logits = []
-        for candidate in range(items.shape[0]):
-            vector = full - tower.history(torch.tensor(candidate)) / len(history) if candidate in history else full
-            logits.append(vector @ items[candidate] / norm / model.hparams.temperature)
-        logits = torch.stack(logits)
-        terms += [torch.logsumexp(logits, 0) - logits[positive] for positive in history.tolist()]
+        full = tower.history(history).mean(0)
+        parts = [(full, items[:, -dim:], True)]  # (user vector, item part, whether it is the history's)
+        if tower.embedding is not None:
+            parts.append((tower.embedding(torch.tensor(user)), items[:, :dim], False))
+        term = {positive: 0 for positive in history.tolist()}
+        for vector, item_part, of_history in parts:
+            norm = vector.norm() if model.hparams.score == "cosine" else torch.tensor(1.0)
+            logits = []
+            for candidate in range(item_part.shape[0]):
+                own = vector
+                if of_history and candidate in history:
+                    own = vector - tower.history(torch.tensor(candidate)) / len(history)
+                logits.append(own @ item_part[candidate] / norm / model.hparams.temperature)
+            logits = torch.stack(logits)
+            for positive in term:
+                term[positive] = term[positive] + torch.logsumexp(logits, 0) - logits[positive]
+        terms += list(term.values())
     return torch.stack(terms).mean()
 
 
@@ -220,3 +231,24 @@ def test_retrieve_refuses_a_history_that_is_not_a_list(planted_history_run: tupl
     run_dir, _ = planted_history_run
     with pytest.raises(TwoTowerError, match="list of item ids"):
         retrieve(compose_retrieve(run_dir, "history=120"))
+
+
+def test_user_ids_sit_beside_the_history_and_new_users_use_the_history_part(tmp_path: Path) -> None:
+    log = planted_interactions(n_users=400, n_items=200, n_clusters=8, interactions_per_user=20, seed=5,
+                               with_timestamps=False)
+    log.write_csv(tmp_path / "log.csv")
+    train(compose_train(tmp_path / "run", "data=interactions", f"data.path={tmp_path / 'log.csv'}", "model=history",
+                        "model.user_tower.use_id=true", "model.dim=8", "trainer.max_epochs=5", "show_similar_to=null"))
+    retriever = Retriever.load(tmp_path / "run", index="exact")
+    # each part of an item vector is a unit vector of its own: the score is the sum of the parts' cosines
+    assert retriever.item_vectors.shape[1] == retriever.user_vectors.shape[1] == 16
+    np.testing.assert_allclose(np.linalg.norm(retriever.item_vectors.reshape(-1, 2, 8), axis=-1), 1, atol=1e-5)
+    given = [3, 17, 42]
+    ids, scores = retriever.recommend_from_history(given, k=5)
+    # a new user has no ID part: the history part alone ranks, against the items' history-facing part
+    query = retriever.history_vectors[retriever.item_vocab.lookup(given)].mean(0)
+    history_scores = retriever.item_vectors[:, 8:] @ (query / np.linalg.norm(query))
+    history_scores[retriever.item_vocab.lookup(given)] = -np.inf
+    expected = np.argsort(-history_scores)[:5]
+    np.testing.assert_array_equal(ids, retriever.item_vocab.decode(expected))
+    np.testing.assert_allclose(scores, history_scores[expected], atol=1e-5)

@@ -39,7 +39,7 @@ class TwoTowerModel(L.LightningModule):
 
     Args:
         n_users, n_items: vocabulary sizes.
-        dim: vector dimension shared by both towers.
+        dim: vector dimension shared by both towers (of each part, where a user tower puts parts side by side).
         score: ``dot`` or ``cosine`` (L2-normalised vectors).
         temperature: logits are scores divided by this; small values sharpen a cosine softmax.
         loss: loss spec, e.g. ``{"_target_": "twotower.losses.BPRLoss"}`` (see ``losses.build_loss``); its
@@ -78,7 +78,9 @@ class TwoTowerModel(L.LightningModule):
             raise TwoTowerError(f"model.weight_decay must be >= 0, got {weight_decay}")
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
         self.user_tower = build_tower(dict(user_tower or {}), n_users, dim, n_items=n_items)
-        self.item_tower = build_tower(dict(item_tower or {}), n_items, dim)
+        # Parts side by side in a user vector (a history tower with user ids), each met by its own item part.
+        self.blocks: int = getattr(self.user_tower, "blocks", 1)
+        self.item_tower = build_tower(dict(item_tower or {}), n_items, dim * self.blocks)
         self.loss_fn = build_loss(dict(loss or {}))
         if isinstance(self.user_tower, HistoryTower) and self.loss_fn.examples != "users":
             raise TwoTowerError("the history tower trains on users with all their items: use it with loss=catalogue")
@@ -90,17 +92,17 @@ class TwoTowerModel(L.LightningModule):
         self._catalogue: torch.Tensor | None = None
 
     def user_vectors(self, users: torch.Tensor) -> torch.Tensor:
-        return project(self.user_tower(users), self.hparams.score)
+        return project(self.user_tower(users), self.hparams.score, self.blocks)
 
     def item_vectors(self, items: torch.Tensor) -> torch.Tensor:
-        return project(self.item_tower(items), self.hparams.score)
+        return project(self.item_tower(items), self.hparams.score, self.blocks)
 
     def all_user_vectors(self) -> torch.Tensor:
         """(n_users, dim): vectors whose dot product with ``all_item_vectors`` ranks like the model."""
-        return project(self.user_tower.all(), self.hparams.score)
+        return project(self.user_tower.all(), self.hparams.score, self.blocks)
 
     def all_item_vectors(self) -> torch.Tensor:
-        return project(self.item_tower.all(), self.hparams.score)
+        return project(self.item_tower.all(), self.hparams.score, self.blocks)
 
     def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """Scores of (user, item) pairs: (batch,)."""
@@ -117,14 +119,13 @@ class TwoTowerModel(L.LightningModule):
 
     def _user_loss(self, batch: Batch) -> torch.Tensor:
         """A loss over users with all their positives; a history tower's user leaves out, for each positive,
-        that positive's own share of the user's vector (its ``own`` logit, taken off that logit)."""
+        that positive's own share of the user's history part (its ``own`` logit, taken off that logit). With
+        parts side by side, each part has its own logits and softmax, and the loss is their sum."""
         rows, items = batch["rows"], batch["items"]
         if isinstance(self.user_tower, HistoryTower):
             raw, _, shares = self.user_tower.leave_own_out(batch["users"], rows, items)
         else:
             raw, shares = self.user_tower(batch["users"]), None
-        scale = projection_scale(raw, self.hparams.score) / self.hparams.temperature  # (users, 1)
-        users = raw * scale  # project(raw) / temperature: logits are dot products
         sampled = "candidates" in batch
         if sampled:  # one lookup for both: a sparse table then gets one gradient, not two to add up
             n_candidates = len(batch["candidates"])
@@ -135,8 +136,22 @@ class TwoTowerModel(L.LightningModule):
         else:  # the loss reads the positives' logits off the whole catalogue's: their vectors only for ``own``
             catalogue = self.all_item_vectors()
             positives = None if shares is None else catalogue[items]
-        own = None if shares is None else (shares * positives).sum(-1) * scale[rows, 0]
-        return self.loss_fn(users, catalogue, batch, positives=positives if sampled else None, own=own)
+        losses = []
+        parts = zip(self._parts(raw), self._parts(catalogue), self._parts(positives), strict=True)
+        for block, (user_part, catalogue_part, positive_part) in enumerate(parts):
+            scale = projection_scale(user_part, self.hparams.score) / self.hparams.temperature  # (users, 1)
+            history_part = shares is not None and block == self.blocks - 1  # the history part is the last
+            own = (shares * positive_part).sum(-1) * scale[rows, 0] if history_part else None
+            # user_part * scale is project(user_part) / temperature: logits are dot products
+            losses.append(self.loss_fn(user_part * scale, catalogue_part, batch,
+                                       positives=positive_part if sampled else None, own=own))
+        return sum(losses)
+
+    def _parts(self, vectors: torch.Tensor | None) -> Sequence[torch.Tensor | None]:
+        """The side-by-side parts of vectors (one: the vectors themselves, without a copy in backward)."""
+        if vectors is None:
+            return [None] * self.blocks
+        return [vectors] if self.blocks == 1 else vectors.split(self.hparams.dim, dim=-1)
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         loss = self.loss(batch)

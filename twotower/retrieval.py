@@ -248,7 +248,8 @@ class Retriever:
         queries = np.stack([self.history_vectors[rows].mean(axis=0) for rows in histories])
         if self.manifest["score"] == "cosine":
             queries /= np.maximum(np.linalg.norm(queries, axis=1, keepdims=True), 1e-12)
-        return queries
+        # A tower with user ids puts the history part last, beside an ID part that a new user does not have.
+        return np.pad(queries, ((0, 0), (self.item_vectors.shape[1] - queries.shape[1], 0)))
 
     def similar_items(self, items: object, k: int = 10, allow: Iterable | None = None,
                       deny: Iterable | None = None) -> Result | list[Result]:
@@ -370,10 +371,12 @@ class Retriever:
         from twotower.scoring import project
         from twotower.towers import FeatureTower
 
-        tower = getattr(self.model(), f"{side}_tower", None)
+        model = self.model()
+        tower = getattr(model, f"{side}_tower", None)
         if not isinstance(tower, FeatureTower):
             raise TwoTowerError(f"this run's {self.names.get(side, side)} tower uses no features, so new "
                                 f"{self.names.get(side, side)}s cannot be embedded; use unknown='popular'")
         with torch.no_grad():
-            vectors = project(tower.embed_features(encode_features(features, tower.specs)), self.manifest["score"])
+            vectors = project(tower.embed_features(encode_features(features, tower.specs)), self.manifest["score"],
+                              model.blocks)
         return vectors.numpy()

@@ -264,7 +264,7 @@ def fit_and_export(cfg: DictConfig, index: Backend, root: RunPaths) -> dict[str,
     write_json({
         "names": datamodule.names,
         "score": best.hparams.score,
-        "dim": best.hparams.dim,
+        "dim": best.hparams.dim * best.blocks,  # of the exported vectors: all the parts side by side
         "n_users": datamodule.n_users,
         "n_items": datamodule.n_items,
         "min_rating": datamodule.min_rating,
