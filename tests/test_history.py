@@ -93,11 +93,14 @@ def test_a_sampled_catalogue_leaves_the_positive_out_of_its_own_logit() -> None:
 def test_dropout_keeps_a_share_of_the_history_and_the_shares_add_up_to_the_vector() -> None:
     model = history_model("dot", dropout=0.5)
     torch.manual_seed(1)  # keeps items 0, 3 and 5: some of each user's
-    vectors, kept, shares = model.user_tower.leave_own_out(USERS, ROWS, ITEMS)
+    vectors, kept, weights = model.user_tower.leave_own_out(USERS, ROWS, ITEMS)
     assert 0 < kept.sum() < len(ITEMS)
-    assert torch.all(shares[~kept] == 0)
+    assert torch.all(weights[~kept] == 0)
+    shares = weights.unsqueeze(-1) * model.user_tower.history(ITEMS)
     for row in range(3):
-        assert torch.allclose(shares[ROWS.eq(row)].sum(0), vectors[row], atol=1e-6)
+        in_row = ROWS.eq(row)
+        assert torch.allclose(shares[in_row].sum(0), vectors[row], atol=1e-6)
+        assert torch.allclose(weights[in_row & kept], 1 / (in_row & kept).sum())  # the mean of the kept items
 
 
 def test_the_history_tower_needs_the_catalogue_loss() -> None:

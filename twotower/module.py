@@ -123,9 +123,9 @@ class TwoTowerModel(L.LightningModule):
         parts side by side, each part has its own logits and softmax, and the loss is their sum."""
         rows, items = batch["rows"], batch["items"]
         if isinstance(self.user_tower, HistoryTower):
-            raw, _, shares = self.user_tower.leave_own_out(batch["users"], rows, items)
+            raw, _, weights = self.user_tower.leave_own_out(batch["users"], rows, items)
         else:
-            raw, shares = self.user_tower(batch["users"]), None
+            raw, weights = self.user_tower(batch["users"]), None
         sampled = "candidates" in batch
         if sampled:  # one lookup for both: a sparse table then gets one gradient, not two to add up
             n_candidates = len(batch["candidates"])
@@ -133,19 +133,29 @@ class TwoTowerModel(L.LightningModule):
             # split, not two slices: its backward is one concatenation, where each slice's writes its
             # gradient into a zeroed copy of the whole and autograd adds the two
             catalogue, positives = vectors.split([n_candidates, len(items)])
-        else:  # the loss reads the positives' logits off the whole catalogue's: their vectors only for ``own``
-            catalogue = self.all_item_vectors()
-            positives = None if shares is None else catalogue[items]
+        else:  # the loss reads the positives' logits off the whole catalogue's
+            catalogue, positives = self.all_item_vectors(), None
         losses = []
         parts = zip(self._parts(raw), self._parts(catalogue), self._parts(positives), strict=True)
         for block, (user_part, catalogue_part, positive_part) in enumerate(parts):
             scale = projection_scale(user_part, self.hparams.score) / self.hparams.temperature  # (users, 1)
-            history_part = shares is not None and block == self.blocks - 1  # the history part is the last
-            own = (shares * positive_part).sum(-1) * scale[rows, 0] if history_part else None
+            own = None
+            if weights is not None and block == self.blocks - 1:  # the history part is the last
+                own = self._own_logits(items, weights, catalogue_part, positive_part) * scale[rows, 0]
             # user_part * scale is project(user_part) / temperature: logits are dot products
             losses.append(self.loss_fn(user_part * scale, catalogue_part, batch,
                                        positives=positive_part if sampled else None, own=own))
         return sum(losses)
+
+    def _own_logits(self, items: torch.Tensor, weights: torch.Tensor, catalogue: torch.Tensor,
+                    positives: torch.Tensor | None) -> torch.Tensor:
+        """(P,): what each positive's own history vector adds to its logit, ``weights[p] * h_i . v_i`` (before
+        the user's norm and the temperature). With the whole catalogue, ``h_i . v_i`` is taken once per item
+        and gathered, rather than gathering (positives, dim) vectors; a sampled catalogue has the positives'."""
+        history = self.user_tower.history
+        if positives is None:
+            return torch.linalg.vecdot(history.weight, catalogue).index_select(0, items) * weights
+        return torch.linalg.vecdot(history(items), positives) * weights
 
     def _parts(self, vectors: torch.Tensor | None) -> Sequence[torch.Tensor | None]:
         """The side-by-side parts of vectors (one: the vectors themselves, without a copy in backward)."""
