@@ -98,7 +98,7 @@ class TwoTowerModel(L.LightningModule):
         return project(self.item_tower(items), self.hparams.score, self.blocks)
 
     def all_user_vectors(self) -> torch.Tensor:
-        """(n_users, dim): vectors whose dot product with ``all_item_vectors`` ranks like the model."""
+        """(n_users, blocks * dim): vectors whose dot product with ``all_item_vectors`` ranks like the model."""
         return project(self.user_tower.all(), self.hparams.score, self.blocks)
 
     def all_item_vectors(self) -> torch.Tensor:
