@@ -20,8 +20,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from twotower.artifacts import RunPaths, read_manifest
+
 from twotower.embeddings import read_vectors
 from twotower.index import AnnoyIndex, ExactIndex, build_index, exact_top
 

@@ -32,8 +32,8 @@ import scipy.sparse as sp
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchmark_quality import METRICS, als_model, fit_twotower, read_split
 
-from twotower.commands.eval import evaluate_vectors
 from twotower.data.user_items import UserItems
+from twotower.evaluation import evaluate_vectors
 from twotower.retrieval import Retriever
 
 

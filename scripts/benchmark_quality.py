@@ -36,13 +36,12 @@ import torch
 from hydra import compose, initialize_config_module
 from scipy.sparse.linalg import svds
 
-from twotower.commands.cli import register_resolvers
-from twotower.commands.eval import evaluate_run, evaluate_vectors
-from twotower.commands.train import train
 from twotower.data.batches import RankingBatches, eval_chunk_size
 from twotower.data.readers import UserLinesReader
 from twotower.data.user_items import UserItems
+from twotower.evaluation import evaluate_run, evaluate_vectors
 from twotower.metrics import RankingMetrics
+from twotower.training import train
 
 SHARED = Path("../shared/data")
 DATASETS = ("ml-1m-split", "lastfm-split", "amazon-sports-split")
@@ -116,7 +115,6 @@ def write_csv(frames: list[pl.DataFrame], path: Path) -> Path:
 
 
 def fit_twotower(data: Path, run_dir: Path, overrides: list[str]) -> dict[str, float]:
-    register_resolvers()
     with initialize_config_module(config_module="twotower.conf", version_base="1.3"):
         cfg = compose("train", overrides=["data=interactions", f"data.path={data}", f"run_dir={run_dir}",
                                           "trainer.enable_progress_bar=false", "show_similar_to=null", *overrides])

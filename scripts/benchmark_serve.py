@@ -27,8 +27,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-
 from twotower.artifacts import RunPaths
+
 from twotower.index import AnnoyIndex, index_report, read_meta
 from twotower.retrieval import Retriever, read_seen
 from twotower.synthetic import write_vector_run

@@ -37,10 +37,9 @@ from benchmark_quality import SHARED, fit_als, read_split, scoring_protocol, wri
 from hydra import compose, initialize_config_module
 from hydra.utils import instantiate
 
-from twotower.commands.cli import register_resolvers
-from twotower.commands.eval import evaluate_vectors
-from twotower.commands.train import build_model
+from twotower.evaluation import evaluate_vectors
 from twotower.synthetic import planted_interactions
+from twotower.training import build_model
 
 SHARED_SETS = {"ml-1m": "ml-1m-split", "lastfm": "lastfm-split", "sports": "amazon-sports-split"}
 # (users, items, interactions per user): 1M and 10M logs, and one of Gowalla's size (810k interactions, 29,858
@@ -115,7 +114,6 @@ def time_to_als(scratch: Path, every: int) -> dict:
     als_seconds = time.perf_counter() - started
     als_metrics = evaluate_vectors(*als, seen, targets, ks=[20])
 
-    register_resolvers()
     with initialize_config_module(config_module="twotower.conf", version_base="1.3"):
         cfg = compose("train", overrides=["data=interactions", f"data.path={log_file('ml-1m', scratch)}",
                                           f"run_dir={scratch / 'curve'}", "trainer.enable_progress_bar=false"])

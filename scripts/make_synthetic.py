@@ -13,7 +13,7 @@ import argparse
 import time
 from pathlib import Path
 
-from twotower.artifacts import atomic_path
+from twotower.files import atomic_path
 from twotower.synthetic import planted_interactions
 
 

@@ -13,12 +13,13 @@ from hydra import compose, initialize_config_module
 from lightning import Callback, Trainer
 from omegaconf import DictConfig
 
-import twotower.commands.cli
 from twotower.synthetic import planted_interactions
+from twotower.training import register_resolvers
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
-twotower.commands.cli.register_resolvers()
+register_resolvers()
+
 
 
 def compose_train(run_dir: Path, *overrides: str) -> DictConfig:
@@ -30,7 +31,7 @@ def compose_train(run_dir: Path, *overrides: str) -> DictConfig:
 
 def train_feature_run(folder: Path) -> Path:
     """A small trained run whose item tower reads a ``genre`` feature (g0-g3), in ``folder / "run"``."""
-    from twotower.commands.train import train
+    from twotower.training import train
 
     planted_interactions(n_users=120, n_items=80, n_clusters=4, seed=1).write_csv(folder / "log.csv")
     pl.DataFrame({"item_id": np.arange(80), "genre": [f"g{i % 4}" for i in range(80)]}).write_csv(folder / "items.csv")

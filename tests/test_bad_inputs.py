@@ -16,12 +16,13 @@ import polars as pl
 import pytest
 
 from tests.conftest import compose_train
-from twotower.artifacts import RunPaths, exclusive
 from twotower.commands import eval as eval_app
 from twotower.commands import reindex, retrieve
 from twotower.commands import train as train_app
 from twotower.embeddings import read_vectors, write_vectors
+from twotower.run import RunPaths, exclusive
 from twotower.synthetic import planted_interactions
+from twotower.training import train
 
 GOOD = planted_interactions(n_users=60, n_items=40, n_clusters=4, interactions_per_user=8, seed=5)
 
@@ -30,7 +31,7 @@ GOOD = planted_interactions(n_users=60, n_items=40, n_clusters=4, interactions_p
 def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("finished")
     GOOD.write_csv(folder / "log.csv")
-    train_app.train(compose_train(folder / "run", "data=interactions", f"data.path={folder / 'log.csv'}",
+    train(compose_train(folder / "run", "data=interactions", f"data.path={folder / 'log.csv'}",
                                   "trainer.max_epochs=1", "model.dim=8"))
     return folder / "run"
 

@@ -8,8 +8,8 @@ import polars as pl
 import pytest
 
 from tests.conftest import compose_train
-from twotower.commands.train import train
 from twotower.retrieval import Retriever
+from twotower.training import train
 
 
 def neighbour_agreement(retriever: Retriever, labels: np.ndarray, k: int = 5) -> float:

@@ -19,9 +19,9 @@ from omegaconf import OmegaConf
 
 from tests.conftest import compose_train
 from twotower.commands.train import main as train_main
-from twotower.commands.train import train
 from twotower.errors import TwoTowerError
 from twotower.synthetic import planted_interactions
+from twotower.training import train
 
 CONF = Path(twotower.conf.__file__).parent  # the package Hydra composes from
 NEEDS_PLUGIN = {("hparams_search", "optuna"): "hydra_plugins.hydra_optuna_sweeper"}
@@ -111,7 +111,7 @@ def test_progress_bar_loss_moves_within_a_short_epoch(tmp_path: Path, monkeypatc
             kwargs["callbacks"] = [*kwargs["callbacks"], watcher]
         return real(config, *args, **kwargs)
 
-    monkeypatch.setattr("twotower.commands.train.instantiate", with_watcher)
+    monkeypatch.setattr("twotower.training.instantiate", with_watcher)
     train(compose_train(tmp_path / "run", "data=interactions", f"data.path={tmp_path / 'log.csv'}",
                         "trainer.max_epochs=1", "final_fit=false", "loss=softmax", "datamodule.batch_size=64"))
     # ~40 steps in the epoch (of pairs), fewer than the logger's interval of 50: the bar still shows a new

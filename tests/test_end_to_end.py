@@ -10,11 +10,11 @@ import polars as pl
 import pytest
 
 from tests.conftest import compose_train
-from twotower.commands.eval import evaluate_run
-from twotower.commands.train import train
 from twotower.errors import TwoTowerError
+from twotower.evaluation import evaluate_run
 from twotower.retrieval import Retriever
 from twotower.synthetic import planted_interactions
+from twotower.training import train
 
 
 def split_items(run_dir: Path, *names: str) -> dict[int, set[int]]:

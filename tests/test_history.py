@@ -10,14 +10,13 @@ import pytest
 import torch
 
 from tests.conftest import compose_train
-from twotower.commands.retrieve import rows_for
 from twotower.commands.retrieve import run as retrieve
-from twotower.commands.train import train
 from twotower.errors import TwoTowerError
 from twotower.module import TwoTowerModel
 from twotower.retrieval import Retriever
 from twotower.synthetic import planted_interactions
 from twotower.towers import HistoryTower
+from twotower.training import train
 
 CATALOGUE = {"_target_": "twotower.losses.CatalogueSoftmaxLoss"}
 
@@ -153,7 +152,7 @@ def test_a_known_users_whole_history_gives_their_recommendations(planted_history
     run_dir, _ = planted_history_run
     retriever = Retriever.load(run_dir, index="exact")
     trained = pl.concat([pl.read_parquet(run_dir / "splits" / f"{name}.parquet")
-                         for name in retriever.manifest["trained_on"]])
+                         for name in retriever.run.manifest.trained_on])
     for row in (0, 7, 300):
         user = retriever.user_vocab.ids[row]
         history = retriever.item_vocab.decode(trained.filter(pl.col("user") == row)["item"].to_numpy())
@@ -213,7 +212,7 @@ def test_the_service_answers_histories_as_the_python_api(planted_history_run: tu
                                                                      "unknown": "skip"})
         assert answer.status_code == 200, answer.text
         expected = retriever.recommend_from_history([[120, 121], [5, 99999]], k=4, unknown="skip")
-        assert answer.json()["results"] == [rows_for(retriever.item_vocab, *result) for result in expected]
+        assert answer.json()["results"] == [result.records() for result in expected]
         refused = server.client.post("/recommend_from_history", json={"histories": [[120, 99999]]})
         assert refused.status_code == 404 and "99999" in refused.json()["error"]
     finally:

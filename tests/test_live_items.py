@@ -15,10 +15,11 @@ import polars as pl
 import pytest
 
 from tests.conftest import train_feature_run
+from twotower.catalogue import Result, rebuild_index
 from twotower.commands import reindex
 from twotower.errors import TwoTowerError
 from twotower.index import AnnoyIndex, read_meta
-from twotower.retrieval import Result, Retriever, rebuild_index
+from twotower.retrieval import Retriever
 from twotower.synthetic import write_vector_run
 
 N_ITEMS = 12_000
@@ -77,7 +78,7 @@ def test_added_items_merge_with_the_index_by_exact_score(retriever: Retriever) -
     ids, scores = retriever.recommend("u1", k=10)
     assert ids[0] == 1 and scores[0] == pytest.approx(1.0, abs=1e-5)
     assert 8 not in ids and list(scores) == sorted(scores, reverse=True)
-    unit = retriever.live.vectors[retriever.live.rows([1, 3, 8]) - retriever.live.base]
+    unit = retriever.catalogue.vectors_of(retriever.catalogue.rows([1, 3, 8]))
     assert np.allclose(np.linalg.norm(unit, axis=1), 1.0)
     assert set(before[:7]) <= set(ids)  # the index's hits are still there, only pushed down
     assert retriever.describe_items([1, 8, before[0]]) == ["Best", "Worst", f"Item {before[0]}"]
@@ -104,7 +105,7 @@ def test_removed_items_are_never_returned(retriever: Retriever) -> None:
     with pytest.raises(TwoTowerError, match="was removed"):
         retriever.similar_items(top[0])
     retriever.add_items([top[0]], [-user_vector(retriever, "u2")])  # a removed id can come back, new vector
-    assert retriever.live.n_added == 1 and retriever.live.n_removed == 2
+    assert retriever.catalogue.n_added == 1 and retriever.catalogue.n_removed == 2
     assert retriever.similar_items(top[0], k=1)[0].size == 1
 
 
@@ -123,7 +124,7 @@ def test_bad_new_items_are_refused_and_change_nothing(retriever: Retriever, ids:
                                                       message: str) -> None:
     with pytest.raises(TwoTowerError, match=message):
         retriever.add_items(ids, vectors)
-    assert retriever.live.n_added == 0
+    assert retriever.catalogue.n_added == 0
 
 
 def test_bad_calls_name_the_problem(retriever: Retriever) -> None:
@@ -168,7 +169,7 @@ def test_items_embedded_by_a_feature_tower(tmp_path: Path) -> None:
     features = pl.DataFrame({"genre": ["g1", "g2"]})
     retriever.add_items([1000, 1001], features=features, titles=["new g1", "new g2"])
     expected = retriever.embed("item", features)
-    added = retriever.live.vectors_for(retriever.item_vectors, retriever.live.rows([1000, 1001]))
+    added = retriever.catalogue.vectors_of(retriever.catalogue.rows([1000, 1001]))
     assert np.allclose(added, expected / np.linalg.norm(expected, axis=1, keepdims=True), atol=1e-6)
     ids, scores = retriever.search(expected[:1], k=1)[0]
     assert ids.tolist() == [1000] and scores[0] == pytest.approx(1.0, abs=1e-5)
@@ -193,7 +194,7 @@ def test_saved_changes_load_again(own_run: Path) -> None:
     again = Retriever.load(own_run)
     assert_same(again.recommend(users, k=10), expected)
     assert_same(again.similar_items(["Best", "Again"], k=5), similar)
-    assert (again.live.n_added, again.live.n_removed) == (4, 2)
+    assert (again.catalogue.n_added, again.catalogue.n_removed) == (4, 2)
     assert again.recommend("u1", k=2)[0].tolist() == [1, 3]
     assert again.describe_items([1, 3, 8]) == ["Best", "Again", "Worst"]
     answered = {item for ids, _ in again.recommend(users, k=50) for item in ids.tolist()}
@@ -206,7 +207,7 @@ def test_saved_changes_load_again(own_run: Path) -> None:
     assert not (own_run / "catalogue" / "added.parquet").exists()
     assert not any(name.startswith("catalogue/") for name in json.loads((own_run / "run.json").read_text())[
         "fingerprints"])
-    assert Retriever.load(own_run).live.n_added == 0
+    assert Retriever.load(own_run).catalogue.n_added == 0
 
 
 def test_a_changed_catalogue_is_refused(own_run: Path) -> None:
@@ -245,7 +246,7 @@ def test_a_rebuild_folds_saved_items_into_the_index(own_run: Path) -> None:
     assert read_meta(own_run / "index")["n_items"] == N_ITEMS + len(new)
 
     folded = Retriever.load(own_run)
-    assert folded.live.indexed == len(folded.live.ids) == len(new)  # nothing left to search exactly
+    assert folded.catalogue.indexed == len(folded.catalogue.added_ids) == len(new)  # nothing left to search exactly
     assert not folded.index.searches_exactly(20)  # and the index searches through its trees
     assert_same(folded.recommend(users, k=10), expected)
     assert_same(folded.similar_items(new[:5], k=5), similar)
@@ -270,14 +271,14 @@ def test_items_added_after_a_fold_merge_and_fold_again(own_run: Path, monkeypatc
         add_near_users(each, later, seed=4)
         each.remove_items([100_001])
     merged = folded.recommend(users, k=10)
-    assert (folded.live.indexed, len(folded.live.ids)) == (30, 50)
+    assert (folded.catalogue.indexed, len(folded.catalogue.added_ids)) == (30, 50)
     assert_same(merged, exact.recommend(users, k=10))
     assert any(set(later) & set(ids.tolist()) for ids, _ in merged)  # from the buffer
     assert any(set(range(100_002, 100_031)) & set(ids.tolist()) for ids, _ in merged)  # from the index
     assert folded.save_catalogue() == {"added_items": 49, "removed_items": 0, "saved_rows": 50, "indexed_rows": 30}
 
-    assert Retriever.load(own_run).live.indexed == 30  # saved, not yet folded: the old index still loads
+    assert Retriever.load(own_run).catalogue.indexed == 30  # saved, not yet folded: the old index still loads
     fold_with_the_command(own_run, monkeypatch, capsys)
     again = Retriever.load(own_run)
-    assert (again.live.indexed, len(again.live.ids), again.live.n_added) == (50, 50, 49)
+    assert (again.catalogue.indexed, len(again.catalogue.added_ids), again.catalogue.n_added) == (50, 50, 49)
     assert_same(again.recommend(users, k=10), merged)

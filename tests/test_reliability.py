@@ -18,12 +18,12 @@ import torch
 from omegaconf import DictConfig
 
 from tests.conftest import compose_train
-from twotower.artifacts import atomic_path, write_json
-from twotower.commands.eval import evaluate_run
-from twotower.commands.train import train
 from twotower.errors import TwoTowerError
+from twotower.evaluation import evaluate_run
+from twotower.files import atomic_path, write_json
 from twotower.retrieval import Retriever
 from twotower.synthetic import planted_interactions
+from twotower.training import train
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -7,10 +7,10 @@ import polars as pl
 import pytest
 
 from tests.conftest import compose_train
-from twotower.commands.train import train
 from twotower.errors import TwoTowerError
 from twotower.retrieval import Retriever
 from twotower.synthetic import planted_interactions
+from twotower.training import train
 
 
 @pytest.fixture(scope="module")
@@ -64,11 +64,13 @@ def test_allow_and_deny_lists(retriever: Retriever) -> None:
 def test_unknown_ids_error_or_fall_back_to_popular(retriever: Retriever) -> None:
     with pytest.raises(TwoTowerError, match=r"unknown user id\(s\) \[99999\]"):
         retriever.recommend([0, 99999], k=3)
-    ids, _ = retriever.recommend(99999, k=3, unknown="popular")
-    assert list(ids) == list(retriever.popular(3)[0])
-    log = pl.concat([pl.read_parquet(retriever.paths.split(name)) for name in ("train", "valid", "test")])
+    fallback = retriever.recommend(99999, k=3, unknown="popular")
+    assert fallback.fallback == "popular" and list(fallback.ids) == list(retriever.popular(3).ids)
+    log = pl.concat([retriever.run.split(name) for name in ("train", "valid", "test")])
     counts = log["item"].value_counts(sort=True)
-    assert retriever.item_vocab.lookup([ids[0]])[0] == counts["item"][0]
+    assert retriever.item_vocab.lookup([fallback.ids[0]])[0] == counts["item"][0]
+    # a fallback's score is the item's share of the log's interactions, not a model score
+    assert fallback.scores[0] == pytest.approx(counts["count"][0] / log.height)
 
 
 def test_bad_k_and_similar_items(retriever: Retriever) -> None:

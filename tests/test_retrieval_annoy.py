@@ -7,11 +7,12 @@ import numpy as np
 import polars as pl
 import pytest
 
-from twotower.artifacts import RunPaths, artifact_fingerprints, write_json, write_parquet
 from twotower.data.vocab import Vocabulary
 from twotower.embeddings import write_vectors
+from twotower.files import write_parquet
 from twotower.index import AnnoyIndex, build_index, index_report, read_meta
-from twotower.retrieval import Retriever, read_seen
+from twotower.retrieval import Retriever
+from twotower.run import Manifest, RunPaths, seen_items
 
 N_ITEMS, N_USERS, DIM, K = 30_000, 300, 16, 10
 
@@ -41,10 +42,9 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for code, name in enumerate(("train", "valid", "test")):
         write_parquet(frame.filter(pl.Series(labels == code)).sort("user", "item"), paths.split(name))
     build_index(AnnoyIndex(), items, "cosine", paths.index)
-    write_json({"names": {"user": "user", "item": "item"}, "score": "cosine", "dim": DIM, "n_users": N_USERS,
-                "n_items": N_ITEMS, "checkpoint": None, "checkpoint_fingerprint": None,
-                "trained_on": ["train", "valid", "test"], "min_rating": None,
-                "fingerprints": artifact_fingerprints(paths)}, paths.manifest)
+    Manifest(names={"user": "user", "item": "item"}, score="cosine", dim=DIM, n_users=N_USERS, n_items=N_ITEMS,
+             min_rating=None, checkpoint=None, trained_on=["train", "valid", "test"],
+             fingerprints=paths.fingerprints()).write(paths)
     return paths.root
 
 
@@ -112,7 +112,7 @@ def test_similar_items_allow_and_deny_through_annoy(annoy: Retriever, exact: Ret
 def test_index_report_measures_the_filtered_task(run_dir: Path, annoy: Retriever) -> None:
     paths = RunPaths(run_dir)
     meta = read_meta(paths.index)
-    seen = read_seen(paths, len(annoy.user_vocab))
+    seen = seen_items(paths, len(annoy.user_vocab))
     report = index_report(annoy.index, annoy.user_vectors, annoy.item_vectors, seen, meta, paths.index, 200)
     assert report["seen_filtered"] and report["exact_share"] == 0.0
     assert 0.9 <= report["recall@10_vs_exact"] <= 1.0

@@ -9,9 +9,9 @@ import polars as pl
 import pytest
 import torch
 
-from twotower.commands.eval import evaluate_vectors
 from twotower.commands.sweep import summarise
 from twotower.data.user_items import UserItems
+from twotower.evaluation import evaluate_vectors
 from twotower.module import TwoTowerModel
 from twotower.synthetic import planted_interactions
 

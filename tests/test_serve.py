@@ -19,12 +19,13 @@ import numpy as np
 import polars as pl
 import pytest
 from hydra import compose, initialize_config_module
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import train_feature_run
-from twotower.commands.retrieve import rows_for
-from twotower.commands.serve import Limits, ServeSettings
+from twotower.catalogue import rebuild_index
 from twotower.index import AnnoyIndex, ExactIndex
-from twotower.retrieval import Retriever, rebuild_index
+from twotower.retrieval import Retriever
+from twotower.service.settings import Limits, ServeSettings
 from twotower.synthetic import write_vector_run
 
 TOKEN = "test-admin-token"
@@ -122,7 +123,7 @@ def server(run_a: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Se
 
 
 def rows(retriever: Retriever, result: tuple) -> list[dict]:
-    return rows_for(retriever.item_vocab, *result)
+    return result.records()
 
 
 def test_python_defaults_equal_the_yaml() -> None:
@@ -176,13 +177,33 @@ def test_health_ready_and_metrics(server: Server, run_a: Path) -> None:
     assert server.client.get("/health").json() == {"status": "ok"}
     assert server.client.get("/ready").json() == {"ready": True, "run_dir": str(run_a), "items": 12_000,
                                                   "users": 60}
-    metrics = server.client.get("/metrics").json()
+    metrics = server.client.get("/metrics/json").json()
     assert metrics["requests"] >= 1 and metrics["endpoints"]["/recommend"]["requests"] >= 1
     assert metrics["endpoints"]["/recommend"]["p50_ms"] <= metrics["endpoints"]["/recommend"]["p99_ms"]
     assert metrics["run"]["run_dir"] == str(run_a) and metrics["run"]["index"] == "annoy"
     assert "index_recall@10" in metrics["run"] and metrics["run"]["swaps"] == 0
     assert server.client.get("/docs").status_code == 200
     assert "/recommend" in server.client.get("/openapi.json").json()["paths"]
+
+
+def test_metrics_are_prometheus_text(server: Server) -> None:
+    """What a Prometheus server scrapes: request counters by endpoint and status, a latency histogram whose
+    buckets add up to its count, and the served run's gauges and swap counters."""
+    server.client.get("/recommend", params={"user": "u1", "k": 3})
+    server.client.get("/recommend", params={"user": "nobody"})
+    answer = server.client.get("/metrics")
+    assert answer.status_code == 200 and answer.headers["content-type"].startswith("text/plain")
+    families = {family.name: family for family in text_string_to_metric_families(answer.text)}
+    requests = {(sample.labels["endpoint"], sample.labels["status"]): sample.value
+                for sample in families["twotower_requests"].samples if sample.name.endswith("_total")}
+    assert requests[("/recommend", "200")] >= 1 and requests[("/recommend", "404")] >= 1
+    latency = [sample for sample in families["twotower_request_duration_seconds"].samples
+               if sample.labels.get("endpoint") == "/recommend"]
+    infinite = next(s.value for s in latency if s.name.endswith("_bucket") and s.labels["le"] == "+Inf")
+    count = next(s.value for s in latency if s.name.endswith("_count"))
+    assert infinite == count == sum(requests[key] for key in requests if key[0] == "/recommend")
+    assert families["twotower_items"].samples[0].value == 12_000
+    assert families["twotower_swaps"].samples[0].value == 0
 
 
 @pytest.mark.parametrize(("method", "path", "payload", "status", "names"), [
@@ -228,7 +249,7 @@ def test_chunked_oversized_body_and_no_server_errors(server: Server) -> None:
 
     answer = server.client.post("/recommend", content=chunks(), headers={"content-type": "application/json"})
     assert answer.status_code == 413 and "max_body_bytes" in answer.json()["error"]
-    metrics = server.client.get("/metrics").json()
+    metrics = server.client.get("/metrics/json").json()
     assert metrics["errors"] > 0 and metrics["server_errors"] == 0
 
 
@@ -243,9 +264,9 @@ def test_added_items_are_returned_and_removed_items_never(server: Server, run_a:
     local.add_items([5, 12], [entry["vector"] for entry in new], titles=["Fresh arrival", None])
     answer = server.client.get("/recommend", params={"user": user, "k": 5}).json()
     assert answer[0] == {"id": 5, "score": pytest.approx(1.0, abs=1e-5), "title": "Fresh arrival"}
-    ids, scores = local.recommend(user, k=5)
-    assert answer == rows_for(local.item_vocab, ids, scores, local.describe_items(ids))
-    assert 12 not in ids  # the opposite direction: not recommended
+    result = local.recommend(user, k=5)
+    assert answer == result.records()
+    assert 12 not in result.ids  # the opposite direction: not recommended
     assert server.client.get("/similar", params={"item": "Fresh arrival", "k": 3}).json()[0]["id"] != 5
     item = answer[-1]["id"]
     allowed = server.client.get("/recommend", params={"user": user, "k": 2, "allow": [12, item]}).json()
@@ -290,9 +311,8 @@ def test_saved_items_survive_a_reload_and_a_fold(start, run_a: Path, tmp_path: P
         assert [row["id"] for row in answer] == [row["id"] for row in before]
         assert answer[0]["title"] == "Fresh arrival"
         reloaded = Retriever.load(run)
-        ids, scores = reloaded.recommend("u3", k=10)
-        assert answer == rows_for(reloaded.item_vocab, ids, scores, reloaded.describe_items(ids))
-        assert reloaded.live.indexed == fold  # after the fold, the index holds the saved item
+        assert answer == reloaded.recommend("u3", k=10).records()
+        assert reloaded.catalogue.indexed == fold  # after the fold, the index holds the saved item
 
 
 def test_items_added_from_features_over_http(start, tmp_path: Path) -> None:
@@ -305,8 +325,7 @@ def test_items_added_from_features_over_http(start, tmp_path: Path) -> None:
     local.add_items([1000, 1001], features=pl.DataFrame({"genre": ["g1", None]}), titles=["new g1", None])
     user, pool = local.user_vocab.ids[0], [1000, 1001, *local.item_vocab.ids.to_list()[:10]]
     answer = live.client.get("/recommend", params={"user": user, "k": 6, "allow": pool}).json()
-    ids, scores = local.recommend(user, k=6, allow=pool)
-    assert answer == rows_for(local.item_vocab, ids, scores, local.describe_items(ids))
+    assert answer == local.recommend(user, k=6, allow=pool).records()
     assert {1000, 1001} <= {row["id"] for row in live.client.get("/recommend", params={
         "user": user, "k": 100}).json()}  # every item is in a catalogue of 82
     for features, names in [({"colour": "red"}, "colour"), ({"genre": ["g1", "g2"]}, "features")]:
@@ -358,7 +377,7 @@ def test_swap_under_load_drops_no_request(start, run_a: Path, run_b: Path, tmp_p
     assert before and all(max(ids) < B_OFFSET for ids in before)
     assert len(after) > 10 and all(min(ids) >= B_OFFSET for ids in after)  # the new run answers after the swap
     assert refused.status_code == 422 and "still serving" in refused.json()["error"]
-    metrics = live.client.get("/metrics").json()
+    metrics = live.client.get("/metrics/json").json()
     assert metrics["run"]["run_dir"] == str(run_b) and metrics["run"]["swaps"] == 1
     assert "broken" in metrics["run"]["last_swap_error"] and metrics["server_errors"] == 0
 
@@ -369,7 +388,7 @@ def test_sighup_reloads_and_admin_is_off_without_a_token(start, run_a: Path) -> 
     assert plain.client.post("/admin/items", json={"items": []}, headers=ADMIN).status_code == 404
     plain.process.send_signal(signal.SIGHUP)
     deadline = time.monotonic() + 20
-    while plain.client.get("/metrics").json()["run"]["swaps"] < 1:
+    while plain.client.get("/metrics/json").json()["run"]["swaps"] < 1:
         assert time.monotonic() < deadline, "SIGHUP did not reload the run"
         time.sleep(0.1)
     assert plain.client.get("/recommend", params={"user": "u1"}).status_code == 200

@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from tests.conftest import compose_train
-from twotower.commands.train import train
 from twotower.errors import TwoTowerError
 from twotower.module import TwoTowerModel
 from twotower.optim import LazyAdam, RowWiseAdagrad
 from twotower.synthetic import planted_interactions
+from twotower.training import train
 
 
 def sparse_model(optimizer: type[torch.optim.Optimizer] = RowWiseAdagrad) -> TwoTowerModel:
@@ -133,8 +133,8 @@ def test_model_sparse_recovers_planted_structure(tmp_path: Path) -> None:
 def test_vocabularies_beyond_sparse_above_train_sparse(overrides: list[str], switched: bool, tmp_path: Path) -> None:
     from hydra.utils import instantiate
 
-    from twotower.commands.train import build_model
     from twotower.data.datamodule import InteractionDataModule
+    from twotower.training import build_model
 
     planted_interactions(n_users=60, n_items=40, n_clusters=4, seed=0).write_csv(tmp_path / "log.csv")
     cfg = compose_train(tmp_path / "run", "data=interactions", f"data.path={tmp_path / 'log.csv'}",
@@ -152,7 +152,7 @@ def test_vocabularies_beyond_sparse_above_train_sparse(overrides: list[str], swi
 def built_model(tmp_path: Path, *overrides: str) -> TwoTowerModel:
     from hydra.utils import instantiate
 
-    from twotower.commands.train import build_model
+    from twotower.training import build_model
 
     planted_interactions(n_users=60, n_items=40, n_clusters=4, seed=0).write_csv(tmp_path / "log.csv")
     cfg = compose_train(tmp_path / "run", "data=interactions", f"data.path={tmp_path / 'log.csv'}", *overrides)

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
-from twotower.artifacts import atomic_path
+from twotower.files import atomic_path
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from twotower.artifacts import read_parquet, write_parquet
 from twotower.errors import TwoTowerError
+from twotower.files import read_parquet, write_parquet
 
 
 def write_vectors(ids: pl.Series, vectors: np.ndarray, path: Path) -> None:

@@ -8,7 +8,7 @@ Every constructor argument is a plain value (numbers, strings, dicts) except ``o
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 
 import lightning as L
 import torch
@@ -18,7 +18,7 @@ from twotower.data.batches import Batch
 from twotower.errors import TwoTowerError
 from twotower.losses import build_loss
 from twotower.metrics import RankingMetrics
-from twotower.optim import LazyAdam, RowWiseAdagrad
+from twotower.optim import LazyAdam, OptimizerFactory, RowWiseAdagrad, switch_to_sparse
 from twotower.scoring import SCORES, project, projection_scale
 from twotower.towers import HistoryTower, build_tower
 
@@ -30,7 +30,6 @@ SPARSE_OPTIMIZERS = (LazyAdam, RowWiseAdagrad, torch.optim.SparseAdam, torch.opt
 # Steps between updates of the loss on the progress bar.
 PROGRESS_EVERY = 10
 
-OptimizerFactory = Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer]
 SchedulerFactory = Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LRScheduler]
 
 
@@ -49,6 +48,11 @@ class TwoTowerModel(L.LightningModule):
         scheduler: a factory taking the optimizer (a ``_partial_`` LR scheduler, stepped once per epoch);
             a constant learning rate if None.
         weight_decay: L2 penalty, given to the optimizer as its ``weight_decay`` (0: none).
+        sparse_above: beyond this many users + items, plain ID towers trained with Adam take sparse gradients
+            and ``sparse_optimizer`` instead, so that a step updates only the rows its batch touched (dense
+            Adam's update of every row on every step would dominate an epoch); None never switches, 0 always
+            does. Decided when an optimizer is given (training), not when a checkpoint is loaded.
+        sparse_optimizer: the factory that trains sparse towers (a ``_partial_`` optimizer).
         ks: cut-offs of the validation/test ranking metrics (the word ``twotower-eval`` uses too).
     """
 
@@ -65,6 +69,8 @@ class TwoTowerModel(L.LightningModule):
         optimizer: OptimizerFactory | None = None,
         scheduler: SchedulerFactory | None = None,
         weight_decay: float = 0.0,
+        sparse_above: int | None = 250_000,
+        sparse_optimizer: OptimizerFactory | None = None,
         ks: Sequence[int] = (10, 20),
     ) -> None:
         super().__init__()
@@ -76,11 +82,15 @@ class TwoTowerModel(L.LightningModule):
             raise TwoTowerError(f"model.dim must be >= 1, got {dim}")
         if weight_decay < 0:
             raise TwoTowerError(f"model.weight_decay must be >= 0, got {weight_decay}")
-        self.save_hyperparameters(ignore=["optimizer", "scheduler"])
-        self.user_tower = build_tower(dict(user_tower or {}), n_users, dim, n_items=n_items)
+        self.save_hyperparameters(ignore=["optimizer", "scheduler", "sparse_optimizer"])
+        user_tower, item_tower = dict(user_tower or {}), dict(item_tower or {})
+        if optimizer is not None and sparse_above is not None and n_users + n_items > sparse_above:
+            optimizer = switch_to_sparse([user_tower, item_tower], optimizer, sparse_optimizer, weight_decay,
+                                         n_users + n_items, sparse_above)
+        self.user_tower = build_tower(user_tower, n_users, dim, n_items=n_items)
         # Parts side by side in a user vector (a history tower with user ids), each met by its own item part.
         self.blocks: int = getattr(self.user_tower, "blocks", 1)
-        self.item_tower = build_tower(dict(item_tower or {}), n_items, dim * self.blocks)
+        self.item_tower = build_tower(item_tower, n_items, dim * self.blocks)
         self.loss_fn = build_loss(dict(loss or {}))
         if isinstance(self.user_tower, HistoryTower) and self.loss_fn.examples != "users":
             raise TwoTowerError("the history tower trains on users with all their items: use it with loss=catalogue")

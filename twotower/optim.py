@@ -13,10 +13,17 @@
 """
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable, Iterable
 
 import torch
+
+from twotower.errors import TwoTowerError
+
+log = logging.getLogger(__name__)
+
+OptimizerFactory = Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer]
 
 
 class LazyAdam(torch.optim.Optimizer):
@@ -129,3 +136,34 @@ class RowWiseAdagrad(torch.optim.Optimizer):
                 else:  # the coalesced gradient is this step's own copy: scaled in place
                     _add_to_rows(param, rows, grad.mul_(scale))
         return loss
+
+
+def switch_to_sparse(towers: list[dict], optimizer: OptimizerFactory, sparse_optimizer: OptimizerFactory | None,
+                     weight_decay: float, n_ids: int, limit: int) -> OptimizerFactory:
+    """The optimizer to train with once ``n_ids`` users and items pass ``limit``: ``sparse_optimizer``, with
+    ``towers`` (plain ID tower specs) marked sparse, where the configuration is plain ID towers and Adam
+    without weight decay. Otherwise ``optimizer`` as configured, with a warning; or, where the switch was asked
+    for at any size (``model=sparse``, a limit of 0), an error."""
+    base = getattr(optimizer, "func", optimizer)
+    if any(tower.get("kind", "id") != "id" or tower.get("sparse") is not None for tower in towers):
+        reason = "towers other than plain ID towers"
+    elif base is not torch.optim.Adam:
+        reason = f"model.optimizer {getattr(base, '__name__', base)} (set model.sparse_optimizer for another optimizer)"
+    elif weight_decay:
+        reason = "a model.weight_decay (the sparse optimizers take none)"
+    elif sparse_optimizer is None:
+        reason = "no model.sparse_optimizer"
+    else:
+        sparse_base = getattr(sparse_optimizer, "func", sparse_optimizer)
+        log.info("%d users and items: sparse ID towers with %s at lr %s (model.sparse_above=%d)", n_ids,
+                 getattr(sparse_base, "__name__", sparse_base), getattr(sparse_optimizer, "keywords", {}).get("lr"),
+                 limit)
+        for tower in towers:
+            tower["sparse"] = True
+        return sparse_optimizer
+    if limit == 0:
+        raise TwoTowerError(f"model=sparse needs plain ID towers, Adam and no weight decay to switch from; "
+                            f"this configuration has {reason}")
+    log.warning("%d users and items, beyond model.sparse_above=%d, but %s: training as configured, where "
+                "every step updates every row", n_ids, limit, reason)
+    return optimizer

@@ -16,10 +16,12 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from twotower.artifacts import SPLIT_NAMES, RunPaths, artifact_fingerprints, write_json, write_parquet
+from twotower.data.splits import SPLIT_NAMES
 from twotower.data.vocab import Vocabulary
 from twotower.embeddings import write_vectors
+from twotower.files import write_parquet
 from twotower.index import Backend, build_index, exact_top
+from twotower.run import Manifest, RunPaths
 
 
 def planted_interactions(
@@ -95,8 +97,7 @@ def write_vector_run(root: Path, index: Backend, n_users: int = 300, n_items: in
     for code, name in enumerate(SPLIT_NAMES):
         write_parquet(frame.filter(pl.Series(labels == code)).sort("user", "item"), paths.split(name))
     build_index(index, items, "cosine", paths.index)
-    write_json({"names": {"user": "user", "item": "item"}, "score": "cosine", "dim": dim, "n_users": n_users,
-                "n_items": n_items, "checkpoint": None, "checkpoint_fingerprint": None,
-                "trained_on": list(SPLIT_NAMES), "min_rating": None, "fingerprints": artifact_fingerprints(paths)},
-               paths.manifest)
+    Manifest(names={"user": "user", "item": "item"}, score="cosine", dim=dim, n_users=n_users, n_items=n_items,
+             min_rating=None, checkpoint=None, trained_on=list(SPLIT_NAMES),
+             fingerprints=paths.fingerprints()).write(paths)
     return paths.root

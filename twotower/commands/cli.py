@@ -1,4 +1,4 @@
-"""Plumbing shared by the Hydra entry points: config resolvers and readable errors."""
+"""Plumbing shared by the Hydra entry points: readable errors, and quiet frameworks."""
 
 from __future__ import annotations
 
@@ -7,26 +7,10 @@ import sys
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from importlib.resources import files
-
-from hydra.utils import get_class
-from omegaconf import DictConfig, OmegaConf
 
 from twotower.errors import TwoTowerError
 
 log = logging.getLogger("twotower")
-
-
-def register_resolvers() -> None:
-    """``${sample_data:NAME}``: the path of a data file bundled with the package."""
-    OmegaConf.register_new_resolver("sample_data", lambda name: str(files("twotower.sample_data") / name),
-                                    replace=True)
-
-
-def index_choice(node: DictConfig | None) -> str | None:
-    """Which index a retrieval command searches with, from the ``index`` config group it shares with
-    training: None for the run's own, else the backend the chosen option names (``exact``, ``annoy``)."""
-    return None if node is None else get_class(node._target_).backend
 
 
 def quiet_framework_notices() -> None:

@@ -18,21 +18,16 @@ import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from twotower.commands.cli import register_resolvers, reported_errors
-from twotower.retrieval import rebuild_index
-
-register_resolvers()
-
-
-def reindex(cfg: DictConfig) -> dict:
-    index = instantiate(cfg.index)  # settings checked before anything is read or replaced
-    return rebuild_index(cfg.run_dir, index, cfg.index_recall_queries, cfg.seed)
+from twotower.catalogue import rebuild_index
+from twotower.commands.cli import reported_errors
 
 
 @hydra.main(version_base="1.3", config_path="pkg://twotower.conf", config_name="reindex")
 def main(cfg: DictConfig) -> None:
     with reported_errors(cfg.debug):
-        print(json.dumps(reindex(cfg), indent=2, sort_keys=True))
+        index = instantiate(cfg.index)  # settings checked before anything is read or replaced
+        print(json.dumps(rebuild_index(cfg.run_dir, index, cfg.index_recall_queries, cfg.seed), indent=2,
+                         sort_keys=True))
 
 
 if __name__ == "__main__":

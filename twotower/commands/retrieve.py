@@ -16,31 +16,16 @@ from typing import Any
 
 import hydra
 import polars as pl
+from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig
 
-from twotower.artifacts import atomic_path
-from twotower.commands.cli import index_choice, reported_errors
+from twotower.commands.cli import reported_errors
 from twotower.data.readers import collect, detect_format, existing_path, reading, scan_table
-from twotower.data.vocab import Vocabulary
 from twotower.errors import TwoTowerError
+from twotower.files import atomic_path
 from twotower.retrieval import Retriever
 
 OUTPUTS = ("table", "json", "csv")
-
-
-def rows_for(vocab: Vocabulary, ids: Any, scores: Any, titles: list[str | None] | None = None
-             ) -> list[dict[str, Any]]:
-    """One dict per result: ``id``, ``score`` and, where ``vocab`` has titles, ``title``; ``titles`` given
-    instead for ids outside ``vocab`` (items added to a served catalogue)."""
-    if titles is None:
-        titles = vocab.column("title", vocab.lookup(list(ids))) if vocab.has_titles else [None] * len(ids)
-    rows = []
-    for id_, score, title in zip(ids.tolist(), scores.tolist(), titles, strict=True):
-        row = {"id": id_, "score": round(float(score), 6)}
-        if title is not None:
-            row["title"] = title
-        rows.append(row)
-    return rows
 
 
 def print_table(heading: str, rows: list[dict[str, Any]]) -> None:
@@ -77,8 +62,8 @@ def read_user_ids(path: str) -> list[Any]:
 def batch_results(retriever: Retriever, users: list[Any], k: int, exclude_seen: bool) -> pl.DataFrame:
     results = retriever.recommend(users, k=k, exclude_seen=exclude_seen)
     records = []
-    for user, (ids, scores) in zip(users, results, strict=True):
-        for rank, row in enumerate(rows_for(retriever.item_vocab, ids, scores), start=1):
+    for user, result in zip(users, results, strict=True):
+        for rank, row in enumerate(result.records(), start=1):
             records.append({"user_id": user, "rank": rank, **{("item_id" if key == "id" else key): value
                                                                for key, value in row.items()}})
     return pl.DataFrame(records)
@@ -91,7 +76,7 @@ def run(cfg: DictConfig) -> None:
     if len(queries) != 1:
         raise TwoTowerError("give exactly one of user=ID, item=ID_OR_TITLE, users_file=FILE, similar_user=ID "
                             "or history='[ID,...]'")
-    retriever = Retriever.load(cfg.run_dir, index=index_choice(cfg.get("index")))
+    retriever = Retriever.load(cfg.run_dir, index=instantiate(cfg.index) if cfg.get("index") else None)
     names = retriever.names
     if cfg.users_file is not None:
         frame = batch_results(retriever, read_user_ids(cfg.users_file), cfg.k, cfg.exclude_seen)
@@ -104,23 +89,19 @@ def run(cfg: DictConfig) -> None:
             sys.stdout.write(frame.write_csv())
         return
     if cfg.similar_user is not None:
-        ids, scores = retriever.similar_users(cfg.similar_user, k=cfg.k)
-        rows = rows_for(retriever.user_vocab, ids, scores)
+        rows = retriever.similar_users(cfg.similar_user, k=cfg.k).records()
         heading = f"{names['user'].capitalize()}s most similar to {cfg.similar_user!r}:"
     elif cfg.history is not None:
         history = cfg.history
         if not isinstance(history, ListConfig):
             raise TwoTowerError(f"history must be a list of item ids, e.g. history='[1,2,3]', got {history!r}")
-        ids, scores = retriever.recommend_from_history(list(history), k=cfg.k, unknown=cfg.unknown_items)
-        rows = rows_for(retriever.item_vocab, ids, scores)
+        rows = retriever.recommend_from_history(list(history), k=cfg.k, unknown=cfg.unknown_items).records()
         heading = f"Top {cfg.k} {names['item']}s for a {names['user']} with {len(history)} {names['item']}(s):"
     elif cfg.user is not None:
-        ids, scores = retriever.recommend(cfg.user, k=cfg.k, exclude_seen=cfg.exclude_seen)
-        rows = rows_for(retriever.item_vocab, ids, scores)
+        rows = retriever.recommend(cfg.user, k=cfg.k, exclude_seen=cfg.exclude_seen).records()
         heading = f"Top {cfg.k} {names['item']}s for {names['user']} {cfg.user!r}:"
     else:
-        ids, scores = retriever.similar_items(cfg.item, k=cfg.k)
-        rows = rows_for(retriever.item_vocab, ids, scores)
+        rows = retriever.similar_items(cfg.item, k=cfg.k).records()
         anchor = retriever.item_vocab.resolve(cfg.item)
         title = retriever.item_vocab.column("title", [anchor])[0] or retriever.item_vocab.ids[anchor]
         heading = f"{names['item'].capitalize()}s most similar to {title!r}:"

@@ -19,7 +19,8 @@ from pathlib import Path
 import polars as pl
 import yaml
 
-from twotower.artifacts import RunPaths, atomic_path, write_text
+from twotower.files import atomic_path, write_text
+from twotower.run import RunPaths
 
 STATUS = ("ok", "failed", "unfinished")
 

@@ -12,7 +12,6 @@ import polars as pl
 import torch
 from torch.utils.data import DataLoader
 
-from twotower.artifacts import SPLIT_NAMES, RunPaths, write_parquet
 from twotower.data.batches import (
     EpochBatchSampler,
     RankingBatches,
@@ -24,10 +23,12 @@ from twotower.data.batches import (
 )
 from twotower.data.features import FeatureSpec, encode_features, feature_specs
 from twotower.data.interactions import InteractionLog, deduplicate, non_positives, positives
-from twotower.data.splits import Splits, check_splits, cover_holdouts
+from twotower.data.splits import SPLIT_NAMES, Splits, check_splits, cover_holdouts
 from twotower.data.user_items import UserItems
 from twotower.data.vocab import Vocabulary
 from twotower.errors import TwoTowerError
+from twotower.files import write_parquet
+from twotower.run import RunPaths
 from twotower.sampling import NegativeSampler
 
 log = logging.getLogger(__name__)

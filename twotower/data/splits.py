@@ -13,11 +13,11 @@ import logging
 import numpy as np
 import polars as pl
 
-from twotower.artifacts import SPLIT_NAMES
 from twotower.errors import TwoTowerError
 
 log = logging.getLogger(__name__)
 
+SPLIT_NAMES = ("train", "valid", "test")
 Splits = dict[str, pl.DataFrame]
 
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from twotower.artifacts import read_parquet, write_parquet
 from twotower.data.ids import as_kind, query_ids
 from twotower.errors import TwoTowerError
+from twotower.files import read_parquet, write_parquet
 
 
 def integer_chunks(ids: pl.Series) -> Iterator[np.ndarray]:

@@ -1,0 +1,109 @@
+"""An index on disk: ``meta.json`` (backend and its settings, metric, transform, dimensions, fingerprints of
+the vectors and checkpoint it was built from) beside the backend's files. ``meta.json`` is written last, so
+a folder without it is an unfinished build; loading checks every recorded fact against the run, and the
+backend is rebuilt from the settings it was saved with (``backend_from``).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from twotower.errors import TwoTowerError
+from twotower.files import atomic_directory, fingerprint, write_json
+from twotower.index.annoy import AnnoyIndex
+from twotower.index.exact import ExactIndex
+
+INDEX_FORMAT = 1
+SCORES = ("dot", "cosine")
+Backend = ExactIndex | AnnoyIndex
+BACKENDS: dict[str, type[Backend]] = {backend.backend: backend for backend in (ExactIndex, AnnoyIndex)}
+
+
+def backend_from(name: object, params: dict[str, Any] | None = None) -> Backend:
+    """A fresh backend of kind ``name`` with ``params`` (what ``meta.json`` records and ``spec`` gives)."""
+    if name not in BACKENDS:
+        raise TwoTowerError(f"unknown index backend {name!r}; this version has {sorted(BACKENDS)}")
+    return BACKENDS[name](**(params or {}))
+
+
+def build_index(index: Backend, vectors: np.ndarray, score: str, folder: Path,
+                checkpoint: str | None = None) -> dict[str, Any]:
+    """Build ``index`` over item ``vectors`` into ``folder`` (replacing what was there only once the new
+    index is complete) and open it from there; returns its metadata."""
+    if score not in SCORES:
+        raise TwoTowerError(f"unknown score '{score}'")
+    with atomic_directory(folder) as building:
+        started = time.perf_counter()
+        facts = index.build(vectors, score, building)
+        meta = {
+            "format": INDEX_FORMAT,
+            "backend": index.backend,
+            "params": index.params(),
+            "score": score,
+            "dim": int(vectors.shape[1]),
+            "n_items": int(vectors.shape[0]),
+            "vectors_fingerprint": fingerprint(vectors),
+            "checkpoint_fingerprint": checkpoint,
+            "build_seconds": round(time.perf_counter() - started, 3),
+            "files": {file.name: {"bytes": file.stat().st_size, "sha256": fingerprint(file)}
+                      for file in sorted(building.iterdir())},
+            **facts,
+        }
+        write_json(meta, building / "meta.json")
+    index.load(vectors, meta, folder)
+    return meta
+
+
+def read_meta(folder: Path) -> dict[str, Any]:
+    path = folder / "meta.json"
+    if not path.exists():
+        raise TwoTowerError(f"no finished index in {folder} (meta.json missing); build it with twotower-index")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise TwoTowerError(f"{path} is not valid JSON; rebuild the index") from error
+
+
+def load_index(folder: Path, vectors: np.ndarray, score: str, checkpoint: str | None = None,
+               index: Backend | None = None) -> tuple[Backend, dict[str, Any]]:
+    """Open the index in ``folder``, refusing one built from other vectors, score or checkpoint."""
+    meta = read_meta(folder)
+    problems = []
+    if meta.get("format") != INDEX_FORMAT:
+        problems.append(f"format {meta.get('format')} (this version reads {INDEX_FORMAT})")
+    if meta.get("score") != score:
+        problems.append(f"score '{meta.get('score')}' but the model scores by '{score}'")
+    if meta.get("dim") != vectors.shape[1] or meta.get("n_items") != vectors.shape[0]:
+        problems.append(f"{meta.get('n_items')} items of dimension {meta.get('dim')} but the run has "
+                        f"{vectors.shape[0]} of dimension {vectors.shape[1]}")
+    elif meta.get("vectors_fingerprint") != fingerprint(vectors):
+        problems.append("it was built from other item vectors")
+    if checkpoint and meta.get("checkpoint_fingerprint") and meta["checkpoint_fingerprint"] != checkpoint:
+        problems.append("it was built from another checkpoint")
+    for name, facts in meta.get("files", {}).items():
+        path = folder / name
+        if not path.exists():
+            problems.append(f"{name} is missing")
+        elif path.stat().st_size != facts["bytes"]:
+            problems.append(f"{name} has {path.stat().st_size} bytes, not {facts['bytes']} (truncated or replaced)")
+        elif fingerprint(path) != facts["sha256"]:
+            problems.append(f"{name} is damaged (its contents changed since it was built)")
+    if problems:
+        raise TwoTowerError(f"the index in {folder} does not match this run: {'; '.join(problems)}. "
+                            "Rebuild it with twotower-index")
+    if meta.get("backend") not in BACKENDS:
+        raise TwoTowerError(f"the index in {folder} is of an unknown backend {meta.get('backend')!r}; "
+                            f"this version reads {sorted(BACKENDS)}. Rebuild it with twotower-index")
+    if index is not None and index.backend != meta["backend"]:
+        raise TwoTowerError(f"the index in {folder} is {meta['backend']}, not {index.backend}; build one with "
+                            f"twotower-index run_dir=... index={index.backend}")
+    # A fresh backend, so that a run loaded beside another (a swap) never shares an open index with it; a
+    # given one lends its settings (its query-time ones matter: the files hold the rest).
+    index = backend_from(meta["backend"], meta["params"] if index is None else index.params())
+    index.load(vectors, meta, folder)
+    return index, meta

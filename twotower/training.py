@@ -1,0 +1,256 @@
+"""What ``twotower-train`` does, as a plain function of its composed config: select the number of epochs on
+the validation split, train the final model, test, export the vectors, build and measure the index, and
+write the run directory (``train`` returns the metrics; sweepers optimise the monitored one).
+
+Training into a finished run directory builds the new run in ``DIR/.staging`` and replaces the old one only
+once the new one is complete, so a failed re-run leaves the finished run as it was; a lock refuses a second
+training into a directory in use.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from importlib.resources import files
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from twotower.data.datamodule import InteractionDataModule
+from twotower.embeddings import write_vectors
+from twotower.errors import TwoTowerError
+from twotower.files import fingerprint, write_json, write_text
+from twotower.index import Backend, build_index, index_report
+from twotower.metrics import metric_names
+from twotower.module import TwoTowerModel
+from twotower.run import Manifest, RunPaths, exclusive, publish, seen_items
+from twotower.towers import FeatureTower, HistoryTower
+
+log = logging.getLogger("twotower")
+
+
+def register_resolvers() -> None:
+    """``${sample_data:NAME}``: the path of a data file bundled with the package (the default data's)."""
+    OmegaConf.register_new_resolver("sample_data", lambda name: str(files("twotower.sample_data") / name),
+                                    replace=True)
+
+
+register_resolvers()  # so that composing the train config works wherever training is imported
+
+
+class Stopwatch:
+    """Wall seconds spent in named phases; a phase timed twice adds up."""
+
+    def __init__(self) -> None:
+        self.laps: dict[str, float] = {}
+        self.started = time.perf_counter()
+
+    def lap(self, phase: str) -> None:
+        now = time.perf_counter()
+        self.laps[phase] = round(self.laps.get(phase, 0.0) + now - self.started, 3)
+        self.started = now
+
+
+def build_model(model_cfg: DictConfig, datamodule: InteractionDataModule) -> TwoTowerModel:
+    """The configured model, sized for the data, with its feature towers' tables and its history tower's
+    histories (what it now trains on) filled in."""
+    model_cfg = model_cfg.copy()
+    for side in ("user", "item"):  # assigned, not merged: a feature list becomes a list of specs
+        model_cfg[f"{side}_tower"] = datamodule.complete_tower(side, model_cfg.get(f"{side}_tower") or {})
+    # Only the optimizers and the scheduler become objects; the loss and towers stay plain specs (the loss's
+    # _target_ included), which the model stores as hyperparameters and builds itself on loading.
+    factories = {name: instantiate(model_cfg[name]) if model_cfg.get(name) else None
+                 for name in ("optimizer", "scheduler", "sparse_optimizer")}
+    try:
+        model = instantiate(model_cfg, _recursive_=False, n_users=datamodule.n_users, n_items=datamodule.n_items,
+                            **factories)
+    except InstantiationException as error:  # the model's own refusal, said as itself
+        if isinstance(error.__cause__, TwoTowerError):
+            raise error.__cause__ from None
+        raise
+    for side in ("user", "item"):
+        tower = getattr(model, f"{side}_tower")
+        if isinstance(tower, FeatureTower):
+            tower.load_features(*datamodule.side_features(side, tower.specs))
+    if isinstance(model.user_tower, HistoryTower):
+        history = datamodule.training_user_items()
+        model.user_tower.load_history(torch.from_numpy(history.indptr), torch.from_numpy(history.items))
+    return model
+
+
+def export(model: TwoTowerModel, datamodule: InteractionDataModule, paths: RunPaths) -> tuple[np.ndarray, np.ndarray]:
+    """Write the vectors whose dot product ranks as the model does (and a history tower's item vectors,
+    which embed a new user at retrieval); returns the user and item vectors."""
+    model.eval()
+    with torch.no_grad():
+        users = model.all_user_vectors().float().cpu().numpy()
+        items = model.all_item_vectors().float().cpu().numpy()
+    write_vectors(datamodule.user_vocab.ids, users, paths.embeddings("users"))
+    write_vectors(datamodule.item_vocab.ids, items, paths.embeddings("items"))
+    if isinstance(model.user_tower, HistoryTower):
+        write_vectors(datamodule.item_vocab.ids, model.user_tower.history.weight.detach().float().cpu().numpy(),
+                      paths.embeddings("history"))
+    return users, items
+
+
+def final_fit(cfg: DictConfig, datamodule: InteractionDataModule, epochs: int, paths: RunPaths
+              ) -> tuple[Path, L.Trainer]:
+    """Train the model to export from scratch on every split the user gave, for the selected number of
+    epochs (no validation: nothing is held out any more)."""
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    datamodule.fit_on(datamodule.final_fit_splits)
+    model = build_model(cfg.model, datamodule)
+    trainer = instantiate(cfg.trainer, max_epochs=epochs, limit_val_batches=0, enable_checkpointing=False,
+                          logger=False)
+    trainer.fit(model, datamodule=datamodule)
+    exported = paths.checkpoints / "final.ckpt"  # written once, at the end: nothing resumes a final fit
+    trainer.save_checkpoint(exported)
+    return exported, trainer
+
+
+def check_trainer_switches(trainer: DictConfig) -> None:
+    """Stopping rules Lightning would accept but that leave no model to export."""
+    max_epochs, max_steps = trainer.get("max_epochs"), trainer.get("max_steps", -1)
+    if not (isinstance(max_steps, int) and (max_steps == -1 or max_steps >= 1)):
+        raise TwoTowerError(f"trainer.max_steps must be -1 (no limit) or an integer >= 1, got {max_steps!r}")
+    unlimited = max_epochs == -1 and max_steps >= 1  # Lightning's "until max_steps"
+    if not (max_epochs is None or unlimited or (isinstance(max_epochs, int) and max_epochs >= 1)):
+        raise TwoTowerError(f"trainer.max_epochs must be an integer >= 1 (or -1 with trainer.max_steps set), "
+                            f"got {max_epochs!r}")
+
+
+def check_monitor(monitor: str, ks: list[int], n_items: int) -> None:
+    """The metric that selects checkpoints and stops early must be one the validation pass logs."""
+    logged = [f"val/{name}" for name in metric_names(ks, n_items)]
+    if monitor not in logged:
+        raise TwoTowerError(f"monitor={monitor} is not a metric the run logs; choose one of {logged}")
+
+
+def is_first_process() -> bool:
+    """Whether this is the process that started the run (not a DDP worker Lightning or torchrun started)."""
+    return all(os.environ.get(variable, "0") == "0" for variable in ("RANK", "LOCAL_RANK", "NODE_RANK"))
+
+
+def checkpoint_to_resume(ckpt_path: str | None, paths: RunPaths) -> str | None:
+    if ckpt_path in (None, ""):
+        return None
+    path = paths.last_checkpoint if ckpt_path == "last" else Path(ckpt_path)
+    if not path.exists():
+        raise TwoTowerError(f"checkpoint to resume from not found: {path}")
+    return str(path)
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Select on the validation split, train the final model, test, export and index; returns the metrics."""
+    check_trainer_switches(cfg.trainer)
+    index = instantiate(cfg.index)  # its settings are checked here, not after hours of training
+    root = RunPaths(Path(cfg.run_dir))
+    if not is_first_process():
+        return fit_and_export(staged(cfg, root), index, root)
+    with exclusive(root):
+        cfg = staged(cfg, root)
+        work = RunPaths(Path(cfg.run_dir))
+        if work != root and cfg.ckpt_path in (None, "") and work.root.exists():
+            shutil.rmtree(work.root)  # an earlier re-run's leftovers: this one starts afresh
+        return fit_and_export(cfg, index, root)
+
+
+def staged(cfg: DictConfig, root: RunPaths) -> DictConfig:
+    """``cfg`` with its run directory moved to ``root``'s staging folder when ``root`` holds a finished run
+    (every path of the run's config follows ``run_dir``)."""
+    if not root.manifest.exists():
+        return cfg
+    cfg = cfg.copy()
+    cfg.run_dir = str(root.staging)
+    return cfg
+
+
+def fit_and_export(cfg: DictConfig, index: Backend, root: RunPaths) -> dict[str, float]:
+    paths = RunPaths(Path(cfg.run_dir))
+    seconds = Stopwatch()
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    datamodule: InteractionDataModule = instantiate(cfg.datamodule)
+    datamodule.setup("fit")
+    check_monitor(cfg.monitor, list(cfg.model.ks), datamodule.n_items)
+    model = build_model(cfg.model, datamodule)
+    callbacks = [instantiate(callback) for callback in (cfg.get("callbacks") or {}).values()]
+    logger = instantiate(cfg.logger) if cfg.get("logger") else False
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger)
+    resume = checkpoint_to_resume(cfg.ckpt_path, paths)
+    if trainer.is_global_zero:
+        write_text(OmegaConf.to_yaml(cfg, resolve=True), paths.config)
+        datamodule.save(paths)
+    seconds.lap("data")
+
+    trainer.fit(model, datamodule=datamodule, ckpt_path=resume)
+    seconds.lap("selection")
+    selected = Path(trainer.checkpoint_callback.best_model_path or paths.last_checkpoint)
+    # Metrics of the selected checkpoint, not of the last epoch.
+    metrics = trainer.validate(model, datamodule=datamodule, ckpt_path=str(selected), verbose=False)[0]
+    sources = {"val": {"model": "selected", "trained_on": ["train"]}}
+    exported, trained_on = selected, ["train"]
+    if cfg.final_fit:
+        trained_on = list(datamodule.final_fit_splits)
+        if cfg.test and "test" in trained_on:  # the final model will have seen the test split: test before
+            metrics |= trainer.test(model, datamodule=datamodule, ckpt_path=str(selected), verbose=False)[0]
+            sources["test"] = {"model": "selected", "trained_on": ["train"]}
+        epochs = torch.load(selected, map_location="cpu", weights_only=False)["epoch"] + 1
+        seconds.lap("evaluation")
+        exported, trainer = final_fit(cfg, datamodule, epochs, paths)
+        seconds.lap("final_fit")
+        metrics["final_fit_epochs"] = epochs
+    if cfg.test and "test" not in sources:
+        metrics |= trainer.test(model, datamodule=datamodule, ckpt_path=str(exported), verbose=False)[0]
+        sources["test"] = {"model": "exported", "trained_on": trained_on}
+    metrics = {name: float(value) for name, value in metrics.items()}
+    if trainer.world_size > 1:  # each process's view of the (synchronised) metrics, for the record
+        write_json(metrics, paths.metrics(f"rank{trainer.global_rank}"))
+    if not trainer.is_global_zero:
+        return metrics
+    seconds.lap("evaluation")
+
+    best = TwoTowerModel.load_from_checkpoint(exported, map_location="cpu")
+    users, items = export(best, datamodule, paths)
+    meta = build_index(index, items, best.hparams.score, paths.index, checkpoint=fingerprint(exported))
+    # Seen items as retrieval will read them from the run directory, so the report measures what it serves.
+    seen = seen_items(paths, datamodule.n_users)
+    report = index_report(index, users, items, seen, meta, paths.index, cfg.index_recall_queries, cfg.seed)
+    log.info("index: %s, recall@10 vs exact %s on %d queries, built in %.1fs", report["backend"],
+             report["recall@10_vs_exact"], report["queries"], report["build_seconds"])
+    write_json(metrics, paths.metrics("train"))
+    seconds.lap("export_and_index")
+    Manifest(
+        names=datamodule.names, score=best.hparams.score, dim=int(items.shape[1]), n_users=datamodule.n_users,
+        n_items=datamodule.n_items, min_rating=datamodule.min_rating,
+        checkpoint=os.path.relpath(exported, paths.root), checkpoint_fingerprint=meta["checkpoint_fingerprint"],
+        selected_checkpoint=os.path.relpath(selected, paths.root), trained_on=trained_on, monitor=cfg.monitor,
+        metrics=metrics, metrics_from=sources,
+        fingerprints=paths.fingerprints(), seconds=seconds.laps,
+    ).write(paths)
+    if paths != root:
+        publish(paths.root, root.root)
+    log.info("run directory: %s", root.root)
+    example = datamodule.example_item if cfg.show_similar_to == "auto" else cfg.show_similar_to
+    if example is not None:
+        show_similar(root, example, cfg.show_k)
+    return metrics
+
+
+def show_similar(paths: RunPaths, item: object, k: int) -> None:
+    from twotower.retrieval import Retriever
+
+    retriever = Retriever.load(paths.root)
+    ids, scores = result = retriever.similar_items(item, k=k)
+    anchor = retriever.item_vocab.resolve(item)
+    print(f"\n{retriever.names['item'].capitalize()}s closest to '{retriever.item_vocab.ids[anchor]}':")
+    titles = result.titles or [None] * len(ids)
+    for rank, (id_, title, score) in enumerate(zip(ids, titles, scores, strict=True), start=1):
+        label = title if title is not None and title != id_ else id_
+        print(f"{rank:3d}. {label}  ({score:.3f})")
