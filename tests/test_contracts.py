@@ -47,6 +47,7 @@ from twotower.index import (
     AnnoyIndex,
     Backend,
     ExactIndex,
+    HnswIndex,
     build_index,
     exact_top,
     load_index,
@@ -83,10 +84,12 @@ TOWERS: dict[str, dict] = {
 }
 
 # The index contract's catalogue (N_INDEXED items) is far beyond an approximate backend's search budget
-# (Annoy: search_k_factor * n * n_trees = 1,000 nodes for 10 results), so Annoy really searches its trees.
+# (Annoy: search_k_factor * n * n_trees = 1,000 nodes for 10 results; HNSW: about ef * m = 384 vectors
+# compared), so each really searches its structure.
 INDEXES: dict[str, Callable[[], Backend]] = {
     "exact": lambda: ExactIndex(),
     "annoy": lambda: AnnoyIndex(n_trees=10, search_k_factor=10, seed=0),
+    "hnsw": lambda: HnswIndex(m=12, ef_construction=100, ef=32, seed=0),
 }
 
 # The loss conf/train.yaml trains with when none is named: the tower contract trains with it.

@@ -1,10 +1,22 @@
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from twotower.errors import TwoTowerError
-from twotower.index import AnnoyIndex, ExactIndex, build_index, exact_top, load_index, recall_against_exact
+from twotower.index import (
+    AnnoyIndex,
+    Backend,
+    ExactIndex,
+    HnswIndex,
+    Probe,
+    build_index,
+    exact_top,
+    load_index,
+    recall_against_exact,
+)
+from twotower.synthetic import clustered_unit_vectors
 
 
 def clustered(n: int, dim: int, seed: int, spread: float = 0.3) -> np.ndarray:
@@ -67,3 +79,37 @@ def test_exact_backend_is_ground_truth(tmp_path: Path) -> None:
     index = ExactIndex()
     build_index(index, items, "dot", tmp_path)
     assert recall_against_exact(index, items[:50], items, k=10) == 1.0
+
+
+def hard_probe(n_items: int = 20_000, dim: int = 32, spread: float = 1.5) -> tuple[np.ndarray, Probe]:
+    """Widely spread clusters: a random-projection forest or a graph at its default budget misses the target."""
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(200, dim))
+    items = clustered_unit_vectors(n_items, centres, spread, rng)
+    users = clustered_unit_vectors(300, centres, spread, rng)
+    return items, Probe(users, [rng.choice(n_items, 5, replace=False) for _ in users])
+
+
+@pytest.mark.parametrize("make", [lambda: AnnoyIndex(n_trees=10), lambda: HnswIndex(m=8, ef=16)],
+                         ids=["annoy", "hnsw"])
+def test_a_build_raises_its_budget_until_the_target_is_met(make: Callable[[], Backend], tmp_path: Path) -> None:
+    index, (items, probe) = make(), hard_probe()
+    meta = build_index(index, items, "cosine", tmp_path, probe=probe)
+    steps = meta["measured"]["tuning"]
+    assert steps[0]["recall@10"] < 0.9 and steps[-1]["recall@10"] >= 0.95 and len(steps) >= 3
+    assert not index.exact and steps[-1]["setting"] == index.describe()
+    # the budget chosen is saved with the index and searched with after a load, without any tuning
+    loaded, saved = load_index(tmp_path, items, "cosine")
+    assert saved["params"] == index.params() != type(index)().params()
+    assert recall_against_exact(loaded, probe.queries, items, 10, probe.exclude) >= 0.95
+
+
+@pytest.mark.parametrize("make", [lambda: AnnoyIndex(n_trees=2, target_recall=1.0),
+                                  lambda: HnswIndex(m=4, ef=4, target_recall=1.0)], ids=["annoy", "hnsw"])
+def test_a_target_out_of_reach_serves_exactly(make: Callable[[], Backend], tmp_path: Path) -> None:
+    index, (items, probe) = make(), hard_probe(n_items=3_000, spread=2.0)
+    meta = build_index(index, items, "cosine", tmp_path, probe=probe)
+    assert index.exact and meta["params"]["exact"] and meta["measured"]["tuning"][-1]["setting"] == "exact search"
+    loaded, _ = load_index(tmp_path, items, "cosine")
+    assert loaded.searches_exactly(10)
+    assert np.array_equal(loaded.search(probe.queries, 10), exact_top(probe.queries, items, 10)[0])

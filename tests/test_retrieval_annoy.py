@@ -10,7 +10,7 @@ import pytest
 from twotower.data.vocab import Vocabulary
 from twotower.embeddings import write_vectors
 from twotower.files import write_parquet
-from twotower.index import AnnoyIndex, build_index, index_report, read_meta
+from twotower.index import AnnoyIndex, build_for_run, build_index
 from twotower.retrieval import Retriever
 from twotower.run import Manifest, RunPaths, seen_items
 
@@ -109,10 +109,11 @@ def test_similar_items_allow_and_deny_through_annoy(annoy: Retriever, exact: Ret
     assert len(allowed) == K and set(allowed.tolist()) <= set(pool) - seen_ids(annoy, 0)
 
 
-def test_index_report_measures_the_filtered_task(run_dir: Path, annoy: Retriever) -> None:
-    paths = RunPaths(run_dir)
-    meta = read_meta(paths.index)
-    seen = seen_items(paths, len(annoy.user_vocab))
-    report = index_report(annoy.index, annoy.user_vectors, annoy.item_vectors, seen, meta, paths.index, 200)
-    assert report["seen_filtered"] and report["exact_share"] == 0.0
-    assert 0.9 <= report["recall@10_vs_exact"] <= 1.0
+def test_index_report_measures_the_filtered_task(run_dir: Path, annoy: Retriever, tmp_path: Path) -> None:
+    seen = seen_items(RunPaths(run_dir), len(annoy.user_vocab))
+    report = build_for_run(AnnoyIndex(), annoy.user_vectors, annoy.item_vectors, seen, "cosine", tmp_path / "index",
+                           n_queries=200)
+    assert report["seen_filtered"] and report["exact_share"] == 0.0 and report["queries"] == 200
+    assert report["target_recall"] <= report["recall@10_vs_exact"] <= 1.0 and report["chosen"] != "exact search"
+    assert report["qps"] > 0 and report["exact_qps"] > 0
+    assert (tmp_path / "index" / "report.json").exists()

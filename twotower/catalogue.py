@@ -31,8 +31,7 @@ from twotower.errors import TwoTowerError
 from twotower.index import (
     Backend,
     ExactIndex,
-    build_index,
-    index_report,
+    build_for_run,
     load_index,
     rank_candidates,
     read_meta,
@@ -305,14 +304,15 @@ class Catalogue:
 
 
 def rebuild_index(run_dir: str | Path, index: Backend, recall_queries: int = 1000, seed: int = 0) -> dict[str, Any]:
-    """Build ``index`` over a run's exported items and the added items its catalogue saved, in row order,
-    replacing the run's index once the new one is complete: a run loaded afterwards finds those items in the
-    index instead of searching them exactly. Returns the index's recall report (``index/report.json``)."""
+    """Build ``index`` over a run's exported items and the added items its catalogue saved, in row order, tuned
+    to its target recall, replacing the run's index once the new one is complete: a run loaded afterwards
+    finds those items in the index instead of searching them exactly. Returns the index's report
+    (``index/report.json``)."""
     run = Run.open(run_dir)  # a rebuild never blesses vectors the run did not export
     added, _ = run.saved_catalogue()
     items = run.item_vectors if added is None else np.concatenate([run.item_vectors, _saved_vectors(added)])
-    meta = build_index(index, items, run.score, run.paths.index, checkpoint=run.manifest.checkpoint_fingerprint)
-    return index_report(index, run.user_vectors, items, run.seen, meta, run.paths.index, recall_queries, seed)
+    return build_for_run(index, run.user_vectors, items, run.seen, run.score, run.paths.index,
+                         run.manifest.checkpoint_fingerprint, recall_queries, seed)
 
 
 def _folded_rows(run: Run, n_items: int, n_added: int) -> int:

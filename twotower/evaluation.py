@@ -92,3 +92,11 @@ def evaluate_vectors(user_vectors: np.ndarray, item_vectors: np.ndarray, seen: U
     results = {name: float(value) for name, value in metrics.compute().items()}
     results["users"] = len(chunks.users)
     return results
+
+
+def popularity_metrics(counts: np.ndarray, seen: UserItems, targets: UserItems, ks: Sequence[int] = (10, 20)
+                       ) -> dict[str, float]:
+    """The metrics of recommending every user the most popular items (``counts`` per item) they have not seen:
+    the baseline a model must beat. One-dimensional vectors whose dot product is the item's count."""
+    users = np.ones((len(seen.indptr) - 1, 1), dtype=np.float32)
+    return evaluate_vectors(users, counts.astype(np.float32)[:, None], seen, targets, ks)

@@ -91,3 +91,27 @@ def fingerprint(data: np.ndarray | Path) -> str:
     else:
         digest.update(np.ascontiguousarray(data).tobytes())
     return digest.hexdigest()[:16]
+
+
+TABLE_FORMATS = {".csv": "csv", ".json": "json", ".parquet": "parquet"}
+
+
+def table_format(path: Path) -> str:
+    """The format a table written to ``path`` takes, by its extension (one of ``TABLE_FORMATS``)."""
+    format = TABLE_FORMATS.get(path.suffix.lower())
+    if format is None:
+        raise TwoTowerError(f"{path}: cannot tell the format from the extension; end the name with "
+                            f"{', '.join(TABLE_FORMATS)}")
+    return format
+
+
+def write_table(frame: pl.DataFrame, path: Path) -> None:
+    """``frame`` written to ``path`` in the format its extension says (a JSON list of records for .json)."""
+    format = table_format(path)
+    with atomic_path(path) as temporary:
+        if format == "csv":
+            frame.write_csv(temporary)
+        elif format == "json":
+            temporary.write_text(json.dumps(frame.to_dicts(), indent=1) + "\n")
+        else:
+            frame.write_parquet(temporary)

@@ -26,9 +26,11 @@ def available_method(method: str) -> str:
     if method not in METHODS:
         raise TwoTowerError(f"method must be one of {METHODS}, got '{method}'")
     if method != "auto":
-        module = {"umap": "umap", "tsne": "sklearn", "pca": "numpy"}[method]
+        module, package = {"umap": ("umap", "umap-learn"), "tsne": ("sklearn", "scikit-learn"),
+                           "pca": ("numpy", "numpy")}[method]
         if importlib.util.find_spec(module) is None:
-            raise TwoTowerError(f"method={method} needs the '{module}' package; install it or use method=pca")
+            raise TwoTowerError(f"method={method} needs the '{package}' package: pip install {package} "
+                                "(or pip install -e '.[umap]' / '.[plots]'), or use method=pca")
         return method
     for candidate, module in (("umap", "umap"), ("tsne", "sklearn")):
         if importlib.util.find_spec(module) is not None:

@@ -33,12 +33,14 @@ class Result(tuple):
 
     def records(self) -> list[dict[str, Any]]:
         """One dict per item, as the command line and the HTTP service give them: ``id``, ``score`` and,
-        where there is one, ``title``."""
+        where there are, ``title`` and ``fallback``."""
         titles = self.titles or [None] * len(self.ids)
         rows = []
         for id_, score, title in zip(self.ids.tolist(), self.scores.tolist(), titles, strict=True):
             row = {"id": id_, "score": round(float(score), 6)}
             if title is not None:
                 row["title"] = title
+            if self.fallback is not None:
+                row["fallback"] = self.fallback
             rows.append(row)
         return rows

@@ -23,7 +23,8 @@ and ``twotower-index`` folds the saved ones into the index (``twotower.catalogue
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +90,22 @@ class Retriever:
         _ = run.user_vectors, run.history_vectors, run.seen  # every artifact checked before it serves
         return retriever
 
+    def why_unknown(self, side: str, ids: list[object]) -> str:
+        """Why ids of ``side`` that the source had are not in the run (``""`` where nothing says)."""
+        reasons = list(self.run.dropped_reasons(side, ids).items())[:3]
+        return "".join(f"; {id_} is in the log but was left out ({reason})" for id_, reason in reasons)
+
+    @contextmanager
+    def _explained(self, side: str, ids: list[object]) -> Iterator[None]:
+        """An unknown-id error that also says why those ids are not in the run, where the run knows."""
+        try:
+            yield
+        except TwoTowerError as error:
+            reason = self.why_unknown(side, ids)
+            if not reason:
+                raise
+            raise TwoTowerError(f"{error}{reason}") from None
+
     @property
     def names(self) -> dict[str, str]:
         return self.run.names
@@ -133,9 +150,11 @@ class Retriever:
         catalogue = self.catalogue  # one catalogue for the whole call
         k = _check_k(k, len(self.item_vocab))
         batch = list(users) if _is_batch(users) else [users]
-        rows = self.user_vocab.lookup(batch, missing=-1 if unknown == "popular" else None)
-        denied = np.unique(catalogue.rows(deny))
-        allowed = None if allow is None else np.unique(catalogue.rows(list(allow)))
+        with self._explained("user", batch):
+            rows = self.user_vocab.lookup(batch, missing=-1 if unknown == "popular" else None)
+        with self._explained("item", [*(deny or []), *(allow or [])]):
+            denied = np.unique(catalogue.rows(deny))
+            allowed = None if allow is None else np.unique(catalogue.rows(list(allow)))
         exclude = [np.union1d(self.seen.row(row), denied) if exclude_seen and row >= 0 else denied for row in rows]
         known = rows >= 0
         results: list[Result | None] = [None] * len(rows)
@@ -171,7 +190,8 @@ class Retriever:
         for history in histories:
             if not _is_batch(history):
                 raise TwoTowerError(f"a history is a list of item ids, got {history!r}")
-            found = self.item_vocab.lookup(list(history), missing=-1 if unknown == "skip" else None)
+            with self._explained("item", list(history)):
+                found = self.item_vocab.lookup(list(history), missing=-1 if unknown == "skip" else None)
             rows.append(np.unique(found[found >= 0]))
         denied = np.unique(catalogue.rows(deny))
         allowed = None if allow is None else np.unique(catalogue.rows(list(allow)))
@@ -200,7 +220,8 @@ class Retriever:
         catalogue = self.catalogue
         k = _check_k(k, len(self.item_vocab))
         batch = list(items) if _is_batch(items) else [items]
-        rows = np.array([catalogue.resolve(item) for item in batch], dtype=np.int64)
+        with self._explained("item", batch):
+            rows = np.array([catalogue.resolve(item) for item in batch], dtype=np.int64)
         denied = np.unique(catalogue.rows(deny))
         allowed = None if allow is None else np.unique(catalogue.rows(list(allow)))
         results = catalogue.search(catalogue.vectors_of(rows), k, [np.union1d(denied, [row]) for row in rows],
@@ -211,7 +232,8 @@ class Retriever:
         """The ``k`` users closest to a user id (or a batch), by exact search over the user vectors."""
         k = _check_k(k, len(self.user_vocab))
         batch = list(users) if _is_batch(users) else [users]
-        rows = np.array([self.user_vocab.resolve(user) for user in batch], dtype=np.int64)
+        with self._explained("user", batch):
+            rows = np.array([self.user_vocab.resolve(user) for user in batch], dtype=np.int64)
         indices, scores = exact_top(self.user_vectors[rows], self.user_vectors, k + 1)
         results = []
         for row, found, found_scores in zip(rows, indices, scores, strict=True):

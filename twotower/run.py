@@ -35,7 +35,7 @@ from twotower.files import fingerprint, read_parquet, write_json, write_parquet
 CATALOGUE_NAMES = ("added", "removed")
 # A run directory's own entries: a re-run replaces all of them (and leaves Hydra's .hydra/ and train.log).
 RUN_ENTRIES = ("config.yaml", "vocab", "splits", "checkpoints", "logs", "embeddings", "index", "metrics",
-               "catalogue")
+               "catalogue", "plots", "projector")
 
 
 @dataclass(frozen=True)
@@ -62,6 +62,11 @@ class RunPaths:
 
     def split(self, name: str) -> Path:
         return self.root / "splits" / f"{name}.parquet"
+
+    @property
+    def dropped(self) -> Path:
+        """The users and items of the source that training left out, and why (absent when none was)."""
+        return self.root / "vocab" / "dropped.parquet"
 
     @property
     def non_positive(self) -> Path:
@@ -99,7 +104,8 @@ class RunPaths:
     def fingerprinted(self) -> list[Path]:
         """The trained artifacts run.json vouches for besides the index (which has its own fingerprints)."""
         files = [self.vocab("users"), self.vocab("items"), self.embeddings("users"), self.embeddings("items"),
-                 self.embeddings("history"), *(self.split(name) for name in SPLIT_NAMES), self.non_positive]
+                 self.embeddings("history"), *(self.split(name) for name in SPLIT_NAMES), self.non_positive,
+                 self.dropped]
         return [file for file in files if file.exists()]
 
     def fingerprints(self) -> dict[str, str]:
@@ -127,6 +133,8 @@ class Manifest:
     metrics: dict[str, float] = field(default_factory=dict)
     metrics_from: dict[str, dict] = field(default_factory=dict)  # which model and splits each metric comes from
     seconds: dict[str, float] = field(default_factory=dict)  # wall time of each phase of training
+    device: str | None = None  # what it trained on (cpu, cuda:0 ...)
+    example_item: str | None = None  # one the data is known for, whose neighbours training shows
 
     REQUIRED = ("names", "score", "dim", "n_users", "n_items", "checkpoint", "trained_on", "min_rating",
                 "fingerprints")
@@ -152,11 +160,25 @@ class Manifest:
         write_json(dataclasses.asdict(self), paths.manifest)
 
 
+# Where twotower-train writes a run unless told otherwise (Hydra's run directory, outputs/DATE/TIME).
+OUTPUTS = Path("outputs")
+
+
 def run_path(run_dir: object) -> Path:
-    """A run directory given as text or a path (``None`` or an empty string is a clear error)."""
+    """A run directory given as text or a path (``None`` or an empty string is a clear error); ``latest`` is
+    the newest finished run under ``outputs/``."""
     if not isinstance(run_dir, (str, os.PathLike)) or str(run_dir) == "":
         raise TwoTowerError(f"a run directory must be a path, got {run_dir!r}")
-    return Path(run_dir)
+    return latest_run(OUTPUTS) if str(run_dir) == "latest" else Path(run_dir)
+
+
+def latest_run(outputs: Path) -> Path:
+    """The run under ``outputs`` whose run.json was written last."""
+    finished = [manifest for pattern in ("*/run.json", "*/*/run.json") for manifest in outputs.glob(pattern)]
+    if not finished:
+        raise TwoTowerError(f"run_dir=latest: no finished run under {outputs.resolve()} (twotower-train writes "
+                            "one there unless hydra.run.dir says otherwise); give run_dir=DIR")
+    return max(finished, key=lambda manifest: manifest.stat().st_mtime).parent
 
 
 class Run:
@@ -240,6 +262,21 @@ class Run:
             raise TwoTowerError(f"{self.paths.embeddings(side)} holds vectors of dimension {vectors.shape[1]} "
                                 f"but run.json says {self.manifest.dim}; train the run again")
         return vectors
+
+    def dropped_reasons(self, side: str, ids: list[object]) -> dict[str, str]:
+        """Why ``ids`` of ``side`` (user or item) are not in the run although the source had them."""
+        if not self.paths.dropped.exists():
+            return {}
+        dropped = read_parquet(self.paths.dropped).filter(pl.col("side") == side)
+        wanted = {str(id_).strip() for id_ in ids}
+        return {id_: reason for id_, reason in dropped.select("id", "reason").iter_rows() if id_ in wanted}
+
+    def index_report(self) -> dict:
+        """What the index build measured and chose (``index/report.json``); empty where there is none."""
+        try:
+            return json.loads((self.paths.index / "report.json").read_text())
+        except (OSError, ValueError):
+            return {}
 
     def split(self, name: str) -> pl.DataFrame:
         """A split as (user, item) indices."""

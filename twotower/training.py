@@ -10,6 +10,7 @@ training into a directory in use.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import shutil
 import time
@@ -26,10 +27,12 @@ from omegaconf import DictConfig, OmegaConf
 from twotower.data.datamodule import InteractionDataModule
 from twotower.embeddings import write_vectors
 from twotower.errors import TwoTowerError
+from twotower.evaluation import popularity_metrics
 from twotower.files import fingerprint, write_json, write_text
-from twotower.index import Backend, build_index, index_report
+from twotower.index import Backend, build_for_run
 from twotower.metrics import metric_names
 from twotower.module import TwoTowerModel
+from twotower.progress import PhaseProgressBar
 from twotower.run import Manifest, RunPaths, exclusive, publish, seen_items
 from twotower.towers import FeatureTower, HistoryTower
 
@@ -100,19 +103,54 @@ def export(model: TwoTowerModel, datamodule: InteractionDataModule, paths: RunPa
     return users, items
 
 
-def final_fit(cfg: DictConfig, datamodule: InteractionDataModule, epochs: int, paths: RunPaths
-              ) -> tuple[Path, L.Trainer]:
-    """Train the model to export from scratch on every split the user gave, for the selected number of
-    epochs (no validation: nothing is held out any more)."""
+FINAL_FITS = ("warm", "scratch")
+
+
+def final_fit(cfg: DictConfig, datamodule: InteractionDataModule, selected: Path, epochs: int, paths: RunPaths
+              ) -> tuple[Path, L.Trainer, int]:
+    """Train the model to export on every split the user gave (no validation: nothing is held out any more):
+    ``warm``, the selected model trained on for ``final_fit_share`` of its epochs more; ``scratch``, a new
+    model for as many epochs as were selected. Returns its checkpoint, its trainer and its epochs."""
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule.fit_on(datamodule.final_fit_splits)
-    model = build_model(cfg.model, datamodule)
+    model = build_model(cfg.model, datamodule)  # its feature and history buffers: of every split now
+    if final_fit_mode(cfg.final_fit) == "warm":
+        parameters = dict(model.named_parameters())
+        state = torch.load(selected, map_location="cpu", weights_only=False)["state_dict"]
+        model.load_state_dict({name: value for name, value in state.items() if name in parameters}, strict=False)
+        epochs = max(1, math.ceil(epochs * cfg.final_fit_share))
     trainer = instantiate(cfg.trainer, max_epochs=epochs, limit_val_batches=0, enable_checkpointing=False,
-                          logger=False)
-    trainer.fit(model, datamodule=datamodule)
+                          logger=False, callbacks=progress_bar(cfg, "final fit"))
+    fit(trainer, model, datamodule)
     exported = paths.checkpoints / "final.ckpt"  # written once, at the end: nothing resumes a final fit
     trainer.save_checkpoint(exported)
-    return exported, trainer
+    return exported, trainer, epochs
+
+
+def final_fit_mode(final_fit: object) -> str | None:
+    """``warm``, ``scratch`` or None (export the selected model); ``true`` is the default, ``warm``."""
+    if final_fit is True:
+        return "warm"
+    if final_fit is False or final_fit is None:
+        return None
+    if final_fit not in FINAL_FITS:
+        raise TwoTowerError(f"final_fit must be warm, scratch or false, got {final_fit!r}")
+    return final_fit
+
+
+def progress_bar(cfg: DictConfig, phase: str) -> list[PhaseProgressBar]:
+    return [PhaseProgressBar(phase, refresh_rate=1)] if cfg.trainer.get("enable_progress_bar", True) else []
+
+
+def fit(trainer: L.Trainer, model: TwoTowerModel, datamodule: InteractionDataModule, ckpt_path: str | None = None
+        ) -> None:
+    """``trainer.fit``, where Ctrl-C is a ``KeyboardInterrupt`` again (Lightning turns it into exit status 1)."""
+    try:
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+    except SystemExit as exit:
+        if trainer.interrupted:
+            raise KeyboardInterrupt from exit
+        raise
 
 
 def check_trainer_switches(trainer: DictConfig) -> None:
@@ -126,11 +164,18 @@ def check_trainer_switches(trainer: DictConfig) -> None:
                             f"got {max_epochs!r}")
 
 
-def check_monitor(monitor: str, ks: list[int], n_items: int) -> None:
-    """The metric that selects checkpoints and stops early must be one the validation pass logs."""
+def checked_monitor(monitor: str, ks: list[int], n_items: int) -> str:
+    """The metric that selects checkpoints and stops early, as the validation pass logs it: a cut-off beyond a
+    small catalogue is the catalogue's size (``val/ndcg@20`` of 5 items is ``val/ndcg@5``)."""
     logged = [f"val/{name}" for name in metric_names(ks, n_items)]
+    name, _, cut_off = monitor.partition("@")
+    if cut_off.isdigit() and int(cut_off) > n_items and f"{name}@{n_items}" in logged:
+        log.info("monitor=%s: the catalogue has %d items, so %s@%d selects the model", monitor, n_items, name,
+                 n_items)
+        return f"{name}@{n_items}"
     if monitor not in logged:
         raise TwoTowerError(f"monitor={monitor} is not a metric the run logs; choose one of {logged}")
+    return monitor
 
 
 def is_first_process() -> bool:
@@ -175,37 +220,44 @@ def staged(cfg: DictConfig, root: RunPaths) -> DictConfig:
 def fit_and_export(cfg: DictConfig, index: Backend, root: RunPaths) -> dict[str, float]:
     paths = RunPaths(Path(cfg.run_dir))
     seconds = Stopwatch()
+    mode = final_fit_mode(cfg.final_fit)  # checked before anything is read
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule: InteractionDataModule = instantiate(cfg.datamodule)
     datamodule.setup("fit")
-    check_monitor(cfg.monitor, list(cfg.model.ks), datamodule.n_items)
+    cfg.monitor = checked_monitor(cfg.monitor, list(cfg.model.ks), datamodule.n_items)
     model = build_model(cfg.model, datamodule)
-    callbacks = [instantiate(callback) for callback in (cfg.get("callbacks") or {}).values()]
-    logger = instantiate(cfg.logger) if cfg.get("logger") else False
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger)
     resume = checkpoint_to_resume(cfg.ckpt_path, paths)
+    if resume is None and (paths.root / "logs").exists():
+        shutil.rmtree(paths.root / "logs")  # a fresh start: an unfinished run's epochs are not this run's
+    callbacks = [instantiate(callback) for callback in (cfg.get("callbacks") or {}).values() if callback is not None]
+    logger = instantiate(cfg.logger) if cfg.get("logger") else False
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=[*callbacks, *progress_bar(cfg, "selection")],
+                                     logger=logger)
     if trainer.is_global_zero:
         write_text(OmegaConf.to_yaml(cfg, resolve=True), paths.config)
         datamodule.save(paths)
     seconds.lap("data")
 
-    trainer.fit(model, datamodule=datamodule, ckpt_path=resume)
+    fit(trainer, model, datamodule, resume)
     seconds.lap("selection")
     selected = Path(trainer.checkpoint_callback.best_model_path or paths.last_checkpoint)
-    # Metrics of the selected checkpoint, not of the last epoch.
+    epochs = torch.load(selected, map_location="cpu", weights_only=False)["epoch"] + 1
+    # Metrics of the selected checkpoint, not of the last epoch, beside popularity's on the same splits.
     metrics = trainer.validate(model, datamodule=datamodule, ckpt_path=str(selected), verbose=False)[0]
+    metrics |= popularity(datamodule, "val", list(cfg.model.ks))
+    metrics["selected_epochs"] = epochs
     sources = {"val": {"model": "selected", "trained_on": ["train"]}}
     exported, trained_on = selected, ["train"]
-    if cfg.final_fit:
+    if cfg.test:
+        metrics |= popularity(datamodule, "test", list(cfg.model.ks))
+    if mode is not None:
         trained_on = list(datamodule.final_fit_splits)
         if cfg.test and "test" in trained_on:  # the final model will have seen the test split: test before
             metrics |= trainer.test(model, datamodule=datamodule, ckpt_path=str(selected), verbose=False)[0]
             sources["test"] = {"model": "selected", "trained_on": ["train"]}
-        epochs = torch.load(selected, map_location="cpu", weights_only=False)["epoch"] + 1
         seconds.lap("evaluation")
-        exported, trainer = final_fit(cfg, datamodule, epochs, paths)
+        exported, trainer, metrics["final_fit_epochs"] = final_fit(cfg, datamodule, selected, epochs, paths)
         seconds.lap("final_fit")
-        metrics["final_fit_epochs"] = epochs
     if cfg.test and "test" not in sources:
         metrics |= trainer.test(model, datamodule=datamodule, ckpt_path=str(exported), verbose=False)[0]
         sources["test"] = {"model": "exported", "trained_on": trained_on}
@@ -218,39 +270,33 @@ def fit_and_export(cfg: DictConfig, index: Backend, root: RunPaths) -> dict[str,
 
     best = TwoTowerModel.load_from_checkpoint(exported, map_location="cpu")
     users, items = export(best, datamodule, paths)
-    meta = build_index(index, items, best.hparams.score, paths.index, checkpoint=fingerprint(exported))
-    # Seen items as retrieval will read them from the run directory, so the report measures what it serves.
+    # Seen items as retrieval will read them from the run directory, so the index is tuned on what it serves.
     seen = seen_items(paths, datamodule.n_users)
-    report = index_report(index, users, items, seen, meta, paths.index, cfg.index_recall_queries, cfg.seed)
-    log.info("index: %s, recall@10 vs exact %s on %d queries, built in %.1fs", report["backend"],
-             report["recall@10_vs_exact"], report["queries"], report["build_seconds"])
+    checkpoint = fingerprint(exported)
+    build_for_run(index, users, items, seen, best.hparams.score, paths.index, checkpoint, cfg.index_recall_queries,
+                  cfg.seed)
     write_json(metrics, paths.metrics("train"))
     seconds.lap("export_and_index")
     Manifest(
         names=datamodule.names, score=best.hparams.score, dim=int(items.shape[1]), n_users=datamodule.n_users,
         n_items=datamodule.n_items, min_rating=datamodule.min_rating,
-        checkpoint=os.path.relpath(exported, paths.root), checkpoint_fingerprint=meta["checkpoint_fingerprint"],
+        checkpoint=os.path.relpath(exported, paths.root), checkpoint_fingerprint=checkpoint,
         selected_checkpoint=os.path.relpath(selected, paths.root), trained_on=trained_on, monitor=cfg.monitor,
-        metrics=metrics, metrics_from=sources,
-        fingerprints=paths.fingerprints(), seconds=seconds.laps,
+        metrics=metrics, metrics_from=sources, fingerprints=paths.fingerprints(), seconds=seconds.laps,
+        device=str(trainer.strategy.root_device), example_item=datamodule.example_item,
     ).write(paths)
     if paths != root:
         publish(paths.root, root.root)
-    log.info("run directory: %s", root.root)
-    example = datamodule.example_item if cfg.show_similar_to == "auto" else cfg.show_similar_to
-    if example is not None:
-        show_similar(root, example, cfg.show_k)
     return metrics
 
 
-def show_similar(paths: RunPaths, item: object, k: int) -> None:
-    from twotower.retrieval import Retriever
+def popularity(datamodule: InteractionDataModule, stage: str, ks: list[int]) -> dict[str, float]:
+    """``{stage}/popularity/{metric}``: the most popular training items for every user, on the same split."""
+    counts = np.bincount(datamodule.splits["train"]["item"].to_numpy(), minlength=datamodule.n_items)
+    seen, target = (("train",), "valid") if stage == "val" else (("train", "valid"), "test")
+    if datamodule.splits[target].height == 0:
+        return {}
+    found = popularity_metrics(counts, datamodule.user_items(*seen), datamodule.user_items(target), ks)
+    return {f"{stage}/popularity/{name}": value for name, value in found.items() if name != "users"}
 
-    retriever = Retriever.load(paths.root)
-    ids, scores = result = retriever.similar_items(item, k=k)
-    anchor = retriever.item_vocab.resolve(item)
-    print(f"\n{retriever.names['item'].capitalize()}s closest to '{retriever.item_vocab.ids[anchor]}':")
-    titles = result.titles or [None] * len(ids)
-    for rank, (id_, title, score) in enumerate(zip(ids, titles, scores, strict=True), start=1):
-        label = title if title is not None and title != id_ else id_
-        print(f"{rank:3d}. {label}  ({score:.3f})")
+

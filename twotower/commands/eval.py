@@ -16,20 +16,26 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from twotower.commands.cli import reported_errors
+from twotower.commands.cli import answer_help, check_options, reported_errors
 from twotower.evaluation import evaluate_run
 from twotower.files import write_json
 from twotower.run import RunPaths
 
 
 @hydra.main(version_base="1.3", config_path="pkg://twotower.conf", config_name="eval")
-def main(cfg: DictConfig) -> None:
+def app(cfg: DictConfig) -> None:
     with reported_errors(cfg.debug):
+        check_options(cfg, "eval")
         results = evaluate_run(cfg.run_dir, cfg.holdout, cfg.path, list(cfg.ks), cfg.user_col, cfg.item_col)
         name = Path(cfg.path).name.split(".")[0] if cfg.path else cfg.holdout
         # "eval-" keeps these apart from the metrics the training run wrote (metrics/train.json).
         write_json(results, RunPaths(Path(cfg.run_dir)).metrics(f"eval-{name}"))
         print(json.dumps(results, indent=2, sort_keys=True))
+
+
+def main() -> None:
+    answer_help("twotower-eval", "eval")
+    app()
 
 
 if __name__ == "__main__":

@@ -12,16 +12,22 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
-from twotower.commands.cli import reported_errors
+from twotower.commands.cli import answer_help, check_options, reported_errors
 from twotower.maps import plot_run
 
 
 @hydra.main(version_base="1.3", config_path="pkg://twotower.conf", config_name="plot")
-def main(cfg: DictConfig) -> None:
+def app(cfg: DictConfig) -> None:
     with reported_errors(cfg.debug):
+        check_options(cfg, "plot")
         path = plot_run(cfg.run_dir, cfg.side, cfg.color, cfg.method, cfg.labels, cfg.top_groups, cfg.output_file,
                         cfg.projector, cfg.seed)
         print(path)
+
+
+def main() -> None:
+    answer_help("twotower-plot", "plot")
+    app()
 
 
 if __name__ == "__main__":

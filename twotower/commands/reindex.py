@@ -19,15 +19,21 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from twotower.catalogue import rebuild_index
-from twotower.commands.cli import reported_errors
+from twotower.commands.cli import answer_help, check_options, reported_errors
 
 
 @hydra.main(version_base="1.3", config_path="pkg://twotower.conf", config_name="reindex")
-def main(cfg: DictConfig) -> None:
+def app(cfg: DictConfig) -> None:
     with reported_errors(cfg.debug):
+        check_options(cfg, "reindex")
         index = instantiate(cfg.index)  # settings checked before anything is read or replaced
         print(json.dumps(rebuild_index(cfg.run_dir, index, cfg.index_recall_queries, cfg.seed), indent=2,
                          sort_keys=True))
+
+
+def main() -> None:
+    answer_help("twotower-index", "reindex")
+    app()
 
 
 if __name__ == "__main__":

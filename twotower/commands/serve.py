@@ -18,7 +18,7 @@ import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from twotower.commands.cli import reported_errors
+from twotower.commands.cli import answer_help, check_options, reported_errors
 from twotower.errors import TwoTowerError
 from twotower.service.settings import ServeSettings, check_port
 
@@ -36,9 +36,15 @@ def serve(cfg: DictConfig) -> None:
 
 
 @hydra.main(version_base="1.3", config_path="pkg://twotower.conf", config_name="serve")
-def main(cfg: DictConfig) -> None:
+def app(cfg: DictConfig) -> None:
     with reported_errors(cfg.debug):
+        check_options(cfg, "serve")
         serve(cfg)
+
+
+def main() -> None:
+    answer_help("twotower-serve", "serve")
+    app()
 
 
 if __name__ == "__main__":

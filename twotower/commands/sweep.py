@@ -113,6 +113,9 @@ def _is_number(text: str) -> bool:
 def summarise(sweep_dir: Path, metric: str = "val/ndcg@20") -> pl.DataFrame:
     frame, swept = collect(sweep_dir)
     if metric not in frame.columns:
+        if frame.filter(pl.col("status") == "ok").height:  # a typo, not a sweep whose jobs all failed
+            known = sorted(c for c in frame.columns if "/" in c and frame.schema[c].is_numeric())
+            raise SystemExit(f"error: no job reports {metric}; choose one of {known}")
         frame = frame.with_columns(pl.lit(None, dtype=pl.Float64).alias(metric))
     columns = ["job", *swept, metric, "status"] + (["error"] if "error" in frame.columns else [])
     table = frame.select(columns)

@@ -12,17 +12,21 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import shlex
 import sys
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
+from hydra.utils import get_class
 from omegaconf import DictConfig
 
-from twotower.commands.cli import quiet_framework_notices, reported_errors, user_error
+from twotower.commands.cli import answer_help, quiet_framework_notices, reported_errors, user_error
 from twotower.files import write_json
-from twotower.run import RunPaths
+from twotower.retrieval import Retriever
+from twotower.run import Run, RunPaths
+from twotower.summary import summary
 from twotower.training import train
 
 log = logging.getLogger("twotower")
@@ -33,7 +37,8 @@ def sweep_job(cfg: DictConfig) -> float:
     """One job of a multirun: a failure is logged and saved in the job's directory as
     ``metrics/error.json``, and the job returns NaN (a failed trial to sweepers) so the sweep goes on."""
     try:
-        return train(cfg)[cfg.monitor]
+        metrics = train(cfg)
+        return metrics[Run.open(cfg.run_dir).manifest.monitor]  # as resolved for the data (a small catalogue)
     except Exception as error:
         cause = user_error(error)
         log.error("job failed: %s", cause or error, exc_info=cause is None or cfg.get("debug", False))
@@ -58,15 +63,58 @@ def command_line_problem(arguments: list[str]) -> str | None:
     return None
 
 
+def warn_unused(cfg: DictConfig, overrides: list[str]) -> None:
+    """Settings a user gave (or a sweep searches) that the chosen loss never reads."""
+    if get_class(cfg.loss._target_).examples != "users":
+        return
+    unused = sorted({override.lstrip("+~").partition("=")[0] for override in overrides
+                     if override.lstrip("+~").startswith("sampler.")})
+    if unused:
+        log.warning("%s: not used by loss=catalogue, which trains on users with all their items and needs no "
+                    "sampled negatives (a loss over pairs does: loss=softmax, bpr, bce, mse)", ", ".join(unused))
+
+
+def show_similar(run: Run, item: object, k: int) -> None:
+    """The items closest to one the data is known for (a Tarzan novel, Toy Story), as a first look."""
+    retriever = Retriever.load(run.root)
+    result = retriever.similar_items(item, k=k)
+    anchor = retriever.item_vocab.resolve(item)
+    print(f"\n{retriever.names['item'].capitalize()}s closest to '{retriever.item_vocab.ids[anchor]}':")
+    for rank, record in enumerate(result.records(), start=1):
+        title = record.get("title")
+        print(f"{rank:3d}. {title if title is not None and title != record['id'] else record['id']}  "
+              f"({record['score']:.3f})")
+
+
+def resume_command(cfg: DictConfig, overrides: list[str]) -> str:
+    """The command that continues this run from its last epoch."""
+    kept = [o for o in overrides if o.lstrip("+~").partition("=")[0] not in ("ckpt_path", "hydra.run.dir")]
+    return shlex.join(["twotower-train", *kept, "ckpt_path=last", f"hydra.run.dir={cfg.run_dir}"])
+
+
 @hydra.main(version_base="1.3", config_path="pkg://twotower.conf", config_name="train")
 def run(cfg: DictConfig) -> float:
     if HydraConfig.get().mode == RunMode.MULTIRUN:
         return sweep_job(cfg)
+    overrides = list(HydraConfig.get().overrides.task)
     with reported_errors(cfg.get("debug", False)):
-        return train(cfg)[cfg.monitor]
+        warn_unused(cfg, overrides)
+        try:
+            metrics = train(cfg)
+        except KeyboardInterrupt:
+            print(f"\ninterrupted; continue from the last finished epoch with:\n  {resume_command(cfg, overrides)}",
+                  file=sys.stderr)
+            sys.exit(130)
+        finished = Run.open(cfg.run_dir)
+        print(summary(finished))
+        example = finished.manifest.example_item if cfg.show_similar_to == "auto" else cfg.show_similar_to
+        if example is not None:
+            show_similar(finished, example, cfg.show_k)
+        return metrics[finished.manifest.monitor]
 
 
 def main() -> None:
+    answer_help("twotower-train", "train")
     problem = command_line_problem(sys.argv[1:])
     if problem:
         print(f"error: {problem}", file=sys.stderr)

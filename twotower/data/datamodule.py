@@ -22,7 +22,17 @@ from twotower.data.batches import (
     process_share,
 )
 from twotower.data.features import FeatureSpec, encode_features, feature_specs
-from twotower.data.interactions import InteractionLog, deduplicate, non_positives, positives
+from twotower.data.interactions import (
+    EXAMPLES,
+    InteractionLog,
+    deduplicate,
+    dropped_ids,
+    ids_without_positives,
+    no_dropped_ids,
+    non_positives,
+    positives,
+    report_non_positives,
+)
 from twotower.data.splits import SPLIT_NAMES, Splits, check_splits, cover_holdouts
 from twotower.data.user_items import UserItems
 from twotower.data.vocab import Vocabulary
@@ -32,6 +42,7 @@ from twotower.run import RunPaths
 from twotower.sampling import NegativeSampler
 
 log = logging.getLogger(__name__)
+TEST_ONLY = "only in pairs of the test file that have no training pair"  # why _drop_ids_without_pairs drops an id
 
 
 class Reader(Protocol):
@@ -77,6 +88,8 @@ class InteractionDataModule(L.LightningDataModule):
         self.seed = seed
         self.val_users = val_users
         self.splits: Splits | None = None
+        # Users and items of the source left out of the vocabularies, and why (saved as RunPaths.dropped).
+        self.dropped = no_dropped_ids()
 
     def setup(self, stage: str | None = None) -> None:
         if self.splits is not None:  # Lightning calls setup per stage; the data is the same for all
@@ -86,6 +99,9 @@ class InteractionDataModule(L.LightningDataModule):
         self.min_rating = interaction_log.min_rating
         self.example_item = interaction_log.example_item
         frame = positives(interaction_log)
+        lost = ids_without_positives(interaction_log, frame)
+        report_non_positives(interaction_log, lost)
+        self.dropped = pl.concat([interaction_log.dropped, lost])
         # Only what the split needs travels on: a timestamp costs more memory than a user and an item.
         frame = frame.select("user_id", "item_id", *(c for c in self.splitter.columns if c in frame.columns))
         self.user_vocab = Vocabulary.build(frame["user_id"], self.names["user"], interaction_log.user_info, "user_id")
@@ -117,7 +133,10 @@ class InteractionDataModule(L.LightningDataModule):
             if len(used) == len(vocab):
                 continue
             kept, remap = vocab.keep(used)
-            log.warning("%d %s(s) with no interaction left leave the vocabulary", len(vocab) - len(kept), vocab.name)
+            gone = vocab.ids.gather(np.flatnonzero(remap < 0))
+            log.info("%d %s(s) %s leave the vocabulary, e.g. %s", len(gone), vocab.name, TEST_ONLY,
+                     gone.head(EXAMPLES).to_list())
+            self.dropped = pl.concat([self.dropped, dropped_ids(column, gone, TEST_ONLY)])
             setattr(self, attribute, kept)
             self.splits = {name: split.with_columns(pl.Series(column, remap[split[column].to_numpy()], pl.Int32))
                            for name, split in self.splits.items()}
@@ -213,7 +232,7 @@ class InteractionDataModule(L.LightningDataModule):
                           persistent_workers=self.num_workers > 0)
 
     def save(self, paths: RunPaths) -> None:
-        """Vocabularies and splits, so evaluation and retrieval never need the raw log again."""
+        """Vocabularies, splits and the ids left out, so evaluation and retrieval never need the raw log again."""
         self.user_vocab.save(paths.vocab("users"))
         self.item_vocab.save(paths.vocab("items"))
         for name in SPLIT_NAMES:
@@ -221,3 +240,6 @@ class InteractionDataModule(L.LightningDataModule):
         paths.non_positive.unlink(missing_ok=True)  # from an earlier run into this directory
         if self.non_positive is not None:
             write_parquet(self.non_positive, paths.non_positive)
+        paths.dropped.unlink(missing_ok=True)  # likewise
+        if self.dropped.height:
+            write_parquet(self.dropped, paths.dropped)

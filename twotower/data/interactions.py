@@ -22,6 +22,19 @@ log = logging.getLogger(__name__)
 ID_COLUMNS = ("user_id", "item_id")
 DEFAULT_NAMES = {"user": "user", "item": "item"}
 SPLITS = ("train", "valid", "test")
+# Users and items of the source that a filter removed, kept so that retrieval can say why an id is unknown.
+DROPPED_SCHEMA = {"side": pl.String, "id": pl.String, "reason": pl.String}
+EXAMPLES = 5  # ids shown in a log line
+
+
+def no_dropped_ids() -> pl.DataFrame:
+    return pl.DataFrame(schema=DROPPED_SCHEMA)
+
+
+def dropped_ids(side: str, ids: pl.Series, reason: str) -> pl.DataFrame:
+    """Rows of the dropped-ids table: ``side`` (``user``/``item``), ``id`` (as text), ``reason``."""
+    return ids.sort().cast(pl.String).alias("id").to_frame().select(
+        pl.lit(side).alias("side"), "id", pl.lit(reason).alias("reason"))
 
 
 @dataclass(frozen=True)
@@ -30,7 +43,8 @@ class InteractionLog:
 
     ``names`` says what the two sides are called (``link``/``book`` for Wikipedia books); ``min_rating``,
     when set, is the rating from which an interaction counts as positive; ``example_item`` is a well-known
-    item (an id or title) to show neighbours of after training.
+    item (an id or title) to show neighbours of after training; ``dropped`` lists the users and items the
+    reader left out (see ``dropped_ids``).
     """
 
     interactions: pl.DataFrame
@@ -40,6 +54,7 @@ class InteractionLog:
     names: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_NAMES))
     min_rating: float | None = None
     example_item: str | None = None
+    dropped: pl.DataFrame = field(default_factory=no_dropped_ids)  # ids the reader filtered out, and why
 
     def __post_init__(self) -> None:
         frame = self.interactions
@@ -91,19 +106,82 @@ def positives(log_: InteractionLog) -> pl.DataFrame:
     return frame.select(c for c in ("user_id", "item_id", "timestamp", "split") if c in frame.columns)
 
 
+def positive_tests(log_: InteractionLog) -> list[tuple[str, pl.Expr]]:
+    """What a row must pass to be a positive, in the order ``positives`` applies it, each with the reason
+    a row failing it is not one (a missing label or rating fails)."""
+    columns = log_.interactions.columns
+    tests = []
+    if "label" in columns:
+        tests.append(("labels <= 0", (pl.col("label") > 0).fill_null(False)))
+    if log_.min_rating is not None and "rating" in columns:
+        tests.append((f"ratings below data.min_rating={log_.min_rating:g}",
+                       (pl.col("rating") >= log_.min_rating).fill_null(False)))
+    return tests
+
+
 def non_positives(log_: InteractionLog) -> pl.DataFrame | None:
     """``user_id`` and ``item_id`` of the rows that are not positives (a label <= 0, a rating below
     ``min_rating``, or missing where one is needed): not trained on, but the user has the item all the same,
     so retrieval does not offer it again. ``None`` when every row counts as positive."""
-    frame = log_.interactions
-    conditions = []
-    if "label" in frame.columns:
-        conditions.append(pl.col("label") > 0)
-    if log_.min_rating is not None and "rating" in frame.columns:
-        conditions.append(pl.col("rating") >= log_.min_rating)
-    if not conditions:
+    tests = positive_tests(log_)
+    if not tests:
         return None
-    return frame.filter(~pl.all_horizontal(conditions).fill_null(False)).select("user_id", "item_id")
+    passed = pl.all_horizontal(condition for _, condition in tests)
+    return log_.interactions.filter(~passed).select("user_id", "item_id")
+
+
+def ids_without_positives(log_: InteractionLog, kept: pl.DataFrame) -> pl.DataFrame:
+    """Users and items of the log with no row among the positives ``kept``, as dropped-ids rows whose reason
+    says what their rows failed (e.g. "ratings below data.min_rating=4")."""
+    tests = positive_tests(log_)
+    if not tests:
+        return no_dropped_ids()
+    reason = pl.lit(None, dtype=pl.String)
+    for text, condition in reversed(tests):  # the first test a row fails names it, as in positives()
+        reason = pl.when(condition).then(reason).otherwise(pl.lit(text))
+    # An id without positives has only failing rows: looking at those alone spares a pass over the whole log.
+    failing = log_.interactions.filter(~pl.all_horizontal(condition for _, condition in tests))
+    frames = [no_dropped_ids()]
+    for side in ("user", "item"):
+        column = f"{side}_id"
+        lost = failing.select(column).unique().join(kept.select(column).unique(), on=column, how="anti")
+        reasons = failing.join(lost, on=column, how="semi").group_by(column).agg(
+            reason.unique().sort().str.join(" and ").alias("reason")).sort(column)
+        frames.append(reasons.select(pl.lit(side).alias("side"), pl.col(column).cast(pl.String).alias("id"),
+                                     "reason"))
+    return pl.concat(frames)
+
+
+def report_non_positives(log_: InteractionLog, lost: pl.DataFrame) -> None:
+    """One line: how many rows are not positives and why, and which users and items that leaves with none
+    (``lost``, from ``ids_without_positives``)."""
+    failing = rows_failing(log_)
+    if not any(failing.values()):
+        return
+    why = ", ".join(f"{count} with {text}" for text, count in failing.items() if count)
+    log.info("%s: %d of %d row(s) are not positives (%s) and are not trained on; %s", log_.source,
+             sum(failing.values()), log_.interactions.height, why, describe_lost(lost, log_.names))
+
+
+def rows_failing(log_: InteractionLog) -> dict[str, int]:
+    """How many rows each test of ``positive_tests`` is the first to fail."""
+    passed = pl.lit(True)
+    counts = []
+    for text, condition in positive_tests(log_):
+        counts.append((passed & ~condition).sum().alias(text))
+        passed = passed & condition
+    return log_.interactions.select(counts).row(0, named=True) if counts else {}
+
+
+def describe_lost(lost: pl.DataFrame, names: dict[str, str]) -> str:
+    """"1 user(s) and 235 item(s) have no positive left ..., e.g. ..." for ``ids_without_positives``."""
+    if lost.height == 0:
+        return f"every {names['user']} and {names['item']} keeps a positive"
+    ids = {side: lost.filter(pl.col("side") == side)["id"] for side in ("user", "item")}
+    examples = "; ".join(f"{names[side]}s {column.head(EXAMPLES).to_list()}" for side, column in ids.items()
+                         if column.len())
+    return (f"{ids['user'].len()} {names['user']}(s) and {ids['item'].len()} {names['item']}(s) have no positive "
+            f"left and are left out, e.g. {examples}")
 
 
 # Which split keeps a pair found in several: train first (a held-out copy of a training pair would be a

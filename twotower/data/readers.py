@@ -10,6 +10,8 @@ import glob
 import gzip
 import io
 import json
+import logging
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
@@ -17,8 +19,17 @@ from pathlib import Path
 
 import polars as pl
 
-from twotower.data.interactions import DEFAULT_NAMES, InteractionLog, normalise_ids, with_split_tag
+from twotower.data.interactions import (
+    DEFAULT_NAMES,
+    EXAMPLES,
+    InteractionLog,
+    dropped_ids,
+    normalise_ids,
+    with_split_tag,
+)
 from twotower.errors import TwoTowerError
+
+log = logging.getLogger(__name__)
 
 _FORMATS = {
     ".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".txt": "csv",
@@ -92,9 +103,16 @@ def reading(path: Path, format: str) -> Iterator[None]:
     except pl.exceptions.NoDataError as error:
         raise TwoTowerError(f"{path} is empty") from error
     except (pl.exceptions.PolarsError, OSError, ValueError) as error:
-        message = str(error).strip()
-        first_line = message.splitlines()[0] if message else type(error).__name__
-        raise TwoTowerError(f"cannot read {path} as {format}: {first_line}") from error
+        raise TwoTowerError(f"cannot read {path} as {format}: {gist(error)}") from error
+
+
+def gist(error: BaseException, limit: int = 300) -> str:
+    """An error's first paragraph on one line: Polars follows it with advice on its own API, and a value it
+    quotes can itself span lines (an unclosed quote in a CSV)."""
+    paragraph = " ".join(str(error).strip().split("\n\n")[0].split())
+    if not paragraph:
+        return type(error).__name__
+    return paragraph if len(paragraph) <= limit else paragraph[:limit] + " ..."
 
 
 def collect(frame: pl.LazyFrame, path: Path, format: str) -> pl.DataFrame:
@@ -141,23 +159,22 @@ class InteractionFileReader:
 
     def read(self) -> InteractionLog:
         given = {name: path for name, path in self.paths.items() if path}
-        frames = {name: self._read_one(existing_path(path, "interaction file")) for name, path in given.items()}
+        # Valid and test files come with the train file's columns: its unused ones are named once, for train.
+        frames = {name: self._read_one(existing_path(path, "interaction file"), describe_unused=name == "train")
+                  for name, path in given.items()}
         frame = with_split_tag(frames) if len(frames) > 1 else frames["train"]
         source = str(self.paths["train"])
         return InteractionLog(normalise_ids(frame, source), item_info=self._item_info(), source=source,
                               names=self.names, min_rating=self.min_rating)
 
-    def _read_one(self, path: Path) -> pl.DataFrame:
+    def _read_one(self, path: Path, describe_unused: bool) -> pl.DataFrame:
         format = detect_format(path, self.format)
-        lazy = scan_table(path, format, self.separator, self.has_header)
         with reading(path, format):
+            lazy = scan_table(path, format, self.separator, self.has_header)
             schema = lazy.collect_schema()
-        missing = [column for column in self.columns.values() if column not in schema]
-        if missing:
-            raise TwoTowerError(
-                f"{path}: missing column(s) {missing}; the file has {list(schema)[:20]}. "
-                "Name the id columns with data.user_col=... and data.item_col=..."
-            )
+        self._check_id_columns(schema, path, format)
+        if describe_unused:
+            self._report_unused_columns(lazy, schema, path, format)
         if format in ("csv", "tsv"):
             lazy = scan_table(path, format, self.separator, self.has_header, text_columns=self.columns.values())
         selected = [pl.col(column).alias(name) for name, column in self.columns.items()]
@@ -168,6 +185,43 @@ class InteractionFileReader:
         if format in ("csv", "tsv") and self.has_header:
             check_no_repeated_header(frame, list(self.columns.values()), path)
         return clean_value_columns(frame, path)
+
+    def _check_id_columns(self, schema: pl.Schema, path: Path, format: str) -> None:
+        missing = [column for column in self.columns.values() if column not in schema]
+        if not missing:
+            return
+        header = schema.names()
+        if format in ("csv", "tsv") and self.has_header and header_looks_like_data(header):
+            first_row = [DUPLICATED_NAME.sub("", name) for name in header[:20]]
+            advice = (f"the file seems to have no header line (it starts {first_row}): "
+                      f"{self._no_header_fix(path, format)}")
+        else:
+            advice = f"the file has {header[:20]}. Name the id columns with data.user_col=... and data.item_col=..."
+        raise TwoTowerError(f"{path}: missing column(s) {missing}; {advice}")
+
+    def _no_header_fix(self, path: Path, format: str) -> str:
+        """The settings for a file without a header line, with the names Polars then gives its columns."""
+        with reading(path, format):
+            names = scan_table(path, format, self.separator, has_header=False).collect_schema().names()
+        shown = ", ".join(names[:4]) + (" ..." if len(names) > 4 else "")
+        return f"set data.has_header=false (and data.user_col / data.item_col to {shown})"
+
+    def _report_unused_columns(self, lazy: pl.LazyFrame, schema: pl.Schema, path: Path, format: str) -> None:
+        """Name the file's columns that are not read, in one line, with a hint where one looks like a label,
+        rating or timestamp column the settings missed (a ``clicked`` column would otherwise go unnoticed
+        while every row trains as a positive)."""
+        used = {*self.columns.values(), *(column for column in self.optional.values() if column in schema)}
+        unused = [column for column in schema.names() if column not in used]
+        if not unused:
+            return
+        with reading(path, format):
+            sample = lazy.select(unused).head(SAMPLE_ROWS).collect()
+        # A role is free when its setting names no column of the file; one set to null was switched off.
+        free = {role for role, column in self.optional.items() if column is not None and column not in schema}
+        notes = [(column, unused_column_hint(column, sample[column], free)) for column in unused]
+        hinted = any(hint for _, hint in notes)
+        log.log(logging.WARNING if hinted else logging.INFO, "%s: column(s) not used: %s", path,
+                ", ".join(f"{column} ({hint})" if hint else column for column, hint in notes))
 
     def _item_info(self) -> pl.DataFrame | None:
         if not self.item_info_path:
@@ -182,6 +236,74 @@ class InteractionFileReader:
         frame = collect(scan_table(path, format, text_columns=[item_col]), path, format)
         frame = normalise_ids(frame.rename({item_col: "item_id"}), str(path), columns=("item_id",))
         return frame.unique("item_id", keep="first", maintain_order=True)
+
+
+SAMPLE_ROWS = 10_000  # rows looked at to guess what an unused column holds: cheap at any log size
+DUPLICATED_NAME = re.compile(r"_duplicated_\d+$")  # Polars' suffix for a repeated header name ("5", "5_duplicated_0")
+
+
+def header_looks_like_data(names: Sequence[str]) -> bool:
+    """Whether most header names are numbers: then the header line is most likely the first row of data."""
+    def is_number(name: str) -> bool:
+        try:
+            float(DUPLICATED_NAME.sub("", name))
+        except ValueError:
+            return False
+        return True
+    return sum(is_number(name) for name in names) * 2 > len(names)
+
+
+ROLE_HINTS = {
+    "label": "only 0/1 values, like a label: every row counts as a positive now; "
+             "set data.label_col={column} to train on its labels",
+    "rating": "few distinct numbers, like ratings: set data.rating_col={column}, and data.min_rating=... to "
+              "train on the high ones only",
+    "timestamp": "looks like timestamps: set data.timestamp_col={column}, which split=temporal needs",
+}
+
+
+def unused_column_hint(column: str, values: pl.Series, free_roles: set[str]) -> str:
+    """A hint to use ``column`` (a sample of its values) for a role no column fills yet, or ''."""
+    role = guessed_role(values)
+    return ROLE_HINTS[role].format(column=column) if role in free_roles else ""
+
+
+def guessed_role(values: pl.Series) -> str | None:
+    """``label``, ``timestamp`` or ``rating`` when a column's values look like one, else None."""
+    values = values.drop_nulls()
+    if values.dtype.is_float():
+        values = values.drop_nans()
+    if values.is_empty():
+        return None
+    if values.dtype == pl.Boolean or (values.dtype.is_numeric() and ((values == 0) | (values == 1)).all()):
+        return "label"
+    if looks_like_timestamps(values):
+        return "timestamp"
+    if values.dtype.is_numeric() and looks_like_ratings(values):
+        return "rating"
+    return None
+
+
+def looks_like_timestamps(values: pl.Series) -> bool:
+    """Dates, text that parses as dates, or numbers in the range of Unix seconds or milliseconds since 1973
+    (smaller integers are more likely counts or ids)."""
+    if values.dtype.is_temporal():
+        return True
+    if values.dtype.is_numeric():
+        return bool(values.min() >= 1e8 and values.max() < 1e13)
+    if values.dtype != pl.String:
+        return False
+    try:
+        return values.str.to_datetime(strict=False).null_count() == 0
+    except pl.exceptions.PolarsError:  # no date format fits the text
+        return False
+
+
+def looks_like_ratings(values: pl.Series) -> bool:
+    """A few non-negative numbers up to 10 in steps of a half: 1-5 stars, 0.5-5, 1-10."""
+    doubled = values.cast(pl.Float64) * 2
+    return bool(values.n_unique() <= 21 and values.min() >= 0 and values.max() <= 10
+                and (doubled == doubled.round(0)).all())
 
 
 def check_no_repeated_header(frame: pl.DataFrame, header: list[str], path: Path) -> None:
@@ -288,12 +410,13 @@ class MovieLensReader:
 
     @staticmethod
     def _read_100k(folder: Path) -> InteractionLog:
-        ratings = pl.read_csv(
-            folder / "u.data", separator="\t", has_header=False,
-            new_columns=["user_id", "item_id", "rating", "timestamp"],
-            schema_overrides={"user_id": pl.Int64, "item_id": pl.Int64, "rating": pl.Float64,
-                              "timestamp": pl.Int64},
-        )
+        with reading(folder / "u.data", "MovieLens ratings"):
+            ratings = pl.read_csv(
+                folder / "u.data", separator="\t", has_header=False,
+                new_columns=["user_id", "item_id", "rating", "timestamp"],
+                schema_overrides={"user_id": pl.Int64, "item_id": pl.Int64, "rating": pl.Float64,
+                                  "timestamp": pl.Int64},
+            )
         item_info = user_info = None
         if (folder / "u.item").exists():
             genres = _latin1_table(folder / "u.genre", ["genre", "index"]).get_column("genre").to_list() \
@@ -309,7 +432,8 @@ class MovieLensReader:
     @staticmethod
     def _read_dat(folder: Path) -> InteractionLog:
         ratings = _latin1_table(folder / "ratings.dat", ["user_id", "item_id", "rating", "timestamp"], "::")
-        ratings = ratings.with_columns(pl.col("rating").cast(pl.Float64))
+        with reading(folder / "ratings.dat", "MovieLens ratings"):
+            ratings = ratings.with_columns(pl.col("rating").cast(pl.Float64))
         item_info = user_info = None
         if (folder / "movies.dat").exists():
             movies = _latin1_table(folder / "movies.dat", ["item_id", "title", "genres"], "::")
@@ -324,13 +448,14 @@ class MovieLensReader:
 
 def _latin1_table(path: Path, columns: Sequence[str], separator: str = "|") -> pl.DataFrame:
     """MovieLens metadata files are Latin-1 and separated by '|' or '::'; Polars wants UTF-8 and one byte."""
-    text = path.read_bytes().decode("latin-1")
-    if len(separator) > 1:
-        text = text.replace(separator, "\t")
-        separator = "\t"
-    text = "\n".join(line for line in text.splitlines() if line.strip())
-    return pl.read_csv(io.StringIO(text), separator=separator, has_header=False, new_columns=list(columns),
-                       quote_char=None, infer_schema_length=None)
+    with reading(path, "a MovieLens table"):
+        text = path.read_bytes().decode("latin-1")
+        if len(separator) > 1:
+            text = text.replace(separator, "\t")
+            separator = "\t"
+        text = "\n".join(line for line in text.splitlines() if line.strip())
+        return pl.read_csv(io.StringIO(text), separator=separator, has_header=False, new_columns=list(columns),
+                           quote_char=None, infer_schema_length=None)
 
 
 def _with_genre_lists(items: pl.DataFrame, genres: Sequence[str]) -> pl.DataFrame:
@@ -371,6 +496,12 @@ def genre_group(genre: pl.Expr) -> pl.Expr:
     return expression
 
 
+# The book reader is the default data: a user's own log given as data.path=... without data=interactions
+# lands here.
+NOT_BOOKS_HINT = ("for an interaction log (CSV, TSV, Parquet, NDJSON of user/item rows) use data=interactions "
+                  "data.path=...")
+
+
 class WikiBooksReader:
     """Wikipedia book articles and their wikilinks (one JSON array per line, optionally gzipped).
 
@@ -397,18 +528,43 @@ class WikiBooksReader:
         frame = pl.DataFrame(pairs, schema={"item_id": pl.String, "user_id": pl.String}, orient="row")
         if self.lowercase_links:
             frame = frame.with_columns(pl.col("user_id").str.to_lowercase())
-        frame = frame.filter(~pl.col("user_id").is_in(list(self.drop_links))).unique(maintain_order=True)
-        books_per_link = frame.group_by("user_id").len()
-        kept = books_per_link.filter(pl.col("len") >= self.min_link_count).select("user_id")
-        frame = frame.join(kept, on="user_id", how="semi").select("user_id", "item_id")
+        frame, dropped = self._keep_shared_links(frame.unique(maintain_order=True), path)
         if frame.height == 0:
             raise TwoTowerError(f"{path}: no wikilink appears in at least {self.min_link_count} books; "
                                 "lower data.min_link_count")
         item_info = pl.DataFrame(books, schema={"item_id": pl.String, "title": pl.String,
                                                 **{f: pl.String for f in BOOK_INFO_FIELDS}}, orient="row")
         item_info = item_info.with_columns(genre_group=genre_group(pl.col("genre")))
+        dropped = pl.concat([dropped, self._books_without_links(item_info, frame, path)])
         return InteractionLog(frame, item_info=item_info.unique("item_id", maintain_order=True),
-                              source=str(path), names=self.names, example_item=self.example_item)
+                              source=str(path), names=self.names, example_item=self.example_item, dropped=dropped)
+
+    def _keep_shared_links(self, frame: pl.DataFrame, path: Path) -> tuple[pl.DataFrame, pl.DataFrame]:
+        """The (link, book) pairs of links in ``drop_links`` and of links in fewer than ``min_link_count``
+        books left out; returns the rest and the links left out."""
+        listed = pl.col("user_id").is_in(list(self.drop_links))
+        books_per_link = frame.filter(~listed).group_by("user_id").len()
+        rare = books_per_link.filter(pl.col("len") < self.min_link_count)["user_id"]
+        named = frame.filter(listed)["user_id"].unique()
+        kept = frame.filter(~listed & ~pl.col("user_id").is_in(rare.implode())).select("user_id", "item_id")
+        if kept.height < frame.height:
+            log.info("%s: %d %s(s) in fewer than data.min_link_count=%d %ss and %d in drop_links left out "
+                     "(%d of %d pairs)", path, rare.len(), self.names["user"], self.min_link_count,
+                     self.names["item"], named.len(), frame.height - kept.height, frame.height)
+        dropped = pl.concat([
+            dropped_ids("user", rare, f"in fewer than data.min_link_count={self.min_link_count} {self.names['item']}s"),
+            dropped_ids("user", named, "in drop_links (says nothing about content)"),
+        ])
+        return kept, dropped
+
+    def _books_without_links(self, item_info: pl.DataFrame, kept: pl.DataFrame, path: Path) -> pl.DataFrame:
+        """Books none of whose links is kept: they are in the file but in no interaction."""
+        lonely = item_info.join(kept, on="item_id", how="anti")["item_id"].unique()
+        if lonely.len():
+            log.info("%s: %d %s(s) have no %s left and are left out, e.g. %s", path, lonely.len(),
+                     self.names["item"], self.names["user"], lonely.sort().head(EXAMPLES).to_list())
+        return dropped_ids("item", lonely, f"no {self.names['user']} found in at least "
+                                           f"data.min_link_count={self.min_link_count} {self.names['item']}s")
 
     @staticmethod
     def _parse(path: Path) -> tuple[list[tuple], list[tuple[str, str]]]:
@@ -423,14 +579,15 @@ class WikiBooksReader:
                     record = json.loads(line)
                     if not (isinstance(record, list) and len(record) >= 3 and isinstance(record[0], str)
                             and isinstance(record[2], list)):
-                        raise TwoTowerError(f"{path}:{number}: expected [title, infobox, [wikilinks], ...]")
+                        raise TwoTowerError(f"{path}:{number}: expected [title, infobox, [wikilinks], ...]; "
+                                            f"{NOT_BOOKS_HINT}")
                     title, infobox, links = record[0], record[1] if isinstance(record[1], dict) else {}, record[2]
                     books.append((title, title, *(_text(infobox.get(f)) for f in BOOK_INFO_FIELDS)))
                     pairs.extend((title, str(link)) for link in links)
         except (json.JSONDecodeError, UnicodeDecodeError, OSError, EOFError) as error:
-            raise TwoTowerError(f"cannot read {path} as book/link NDJSON: {error}") from error
+            raise TwoTowerError(f"cannot read {path} as book/link NDJSON: {error}; {NOT_BOOKS_HINT}") from error
         if not books:
-            raise TwoTowerError(f"{path} holds no books")
+            raise TwoTowerError(f"{path} holds no books; {NOT_BOOKS_HINT}")
         return books, pairs
 
 

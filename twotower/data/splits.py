@@ -150,8 +150,8 @@ def cover_holdouts(splits: Splits, test_given: bool) -> Splits:
                         "on train has learnt nothing to rank them with", int((~known).sum()))
         else:
             train = pl.concat([train, held.filter(~known)]).sort("user", "item")
-            log.warning("moved %d %s pair(s) whose user or item has no training pair into train: a model "
-                        "learns nothing for an id it never trains on", int((~known).sum()), name)
+            log.info("moved %d %s pair(s) whose user or item has no training pair into train: a model "
+                     "learns nothing for an id it never trains on", int((~known).sum()), name)
     covered["train"] = train
     return covered
 

@@ -167,9 +167,10 @@ class Vocabulary:
             if matches.height == 1:
                 return int(matches["index"][0])
             if matches.height > 1:
-                shown = matches["title"].head(5).to_list()
-                raise TwoTowerError(f"'{text}' matches {matches.height} {self.name} titles, e.g. {shown}; "
-                                    "give the exact title or the id")
+                shown = ", ".join(f"{title!r} [{id_}]" for title, id_ in zip(
+                    matches["title"].head(5).to_list(), self.decode(matches["index"].head(5).to_numpy()), strict=True))
+                raise TwoTowerError(f"'{text}' matches {matches.height} {self.name}s: {shown}; give the id of the "
+                                    "one you mean")
         close = difflib.get_close_matches(text, titles["title"].to_list(), n=3, cutoff=0.5)
         hint = f"; did you mean {close}?" if close else ""
         raise TwoTowerError(f"unknown {self.name} '{text}': neither an id nor a title{hint}")

@@ -1,9 +1,7 @@
 """Annoy over the angular metric: approximate, memory-mapped, shareable between processes.
 
 Annoy's own ``dot`` metric has a tree-building bug in the released 1.17.3 that can crush recall, so
-dot-product search is mapped onto ``angular``: items get one extra coordinate ``sqrt(M^2 - |x|^2)`` (M the
-largest item norm) and queries a 0, which makes the angle order equal the dot-product order (Bachrach et
-al., 2014). Cosine models index their unit vectors with ``angular`` directly.
+dot-product search is mapped onto ``angular`` (``twotower.index.angular``).
 """
 
 from __future__ import annotations
@@ -17,7 +15,8 @@ import numpy as np
 from annoy import AnnoyIndex as _Annoy
 
 from twotower.errors import TwoTowerError
-from twotower.index.exact import exact_top
+from twotower.index.angular import angular_items, angular_queries
+from twotower.index.exact import check_target, exact_top
 
 
 class AnnoyIndex:
@@ -26,16 +25,20 @@ class AnnoyIndex:
     ``n_trees`` trades build time and size for recall; ``search_k`` (nodes inspected per query, default
     ``search_k_factor * n * n_trees`` for n results) trades query time for recall; when it reaches the
     catalogue size the search is done exactly instead (small catalogues, users with long histories,
-    which need many candidates to survive the filtering of seen items). The defaults reach
-    recall@10 >= 0.95 against exact search on the ml-1m model and on 1M clustered synthetic vectors
-    (``scripts/benchmark_index.py``). ``build_threads`` > 1 builds faster, but not reproducibly.
+    which need many candidates to survive the filtering of seen items). ``target_recall``: the recall@10
+    the build makes sure of (``twotower.index.tuning``), raising the search budget, then the trees, or
+    serving exactly (``exact``) where neither reaches it more cheaply. ``build_threads`` > 1 builds
+    faster, but not reproducibly.
     """
 
     backend = "annoy"
     FILE = "items.ann"
 
+    MAX_TREE_DOUBLINGS = 2  # the tuning builds at most 4x the configured trees
+
     def __init__(self, n_trees: int = 50, search_k: int | None = None, search_k_factor: int = 10,
-                 seed: int = 0, build_threads: int = 1) -> None:
+                 seed: int = 0, build_threads: int = 1, target_recall: float | None = 0.95, exact: bool = False
+                 ) -> None:
         # Checked before anything is built: zero trees would replace a working index by an empty one,
         # negative counts make Annoy build forever, a zero search budget returns nothing.
         def whole(value: object) -> bool:
@@ -49,19 +52,47 @@ class AnnoyIndex:
         if not whole(build_threads) or (build_threads < 1 and build_threads != -1):
             raise TwoTowerError(f"index.build_threads must be an integer >= 1 (or -1: every core), "
                                 f"got {build_threads!r}")
+        check_target(target_recall)
         self.n_trees = n_trees
         self.search_k = search_k
         self.search_k_factor = search_k_factor
         self.seed = seed
         self.build_threads = build_threads
+        self.target_recall = target_recall
+        self.exact = exact
+        self._configured = (n_trees, search_k, search_k_factor)  # where the tuning starts from
         self._annoy: _Annoy | None = None
 
     def params(self) -> dict[str, Any]:
         return {"n_trees": self.n_trees, "search_k": self.search_k, "search_k_factor": self.search_k_factor,
-                "seed": self.seed, "build_threads": self.build_threads}
+                "seed": self.seed, "build_threads": self.build_threads, "target_recall": self.target_recall,
+                "exact": self.exact}
+
+    def describe(self) -> str:
+        budget = f"search_k {self.search_k}" if self.search_k else f"search_k_factor {self.search_k_factor}"
+        return "exact search" if self.exact else f"{self.n_trees} trees, {budget}"
+
+    def widen(self) -> bool:
+        """Double the search budget, unless ten results would then cost a visit of the whole catalogue."""
+        if self.search_k:
+            self.search_k *= 2
+        else:
+            self.search_k_factor *= 2
+        return not self.searches_exactly(10)
+
+    def deepen(self) -> bool:
+        """Twice the trees, searched again from the configured budget upwards (a build must follow); False
+        once that would pass four times the configured trees."""
+        trees, self.search_k, self.search_k_factor = self._configured
+        if self.n_trees * 2 > trees << self.MAX_TREE_DOUBLINGS:
+            return False
+        self.n_trees *= 2
+        return True
 
     def build(self, vectors: np.ndarray, score: str, folder: Path) -> dict[str, Any]:
-        items, transform, max_norm = self._items_for_angular(vectors, score)
+        if self._annoy is not None:  # a rebuild replaces the file this one maps
+            self._annoy.unload()
+        items, transform, max_norm = angular_items(vectors, score)
         annoy = _Annoy(items.shape[1], "angular")
         annoy.set_seed(self.seed)
         for index, vector in enumerate(items):
@@ -85,16 +116,15 @@ class AnnoyIndex:
 
     def searches_exactly(self, n: int) -> bool:
         """Whether a search for ``n`` results would visit the whole catalogue, and so is done by brute force
-        (faster, and exact)."""
-        return self._search_k(n) >= self._annoy.get_n_items()
+        (faster, and exact), or the tuning chose exact search."""
+        return self.exact or self._search_k(n) >= self._annoy.get_n_items()
 
     def search(self, queries: np.ndarray, n: int) -> np.ndarray:
         n = min(n, self._annoy.get_n_items())
         if self.searches_exactly(n):
             return exact_top(queries, self._vectors, n)[0]
         search_k = self._search_k(n)
-        if self._transform == "dot_to_angular":
-            queries = np.hstack([queries, np.zeros((len(queries), 1), dtype=queries.dtype)])
+        queries = angular_queries(queries, self._transform)
         found = np.full((len(queries), n), -1, dtype=np.int64)
 
         def one(row: int) -> None:
@@ -108,15 +138,6 @@ class AnnoyIndex:
             with ThreadPoolExecutor(max_workers=os.cpu_count()) as pool:
                 list(pool.map(one, range(len(queries))))
         return found
-
-    @staticmethod
-    def _items_for_angular(vectors: np.ndarray, score: str) -> tuple[np.ndarray, str, float]:
-        if score == "cosine":
-            return vectors, "unit_vectors", 1.0
-        norms = np.linalg.norm(vectors, axis=1)
-        max_norm = float(norms.max()) if len(norms) else 0.0
-        extra = np.sqrt(np.clip(max_norm**2 - norms**2, 0.0, None))  # clip: rounding can make it < 0
-        return np.hstack([vectors, extra[:, None]]).astype(np.float32), "dot_to_angular", max_norm
 
     def _open(self, folder: Path, dim: int) -> _Annoy:
         path = folder / self.FILE

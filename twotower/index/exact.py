@@ -7,6 +7,8 @@ from typing import Any
 
 import numpy as np
 
+from twotower.errors import TwoTowerError
+
 
 def exact_top(queries: np.ndarray, items: np.ndarray, n: int, batch_size: int | None = None
               ) -> tuple[np.ndarray, np.ndarray]:
@@ -29,16 +31,35 @@ def exact_top(queries: np.ndarray, items: np.ndarray, n: int, batch_size: int | 
     return indices, scores
 
 
+def check_target(target_recall: object) -> None:
+    """A recall to reach: a number in (0, 1], or None for no tuning."""
+    if target_recall is not None and (isinstance(target_recall, bool) or not isinstance(target_recall, (int, float))
+                                      or not 0 < target_recall <= 1):
+        raise TwoTowerError(f"index.target_recall must be a number in (0, 1] (or null: no tuning), "
+                            f"got {target_recall!r}")
+
+
 class ExactIndex:
     """Brute-force search over the item vectors (kept in memory)."""
 
     backend = "exact"
+    target_recall = None  # exact by construction: nothing to tune
+    exact = True
 
     def __init__(self, batch_size: int | None = None) -> None:
         self.batch_size = batch_size
 
     def params(self) -> dict[str, Any]:
         return {"batch_size": self.batch_size}
+
+    def describe(self) -> str:
+        return "exact search"
+
+    def widen(self) -> bool:
+        return False
+
+    def deepen(self) -> bool:
+        return False
 
     def build(self, vectors: np.ndarray, score: str, folder: Path) -> dict[str, Any]:
         self.vectors = vectors

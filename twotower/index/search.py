@@ -1,18 +1,14 @@
-"""Search with exclusions on top of any backend, and the recall of a built index against exact search."""
+"""Search with exclusions on top of any backend, with exact scores, and its recall against exact search."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from twotower.data.user_items import UserItems
-from twotower.files import write_json
+from twotower.index.backend import Backend
 from twotower.index.exact import ExactIndex
-from twotower.index.store import Backend
 
 
 def rank_candidates(candidate_vectors: np.ndarray, query: np.ndarray, candidates: np.ndarray, k: int
@@ -53,31 +49,3 @@ def recall_against_exact(index: Backend, queries: np.ndarray, vectors: np.ndarra
     found = search_excluding(index, vectors, queries, k, exclude)
     hits = [len(np.intersect1d(a, b)) / max(len(a), 1) for (a, _), (b, _) in zip(truth, found, strict=True)]
     return float(np.mean(hits)) if hits else 1.0
-
-
-def index_report(index: Backend, users: np.ndarray, items: np.ndarray, seen: UserItems, meta: dict[str, Any],
-                 folder: Path, n_queries: int = 1000, seed: int = 0) -> dict[str, Any]:
-    """Recall@10 of a built index against exact search on a sample of users, on the task retrieval serves
-    (each user's seen items filtered out), with its cost; saved in ``folder/report.json``."""
-    rng = np.random.default_rng(seed)
-    rows = rng.choice(len(users), size=min(n_queries, len(users)), replace=False)
-    sample = users[rows]
-    exclude = [seen.row(row) for row in rows]
-    started = time.perf_counter()
-    recall = recall_against_exact(index, sample, items, 10, exclude) if len(sample) else None
-    report = {
-        "backend": meta["backend"],
-        "params": meta["params"],
-        "recall@10_vs_exact": None if recall is None else round(recall, 4),
-        # The task users get: top 10 with each user's seen items left out. Queries that need more
-        # candidates than the search budget covers are answered exactly; this is their share.
-        "seen_filtered": True,
-        "exact_share": round(float(np.mean([index.searches_exactly(10 + len(e)) for e in exclude])), 4)
-        if len(exclude) else None,
-        "queries": len(sample),
-        "measure_seconds": round(time.perf_counter() - started, 3),
-        "build_seconds": meta["build_seconds"],
-        "size_bytes": sum(facts["bytes"] for facts in meta["files"].values()),
-    }
-    write_json(report, folder / "report.json")
-    return report

@@ -7,39 +7,37 @@ backend is rebuilt from the settings it was saved with (``backend_from``).
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from twotower.data.user_items import UserItems
 from twotower.errors import TwoTowerError
 from twotower.files import atomic_directory, fingerprint, write_json
-from twotower.index.annoy import AnnoyIndex
-from twotower.index.exact import ExactIndex
+from twotower.index.backend import BACKENDS, Backend, backend_from
+from twotower.index.tuning import Probe, tune
 
+log = logging.getLogger("twotower")
 INDEX_FORMAT = 1
 SCORES = ("dot", "cosine")
-Backend = ExactIndex | AnnoyIndex
-BACKENDS: dict[str, type[Backend]] = {backend.backend: backend for backend in (ExactIndex, AnnoyIndex)}
 
 
-def backend_from(name: object, params: dict[str, Any] | None = None) -> Backend:
-    """A fresh backend of kind ``name`` with ``params`` (what ``meta.json`` records and ``spec`` gives)."""
-    if name not in BACKENDS:
-        raise TwoTowerError(f"unknown index backend {name!r}; this version has {sorted(BACKENDS)}")
-    return BACKENDS[name](**(params or {}))
-
-
-def build_index(index: Backend, vectors: np.ndarray, score: str, folder: Path,
-                checkpoint: str | None = None) -> dict[str, Any]:
+def build_index(index: Backend, vectors: np.ndarray, score: str, folder: Path, checkpoint: str | None = None,
+                probe: Probe | None = None) -> dict[str, Any]:
     """Build ``index`` over item ``vectors`` into ``folder`` (replacing what was there only once the new
-    index is complete) and open it from there; returns its metadata."""
+    index is complete), tuned to its target recall on ``probe`` where one is given, and open it from there;
+    returns its metadata."""
     if score not in SCORES:
         raise TwoTowerError(f"unknown score '{score}'")
     with atomic_directory(folder) as building:
         started = time.perf_counter()
         facts = index.build(vectors, score, building)
+        if probe is not None and len(probe.queries) and index.target_recall is not None:
+            index.load(vectors, {**facts, "n_items": len(vectors)}, building)
+            facts["measured"] = tune(index, vectors, score, building, probe)
         meta = {
             "format": INDEX_FORMAT,
             "backend": index.backend,
@@ -49,7 +47,7 @@ def build_index(index: Backend, vectors: np.ndarray, score: str, folder: Path,
             "n_items": int(vectors.shape[0]),
             "vectors_fingerprint": fingerprint(vectors),
             "checkpoint_fingerprint": checkpoint,
-            "build_seconds": round(time.perf_counter() - started, 3),
+            "build_seconds": round(time.perf_counter() - started, 3),  # with the tuning
             "files": {file.name: {"bytes": file.stat().st_size, "sha256": fingerprint(file)}
                       for file in sorted(building.iterdir())},
             **facts,
@@ -107,3 +105,36 @@ def load_index(folder: Path, vectors: np.ndarray, score: str, checkpoint: str | 
     index = backend_from(meta["backend"], meta["params"] if index is None else index.params())
     index.load(vectors, meta, folder)
     return index, meta
+
+
+def build_for_run(index: Backend, users: np.ndarray, items: np.ndarray, seen: UserItems, score: str, folder: Path,
+                  checkpoint: str | None = None, n_queries: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """A run's index, tuned on a seeded sample of ``n_queries`` of its users (their ``seen`` items left out, as
+    retrieval leaves them out); its report, also saved in ``folder/report.json`` and said in one log line."""
+    probe = Probe.sample(users, seen, n_queries, seed)
+    meta = build_index(index, items, score, folder, checkpoint, probe)
+    measured = meta.get("measured", {})
+    report = {
+        "backend": meta["backend"],
+        "params": meta["params"],
+        "chosen": index.describe(),
+        "target_recall": getattr(index, "target_recall", None),
+        "recall@10_vs_exact": measured.get("recall@10_vs_exact", 1.0 if index.backend == "exact" else None),
+        "qps": measured.get("qps"),
+        "exact_qps": measured.get("exact_qps"),
+        # The task users get: top 10 with each user's seen items left out. Queries that need more
+        # candidates than the search budget covers are answered exactly; this is their share.
+        "seen_filtered": True,
+        "exact_share": round(float(np.mean([index.searches_exactly(10 + len(e)) for e in probe.exclude])), 4)
+        if len(probe.exclude) else None,
+        "queries": len(probe.queries),
+        "tuning": measured.get("tuning", []),
+        "build_seconds": meta["build_seconds"],
+        "size_bytes": sum(facts["bytes"] for facts in meta["files"].values()),
+    }
+    write_json(report, folder / "report.json")
+    if measured:
+        log.info("index: %s, %s: recall@10 %.3f against exact search (target %s) at %d queries/s, exact search "
+                 "%d/s; built and tuned in %.1f s", report["backend"], report["chosen"], report["recall@10_vs_exact"],
+                 report["target_recall"], report["qps"], report["exact_qps"], report["build_seconds"])
+    return report

@@ -21,6 +21,7 @@ class ItemScore(BaseModel):
     id: int | str
     score: float
     title: str | None = None
+    fallback: str | None = None  # "popular" where the most popular items stand in for the model
 
 
 class UserResult(BaseModel):

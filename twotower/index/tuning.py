@@ -1,0 +1,81 @@
+"""Recall as a promise: a built index measures the recall@10 it gives against exact search on the task
+retrieval serves (a seeded sample of users, each user's seen items left out), and raises its search budget,
+then the density of its structure, until it reaches its ``target_recall``; where it cannot before a search
+would cost about as much as exact search, it serves exactly. The choice follows the budgets, never the clock,
+so a build is reproducible; the throughput measured beside it says what the choice costs. The setting
+chosen is saved with the index (its ``params``), so ``Retriever``, the command line and the service search
+with it, and ``index/report.json`` and one log line say what was measured and chosen.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from twotower.data.user_items import UserItems
+from twotower.index.backend import Backend
+from twotower.index.exact import ExactIndex
+from twotower.index.search import search_excluding
+
+K = 10
+
+
+@dataclass(frozen=True)
+class Probe:
+    """The queries an index is measured on, and what each leaves out (the user's seen items)."""
+
+    queries: np.ndarray
+    exclude: list[np.ndarray]
+
+    @classmethod
+    def sample(cls, users: np.ndarray, seen: UserItems, n: int, seed: int = 0) -> Probe:
+        rows = np.random.default_rng(seed).choice(len(users), size=min(n, len(users)), replace=False)
+        return cls(np.ascontiguousarray(users[rows]), [seen.row(row) for row in rows])
+
+
+def found_by(index: Backend, vectors: np.ndarray, probe: Probe) -> list[np.ndarray]:
+    """The probe's seen-filtered top ``K`` rows by ``index``."""
+    return [rows for rows, _ in search_excluding(index, vectors, probe.queries, K, probe.exclude)]
+
+
+def queries_per_second(index: Backend, vectors: np.ndarray, probe: Probe, n: int = 200) -> float:
+    """Single queries answered per second, as the service answers a user per request, on ``n`` of the probe's."""
+    started = time.perf_counter()
+    for query, excluded in zip(probe.queries[:n], probe.exclude[:n], strict=False):
+        search_excluding(index, vectors, query[None], K, [excluded])
+    return min(n, len(probe.queries)) / max(time.perf_counter() - started, 1e-9)
+
+
+def recall(found: list[np.ndarray], truth: list[np.ndarray]) -> float:
+    hits = [len(np.intersect1d(a, b)) / max(len(b), 1) for a, b in zip(found, truth, strict=True)]
+    return float(np.mean(hits)) if hits else 1.0
+
+
+def tune(index: Backend, vectors: np.ndarray, score: str, folder: Path, probe: Probe) -> dict[str, Any]:
+    """Bring a built and loaded ``index`` (its files in ``folder``) to its target recall on ``probe``; returns
+    what was measured: the recall and single-query throughput of the setting chosen, exact search's, and
+    each step's."""
+    exact = ExactIndex()
+    exact.load(vectors, {}, folder)
+    truth, exact_qps = found_by(exact, vectors, probe), queries_per_second(exact, vectors, probe)
+    steps = []
+    while True:
+        found, qps = found_by(index, vectors, probe), queries_per_second(index, vectors, probe)
+        steps.append({"setting": index.describe(), "recall@10": round(recall(found, truth), 4), "qps": round(qps)})
+        if index.exact or steps[-1]["recall@10"] >= index.target_recall:
+            break
+        if index.widen():
+            continue
+        if index.deepen():
+            facts = index.build(vectors, score, folder)
+            index.load(vectors, {**facts, "n_items": len(vectors)}, folder)
+            continue
+        index.exact = True
+        steps.append({"setting": index.describe(), "recall@10": 1.0, "qps": round(exact_qps)})
+        break
+    return {"recall@10_vs_exact": steps[-1]["recall@10"], "qps": steps[-1]["qps"], "exact_qps": round(exact_qps),
+            "tuning": steps}
