@@ -152,7 +152,7 @@ class Retriever:
         batch = list(users) if _is_batch(users) else [users]
         with self._explained("user", batch):
             rows = self.user_vocab.lookup(batch, missing=-1 if unknown == "popular" else None)
-        with self._explained("item", [*(deny or []), *(allow or [])]):
+        with self._explained("item", [*(() if deny is None else deny), *(() if allow is None else allow)]):
             denied = np.unique(catalogue.rows(deny))
             allowed = None if allow is None else np.unique(catalogue.rows(list(allow)))
         exclude = [np.union1d(self.seen.row(row), denied) if exclude_seen and row >= 0 else denied for row in rows]
