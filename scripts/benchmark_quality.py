@@ -1,12 +1,16 @@
 """Ranking quality on the pre-split benchmark sets: twotower's defaults against three references fitted in
 the same process, implicit's ALS, PureSVD and EASE, all evaluated by the same code.
 
-    python scripts/benchmark_quality.py [--data DIR ...] [--variant "OVERRIDES" ...] [--out results.json]
-                                        [hydra overrides for every twotower run]
+    python scripts/benchmark_quality.py [--data DIR ...] [--variant "OVERRIDES" ...]
+        [--out docs/benchmarks/quality.json] [--raw raw.json] [--references-from raw.json] [--keep-runs DIR]
+        [hydra overrides for every twotower run]
 
-``--data`` defaults to ../shared/data/{ml-1m-split,lastfm-split,amazon-sports-split}. Each ``--variant`` adds
+``--data`` defaults to ../shared/data/{ml-1m,lastfm,amazon-sports,amazon-beauty}-split. Each ``--variant`` adds
 a twotower run with those Hydra overrides (space-separated, e.g. ``--variant "model=history"``) beside the
-defaults; ``--no-references`` skips the references (for a quick comparison of variants).
+defaults; ``--no-references`` skips the references (for a quick comparison of variants), and
+``--references-from`` takes them from an earlier run's ``--raw`` file instead of fitting them again. The
+references are implicit's ALS at 64, 128 and 256 factors and PureSVD at 32 and 64 (the best of them is the
+bar), and EASE.
 
 Protocol (../shared/data/README.md): full ranking over all items, each user's train + valid items removed,
 Recall@20 and NDCG@20 averaged over users with test items. Everything is fitted on train + valid; EASE's
@@ -22,7 +26,9 @@ test with ``twotower-eval path=test.csv``.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
+import shutil
 import tempfile
 import time
 from collections.abc import Callable
@@ -34,6 +40,7 @@ import polars as pl
 import scipy.sparse as sp
 import torch
 from hydra import compose, initialize_config_module
+from results import table, write_results
 from scipy.sparse.linalg import svds
 
 from twotower.data.batches import RankingBatches, eval_chunk_size
@@ -44,7 +51,9 @@ from twotower.metrics import RankingMetrics
 from twotower.training import train
 
 SHARED = Path("../shared/data")
-DATASETS = ("ml-1m-split", "lastfm-split", "amazon-sports-split")
+DATASETS = ("ml-1m-split", "lastfm-split", "amazon-sports-split", "amazon-beauty-split")
+ALS_FACTORS = (64, 128, 256)
+SVD_FACTORS = (32, 64)
 EASE_GRID = (50.0, 200.0, 500.0)
 EASE_MAX_ITEMS = 40_000  # a float32 item-item matrix of 6.4 GB, a few of which are alive at once
 METRICS = ("recall@20", "ndcg@20")
@@ -55,17 +64,17 @@ def read_split(folder: Path) -> dict[str, pl.DataFrame]:
             for name in ("train", "valid", "test")}
 
 
-def als_model(matrix: sp.csr_matrix) -> Any:
+def als_model(matrix: sp.csr_matrix, factors: int = 64) -> Any:
     """implicit's ALS, fitted on ``matrix`` with the settings every benchmark compares against."""
     from implicit.als import AlternatingLeastSquares
 
-    model = AlternatingLeastSquares(factors=64, regularization=0.05, alpha=10.0, iterations=15, random_state=0)
+    model = AlternatingLeastSquares(factors=factors, regularization=0.05, alpha=10.0, iterations=15, random_state=0)
     model.fit(matrix, show_progress=False)
     return model
 
 
-def fit_als(matrix: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
-    model = als_model(matrix)
+def fit_als(matrix: sp.csr_matrix, factors: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    model = als_model(matrix, factors)
     return np.asarray(model.user_factors), np.asarray(model.item_factors)
 
 
@@ -144,13 +153,16 @@ def scoring_protocol(splits: dict[str, pl.DataFrame]) -> tuple[sp.csr_matrix, Us
     return matrix, seen, UserItems.from_pairs(test["user_id"].to_numpy(), test["item_id"].to_numpy(), shape[0])
 
 
-def benchmark(folder: Path, overrides: list[str], variants: list[str], references: bool = True) -> dict[str, dict]:
+def benchmark(folder: Path, overrides: list[str], variants: list[str], references: bool = True,
+              keep: Path | None = None) -> dict[str, dict]:
     splits = read_split(folder)
     matrix, seen, targets = scoring_protocol(splits)
     shape = matrix.shape
 
     fits: dict[str, Callable[[sp.csr_matrix], tuple[np.ndarray, np.ndarray] | np.ndarray]] = {
-        "implicit ALS (64 factors)": fit_als, "PureSVD (32 factors)": fit_pure_svd} if references else {}
+        **{f"implicit ALS ({factors} factors)": functools.partial(fit_als, factors=factors) for factors in ALS_FACTORS},
+        **{f"PureSVD ({factors} factors)": functools.partial(fit_pure_svd, factors=factors) for factors in SVD_FACTORS},
+    } if references else {}
     selection_seconds = 0.0
     if references and shape[1] <= EASE_MAX_ITEMS:
         started = time.perf_counter()
@@ -187,6 +199,9 @@ def benchmark(folder: Path, overrides: list[str], variants: list[str], reference
             # Scored as a user would score it: test interactions, minus everything the run was given.
             metrics = evaluate_run(run_dir, path=str(test_csv), ks=[20])
             name = f"twotower ({variant or 'defaults'})"
+            if keep is not None:
+                shutil.copytree(run_dir, keep / f"{folder.name}-{variant.replace(' ', '_') or 'defaults'}",
+                                dirs_exist_ok=True)
             results[name] = {metric: metrics[metric] for metric in METRICS} | {
                 "fit_seconds": seconds, "epochs": trained.get("final_fit_epochs")}
             print(f"{folder.name} {name}: recall@20 {metrics['recall@20']:.4f}  ndcg@20 {metrics['ndcg@20']:.4f}  "
@@ -198,12 +213,45 @@ def print_table(name: str, results: dict[str, dict]) -> None:
     print(f"\n{name}\n\n| model | Recall@20 | NDCG@20 | fit time (s) |\n|---|---|---|---|")
     for model, r in results.items():
         print(f"| {model} | {r['recall@20']:.4f} | {r['ndcg@20']:.4f} | {r['fit_seconds']:.1f} |")
-    references = [r for model, r in results.items() if not model.startswith("twotower")]
+    for model, ratios in against_references(results).items():
+        print(f"{model}: {ratios}", flush=True)
+
+
+def against_references(results: dict[str, dict]) -> dict[str, str]:
+    """Each twotower run against the best of ALS and PureSVD, and against EASE where it ran."""
+    bars = {"ALS/PureSVD": [r for m, r in results.items() if m.startswith(("implicit ALS", "PureSVD"))],
+            "EASE": [r for m, r in results.items() if m.startswith("EASE")]}
+    said = {}
     for model, ours in results.items():
-        if model.startswith("twotower") and references:
-            ratios = ", ".join(f"{metric} x{ours[metric] / max(r[metric] for r in references):.3f}"
-                               for metric in METRICS)
-            print(f"{model} / best reference: {ratios}; final fit: {ours['epochs']:.0f} epochs", flush=True)
+        if model.startswith("twotower"):
+            said[model] = "; ".join(
+                f"x{ours['recall@20'] / max(r['recall@20'] for r in rows):.3f} / "
+                f"x{ours['ndcg@20'] / max(r['ndcg@20'] for r in rows):.3f} against {bar}"
+                for bar, rows in bars.items() if rows)
+    return said
+
+
+def docs_tables(everything: dict[str, dict[str, dict]]) -> list[dict]:
+    """The headline (twotower against the best reference per set), then each set's every model."""
+    headline = []
+    for name, results in everything.items():
+        ours = results.get("twotower (defaults)")
+        if ours is None:
+            continue
+        references = {model: r for model, r in results.items() if not model.startswith("twotower")}
+        best = max(references, key=lambda model: references[model]["ndcg@20"], default=None)
+        headline.append([name.removesuffix("-split"), round(ours["recall@20"], 4), round(ours["ndcg@20"], 4),
+                         round(ours["fit_seconds"], 1), best or "-",
+                         round(references[best]["recall@20"], 4) if best else None,
+                         round(references[best]["ndcg@20"], 4) if best else None])
+    tables = [table("twotower (defaults) against the best reference", ["set", "Recall@20", "NDCG@20", "whole run (s)",
+                    "best reference (NDCG@20)", "its Recall@20", "its NDCG@20"], headline)]
+    for name, results in everything.items():
+        rows = [[model, round(r["recall@20"], 4), round(r["ndcg@20"], 4), round(r["fit_seconds"], 1)]
+                for model, r in results.items()]
+        tables.append(table(name, ["model", "Recall@20", "NDCG@20", "fit time (s)"], rows,
+                            "; ".join(f"{model}: {ratios}" for model, ratios in against_references(results).items())))
+    return tables
 
 
 def main() -> None:
@@ -212,16 +260,32 @@ def main() -> None:
     parser.add_argument("--variant", action="append", default=[],
                         help='a twotower run beside the defaults, with these overrides (e.g. "model=history")')
     parser.add_argument("--no-references", action="store_true", help="skip ALS, PureSVD and EASE")
-    parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
+    parser.add_argument("--references-from", type=Path, default=None, help="an earlier --raw file's references")
+    parser.add_argument("--out", type=Path, default=None, help="write the results for the documentation here")
+    parser.add_argument("--raw", type=Path, default=None, help="write every number as plain JSON here")
+    parser.add_argument("--keep-runs", type=Path, default=None, help="keep each twotower run directory here")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for twotower (e.g. model.dim=64)")
     args = parser.parse_args()
 
+    earlier = json.loads(args.references_from.read_text()) if args.references_from else {}
     everything = {}
     for folder in args.data:
-        everything[folder.name] = benchmark(folder, args.overrides, args.variant, not args.no_references)
+        fitted = folder.name not in earlier and not args.no_references
+        results = benchmark(folder, args.overrides, args.variant, fitted, args.keep_runs)
+        reused = {model: r for model, r in earlier.get(folder.name, {}).items() if not model.startswith("twotower")}
+        everything[folder.name] = reused | results
         print_table(folder.name, everything[folder.name])
+    if args.raw:
+        args.raw.write_text(json.dumps(everything, indent=2) + "\n")
     if args.out:
-        args.out.write_text(json.dumps(everything, indent=2) + "\n")
+        write_results(args.out, "Ranking quality on the benchmark splits", docs_tables(everything), description=(
+            "Full ranking over all items, each user's train + valid items removed, averaged over users with test "
+            "items. Every model learns from train + valid only; EASE's regularisation is chosen on valid from "
+            "{50, 200, 500} (skipped where its item-item matrix does not fit in memory). twotower runs as a user "
+            "runs it: train + valid as one plain CSV, `twotower-train data=interactions data.path=CSV` with its "
+            "defaults (a random split of that file selects the epochs, then the final model trains on all of "
+            "it), the exported model scored on test with `twotower-eval path=test.csv`; its time is the whole "
+            "`train()` call."))
 
 
 if __name__ == "__main__":

@@ -15,9 +15,11 @@ import pytest
 from hydra.utils import instantiate
 
 from tests.conftest import compose_train
+from twotower.data.books import WikiBooksReader
 from twotower.data.datamodule import TEST_ONLY, InteractionDataModule
 from twotower.data.interactions import DROPPED_SCHEMA
-from twotower.data.readers import InteractionFileReader, MovieLensReader, UserLinesReader, WikiBooksReader
+from twotower.data.movielens import MovieLensReader
+from twotower.data.readers import InteractionFileReader, UserLinesReader
 from twotower.data.splits import PresplitSplit, RandomSplit
 from twotower.errors import TwoTowerError
 from twotower.run import RunPaths

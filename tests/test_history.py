@@ -102,10 +102,30 @@ def test_dropout_keeps_a_share_of_the_history_and_the_shares_add_up_to_the_vecto
         assert torch.allclose(weights[in_row & kept], 1 / (in_row & kept).sum())  # the mean of the kept items
 
 
-def test_the_history_tower_needs_the_catalogue_loss() -> None:
-    with pytest.raises(TwoTowerError, match="loss=catalogue"):
-        TwoTowerModel(n_users=3, n_items=7, loss={"_target_": "twotower.losses.BPRLoss"},
-                      user_tower={"kind": "history"})
+@pytest.mark.parametrize("use_id", [False, True])
+def test_a_loss_over_pairs_scores_each_pair_without_its_item_in_the_history(use_id: bool) -> None:
+    """For a (user, item) pair the user's history part is the mean of the user's other items."""
+    torch.manual_seed(0)
+    model = TwoTowerModel(n_users=3, n_items=7, dim=5, loss={"_target_": "twotower.losses.BPRLoss"},
+                          user_tower={"kind": "history", "use_id": use_id})
+    model.user_tower.load_history(torch.tensor([0, 3, 5, 6]), ITEMS)
+    users, items = USERS[ROWS], ITEMS  # every training pair
+    vectors = model.user_tower.leave_item_out(users, items)
+    for pair, (user, item) in enumerate(zip(users.tolist(), items.tolist(), strict=True)):
+        others = [other for other in ITEMS[ROWS.eq(user)].tolist() if other != item]
+        expected = model.user_tower.history(torch.tensor(others)).mean(0) if others else torch.zeros(5)
+        assert torch.allclose(vectors[pair, -5:], expected, atol=1e-6)
+        if use_id:
+            assert torch.allclose(vectors[pair, :5], model.user_tower.embedding.weight[user])
+
+
+def test_a_history_tower_trained_by_a_loss_over_pairs_beats_popularity(tmp_path: Path) -> None:
+    log = planted_interactions(n_users=300, n_items=120, n_clusters=6, interactions_per_user=15, seed=4)
+    log.write_csv(tmp_path / "log.csv")
+    metrics = train(compose_train(tmp_path / "run", "data=interactions", f"data.path={tmp_path / 'log.csv'}",
+                                  "loss=bpr", "datamodule.batch_size=512", "model.dim=16", "trainer.max_epochs=15",
+                                  "show_similar_to=null", "final_fit=false"))
+    assert metrics["val/ndcg@20"] > 1.2 * metrics["val/popularity/ndcg@20"]
 
 
 def test_histories_travel_with_the_checkpoint(tmp_path: Path) -> None:
@@ -222,11 +242,11 @@ def test_the_service_answers_histories_as_the_python_api(planted_history_run: tu
 def test_the_yaml_defaults_are_the_towers(tmp_path: Path) -> None:
     import inspect
 
-    spec = compose_train(tmp_path, "model=history").model.user_tower
     defaults = inspect.signature(HistoryTower).parameters
-    assert spec.kind == "history"
-    assert {name: spec[name] for name in ("use_id", "dropout")} == {
-        name: defaults[name].default for name in ("use_id", "dropout")}
+    assert dict(compose_train(tmp_path).model.user_tower) == {"kind": "history"}  # the Python defaults:
+    assert defaults["use_id"].default is True  # an ID part beside the history part
+    spec = compose_train(tmp_path, "model=history").model.user_tower  # the history alone
+    assert spec.kind == "history" and spec.use_id is False and spec.dropout == defaults["dropout"].default
 
 
 def test_retrieve_refuses_a_history_that_is_not_a_list(planted_history_run: tuple) -> None:

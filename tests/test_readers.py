@@ -5,7 +5,9 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from twotower.data.readers import InteractionFileReader, MovieLensReader, UserLinesReader, WikiBooksReader
+from twotower.data.books import WikiBooksReader
+from twotower.data.movielens import MovieLensReader
+from twotower.data.readers import InteractionFileReader, UserLinesReader
 from twotower.errors import TwoTowerError
 
 FRAME = pl.DataFrame({

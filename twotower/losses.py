@@ -164,7 +164,7 @@ class CatalogueSoftmaxLoss:
         logits = users @ catalogue.T  # (users, C)
         if positives is None:  # the whole catalogue: a positive's logit is one of its entries
             if own is not None:  # each of a user's positives, as a candidate, without its own share
-                logits = logits.index_put((rows, batch["items"]), -own, accumulate=True)
+                logits = logits.index_put((rows, batch["items"]), -own.to(logits.dtype), accumulate=True)
             positive = logits[rows, batch["items"]]
             return (RowLogSumExp.apply(logits)[rows] - positive).mean()
         # the positive's logit, as a candidate would have it; index_select, as its backward (an index_add)

@@ -60,7 +60,7 @@ class TwoTowerModel(L.LightningModule):
         self,
         n_users: int,
         n_items: int,
-        dim: int = 128,
+        dim: int = 64,
         score: str = "cosine",
         temperature: float = 0.15,
         loss: dict | None = None,
@@ -92,8 +92,6 @@ class TwoTowerModel(L.LightningModule):
         self.blocks: int = getattr(self.user_tower, "blocks", 1)
         self.item_tower = build_tower(item_tower, n_items, dim * self.blocks)
         self.loss_fn = build_loss(dict(loss or {}))
-        if isinstance(self.user_tower, HistoryTower) and self.loss_fn.examples != "users":
-            raise TwoTowerError("the history tower trains on users with all their items: use it with loss=catalogue")
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.epoch_loss = MeanMetric()
@@ -122,7 +120,11 @@ class TwoTowerModel(L.LightningModule):
         """The training loss of one batch (the whole training math, without Lightning)."""
         if self.loss_fn.examples == "users":
             return self._user_loss(batch)
-        users = self.user_vectors(batch["users"]) / self.hparams.temperature  # (batch, dim)
+        if isinstance(self.user_tower, HistoryTower):  # each pair's user without that pair's item
+            raw = self.user_tower.leave_item_out(batch["users"], batch["items"])
+        else:
+            raw = self.user_tower(batch["users"])
+        users = project(raw, self.hparams.score, self.blocks) / self.hparams.temperature  # (batch, dim)
         items = self.item_vectors(batch["items"])  # (batch, dim)
         negatives = self.item_vectors(batch["negatives"])  # (batch, n, dim)
         return self.loss_fn(users, items, negatives, batch)

@@ -141,11 +141,16 @@ class RowWiseAdagrad(torch.optim.Optimizer):
 def switch_to_sparse(towers: list[dict], optimizer: OptimizerFactory, sparse_optimizer: OptimizerFactory | None,
                      weight_decay: float, n_ids: int, limit: int) -> OptimizerFactory:
     """The optimizer to train with once ``n_ids`` users and items pass ``limit``: ``sparse_optimizer``, with
-    ``towers`` (plain ID tower specs) marked sparse, where the configuration is plain ID towers and Adam
-    without weight decay. Otherwise ``optimizer`` as configured, with a warning; or, where the switch was asked
-    for at any size (``model=sparse``, a limit of 0), an error."""
+    ``towers`` (user, item) made sparse ID towers, where the configuration is ID towers (or the default
+    history user tower, whose dense table of item vectors would have every step update every item's row)
+    and Adam without weight decay. Otherwise ``optimizer`` as configured, with a warning; or, where the switch
+    was asked for at any size (``model=sparse``, a limit of 0), an error."""
     base = getattr(optimizer, "func", optimizer)
-    if any(tower.get("kind", "id") != "id" or tower.get("sparse") is not None for tower in towers):
+    user, item = towers
+    default_history = user.get("kind") == "history" and user.get("use_id", True) and \
+        set(user) <= {"kind", "use_id", "dropout"}
+    if (user.get("kind", "id") != "id" and not default_history) or item.get("kind", "id") != "id" or \
+            any(tower.get("sparse") is not None for tower in towers):
         reason = "towers other than plain ID towers"
     elif base is not torch.optim.Adam:
         reason = f"model.optimizer {getattr(base, '__name__', base)} (set model.sparse_optimizer for another optimizer)"
@@ -155,11 +160,14 @@ def switch_to_sparse(towers: list[dict], optimizer: OptimizerFactory, sparse_opt
         reason = "no model.sparse_optimizer"
     else:
         sparse_base = getattr(sparse_optimizer, "func", sparse_optimizer)
-        log.info("%d users and items: sparse ID towers with %s at lr %s (model.sparse_above=%d)", n_ids,
+        log.info("%d users and items: sparse ID towers%s with %s at lr %s (model.sparse_above=%d)", n_ids,
+                 " (the user tower without its history part)" if default_history else "",
                  getattr(sparse_base, "__name__", sparse_base), getattr(sparse_optimizer, "keywords", {}).get("lr"),
                  limit)
+        if default_history:
+            user.clear()
         for tower in towers:
-            tower["sparse"] = True
+            tower.update(kind="id", sparse=True)
         return sparse_optimizer
     if limit == 0:
         raise TwoTowerError(f"model=sparse needs plain ID towers, Adam and no weight decay to switch from; "

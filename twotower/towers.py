@@ -141,7 +141,7 @@ class HistoryTower(nn.Module):
     - Histories are not capped: a batch's history is its users' positives, which the loss scores anyway.
     """
 
-    def __init__(self, n: int, dim: int, n_items: int, use_id: bool = False, dropout: float = 0.5,
+    def __init__(self, n: int, dim: int, n_items: int, use_id: bool = True, dropout: float = 0.5,
                  init_std: float = 0.1) -> None:
         super().__init__()
         if not 0 <= dropout < 1:
@@ -166,19 +166,34 @@ class HistoryTower(nn.Module):
         self.history_items = items.to(self.history_items, copy=True)
 
     def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: object, **kwargs: object) -> None:
-        # The histories' length is the data's, not a hyperparameter: take the checkpoint's.
-        self.history_items = torch.empty_like(state_dict.get(prefix + "history_items", self.history_items))
+        # The histories' length is the data's, not a hyperparameter: take the checkpoint's (where it has them; a
+        # warm start loads parameters alone and keeps the histories it was built with).
+        if prefix + "history_items" in state_dict:
+            self.history_items = torch.empty_like(state_dict[prefix + "history_items"])
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, users: torch.Tensor) -> torch.Tensor:
         """Vectors of known users from their whole stored histories (an empty one counts as zero): (users, dim)."""
+        items, offsets, _ = self._histories(users)
+        return self._beside_id(users, F.embedding_bag(items, self.history.weight, offsets, mode="mean"))
+
+    def _histories(self, users: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``users``' stored histories as one bag each: (their items, each bag's offset, each bag's length)."""
         starts, ends = self.history_indptr[users], self.history_indptr[users + 1]
         lengths = ends - starts
         offsets = torch.cumsum(lengths, 0) - lengths
         positions = torch.arange(int(lengths.sum()), device=users.device) - torch.repeat_interleave(offsets - starts,
                                                                                                    lengths)
-        vectors = F.embedding_bag(self.history_items[positions], self.history.weight, offsets, mode="mean")
-        return self._beside_id(users, vectors)
+        return self.history_items[positions], offsets, lengths
+
+    def leave_item_out(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """The user vectors of (user, item) training pairs (losses over pairs), each user's history part the
+        mean of its history without that pair's item, so that no positive is predicted from itself:
+        (pairs, blocks * dim). (``dropout`` is for losses over users, ``leave_own_out``.)"""
+        bags, offsets, lengths = self._histories(users)
+        sums = F.embedding_bag(bags, self.history.weight, offsets, mode="sum")  # (pairs, dim)
+        without = (sums - self.history(items)) / (lengths - 1).clamp(min=1).unsqueeze(-1).to(sums.dtype)
+        return self._beside_id(users, without)
 
     def all(self) -> torch.Tensor:
         return in_chunks(self, len(self.history_indptr) - 1, self.history_indptr.device)

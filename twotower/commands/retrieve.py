@@ -27,7 +27,7 @@ from omegaconf import DictConfig, ListConfig
 
 from twotower.commands.cli import answer_help, check_options, reported_errors
 from twotower.data.ids import query_ids
-from twotower.data.readers import collect, detect_format, existing_path, reading, scan_table
+from twotower.data.tables import collect, detect_format, existing_path, reading, scan_table
 from twotower.errors import TwoTowerError
 from twotower.files import table_format, write_table
 from twotower.result import Result
