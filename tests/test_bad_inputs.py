@@ -20,7 +20,8 @@ from twotower.commands import eval as eval_app
 from twotower.commands import reindex, retrieve
 from twotower.commands import train as train_app
 from twotower.embeddings import read_vectors, write_vectors
-from twotower.run import RunPaths, exclusive
+from twotower.run import RunPaths
+from twotower.staging import exclusive
 from twotower.synthetic import planted_interactions
 from twotower.training import train
 

@@ -209,7 +209,7 @@ def test_a_run_without_history_tower_says_so(tmp_path: Path) -> None:
     from twotower.synthetic import write_vector_run
 
     retriever = Retriever.load(write_vector_run(tmp_path / "run", ExactIndex()))
-    with pytest.raises(TwoTowerError, match="model=history"):
+    with pytest.raises(TwoTowerError, match="history user tower"):
         retriever.recommend_from_history([0, 7])
 
 

@@ -177,9 +177,9 @@ class TwoTowerModel(L.LightningModule):
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         loss = self.loss(batch)
-        # A self.log call costs about half a millisecond on CPU, a tenth of a small batch's step: the step
-        # loss goes to the progress bar every PROGRESS_EVERY steps and at each epoch's start (a superset of
-        # the steps the logger writes, so its file is unchanged), the epoch mean is accumulated by a metric.
+        # A self.log call costs a noticeable share of a small batch's step on a CPU: the step loss goes to the
+        # progress bar every PROGRESS_EVERY steps and at each epoch's start (a superset of the steps the logger
+        # writes, so its file is unchanged), the epoch mean is accumulated by a metric.
         self.epoch_loss.update(loss.detach(), weight=len(batch["items"]))  # the positives it averages over
         step = self.global_step
         if batch_idx == 0 or step % PROGRESS_EVERY == 0 or step % self.trainer.log_every_n_steps == 0:

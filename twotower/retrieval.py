@@ -172,7 +172,8 @@ class Retriever:
         or a batch of lists. No retraining and no training data: the run's history tower embeds the list
         (the mean of its items' history vectors). The given items are left out of the answer.
 
-        Only runs trained with a history tower (``model=history``) can do this. A known user's whole training
+        Only runs whose user tower has a history part (the default, ``model=history``) can do this; a new user
+        is the history part alone. A known user's whole training
         history gives that user's own vector when the tower has no user ids (``use_id=false``), so the same
         ranking as ``recommend(user)``, which also leaves out what else the user has (e.g. low ratings).
         ``unknown="skip"`` drops item ids outside the run's vocabulary (also items added after training)
@@ -180,7 +181,7 @@ class Retriever:
         """
         if self.history_vectors is None:
             raise TwoTowerError(f"{self.run.root} was trained without a history tower, so it cannot embed a user "
-                                "from their items; train with model=history")
+                                "from their items; train with a history user tower (the default, or model=history)")
         if unknown not in HISTORY_UNKNOWN_POLICIES:
             raise TwoTowerError(f"unknown must be one of {HISTORY_UNKNOWN_POLICIES}, got '{unknown}'")
         catalogue = self.catalogue

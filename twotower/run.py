@@ -10,17 +10,11 @@ fingerprints: a file copied from another run, or edited, is refused rather than 
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import json
 import os
-import shutil
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import IO
 
 import numpy as np
 import polars as pl
@@ -329,42 +323,3 @@ def seen_items(paths: RunPaths, n_users: int) -> UserItems:
     if paths.non_positive.exists():
         frames.append(read_parquet(paths.non_positive))
     return UserItems.from_frame(pl.concat(frames), n_users)
-
-
-@contextmanager
-def exclusive(paths: RunPaths) -> Iterator[None]:
-    """Hold the run directory's lock: a second training into the same directory is refused, not raced."""
-    paths.root.mkdir(parents=True, exist_ok=True)
-    handle: IO[str] = paths.lock.open("a+")
-    try:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as error:
-            handle.seek(0)
-            holder = handle.read().strip() or "another process"
-            raise TwoTowerError(f"{paths.root} is in use by another training ({holder}); wait for it, or "
-                                "choose another directory with hydra.run.dir=...") from error
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"pid {os.getpid()}")
-        handle.flush()
-        yield
-    finally:
-        handle.close()  # closing releases the lock, as does the process ending in any way
-
-
-def publish(staging: Path, root: Path) -> None:
-    """Replace a finished run's entries by those built in ``staging``; run.json goes last, so a reader
-    sees the old run, or no finished run for the few renames in between, or the new one."""
-    (root / "run.json").unlink(missing_ok=True)
-    retired = root / f".retired-{uuid.uuid4().hex[:8]}"
-    retired.mkdir()
-    for name in RUN_ENTRIES:
-        if (root / name).exists():
-            os.replace(root / name, retired / name)
-        if (staging / name).exists():
-            os.replace(staging / name, root / name)
-    os.replace(staging / "run.json", root / "run.json")
-    shutil.rmtree(retired, ignore_errors=True)
-    shutil.rmtree(staging, ignore_errors=True)
-

@@ -16,7 +16,7 @@ NORM_FLOOR = 1e-12  # F.normalize's own: a zero vector stays zero
 class UnitRows(torch.autograd.Function):
     """``F.normalize(x, dim=-1)`` with a backward of three passes over the rows, ``(g - y (y.g)) / |x|``,
     where autograd's goes through the norm and the division separately (about ten passes): training scores
-    tens of thousands of item rows a step, and this was a tenth of a sampled step at 10M interactions."""
+    tens of thousands of item rows a step."""
 
     @staticmethod
     def forward(ctx: torch.autograd.function.FunctionCtx, vectors: torch.Tensor) -> torch.Tensor:

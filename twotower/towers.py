@@ -127,8 +127,9 @@ class HistoryTower(nn.Module):
 
     - With ``use_id`` the user vector is two parts side by side (``blocks = 2``): the ID vector, then the
       history mean, each of ``dim`` values; the item tower is twice as wide to match, and each part is scored
-      and trained as a model of its own (``TwoTowerModel``), the score being their sum. Added into one vector
-      instead, the two ranked below the history alone on ml-1m (README, "Ranking quality").
+      and trained as a model of its own (``TwoTowerModel``), the score being their sum: each part keeps
+      what it is good at (the ID part a user's own taste, the history part what their items share), where
+      one vector of both is pulled between them.
 
     - The history vectors are a table of their own (``history``, one row per item), not the item tower's:
       an item's role as evidence about a user differs from its role as a candidate, and with separate

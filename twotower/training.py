@@ -33,7 +33,8 @@ from twotower.index import Backend, build_for_run
 from twotower.metrics import metric_names
 from twotower.module import TwoTowerModel
 from twotower.progress import PhaseProgressBar
-from twotower.run import Manifest, RunPaths, exclusive, publish, seen_items
+from twotower.run import Manifest, RunPaths, seen_items
+from twotower.staging import exclusive, publish
 from twotower.towers import FeatureTower, HistoryTower
 
 log = logging.getLogger("twotower")
