@@ -217,3 +217,86 @@ def test_a_sweep_summary_refuses_a_metric_no_job_reports(shop_run: Path, tmp_pat
     with pytest.raises(SystemExit, match=r"no job reports recall@20; choose one of .*val/recall@20"):
         sweep.main([str(tmp_path / "sweep"), "--metric", "recall@20"])
     assert not (tmp_path / "sweep" / "summary.csv").exists()
+
+
+@pytest.mark.parametrize(("module", "own", "foreign"), [
+    (retrieve, "users_column=", "sampler"), (eval_app, "holdout=", "sampler"), (plot, "projector=", "loss"),
+])
+def test_help_lists_the_commands_own_options_with_descriptions(module, own: str, foreign: str,
+                                                               capsys: pytest.CaptureFixture,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys, "argv", ["cmd", "--help"])
+    with pytest.raises(SystemExit) as exit_info:
+        module.main()
+    out = capsys.readouterr().out
+    assert exit_info.value.code == 0 and own in out and f"  {foreign} " not in out
+    described = out.split(f"\n  {own}", 1)[1].splitlines()[1]
+    assert described.startswith("      ") and described.strip()  # a line of description under the option
+
+
+def test_a_user_the_ratings_filter_dropped_is_explained(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    log = planted_interactions(n_users=80, n_items=40, n_clusters=4, seed=5).with_columns(rating=pl.lit(5, pl.Int64))
+    low = pl.DataFrame({"user_id": [685, 685], "item_id": [1, 2], "rating": [2, 1]})
+    pl.concat([log.select("user_id", "item_id", "rating"), low]).write_csv(tmp_path / "ratings.csv")
+    completed = subprocess.run([sys.executable, "-m", "twotower.commands.train", "data=interactions",
+                                f"data.path={tmp_path / 'ratings.csv'}", "data.min_rating=4",
+                                f"hydra.run.dir={tmp_path / 'run'}", "trainer.max_epochs=1",
+                                "trainer.enable_progress_bar=false", "show_similar_to=null"],
+                               capture_output=True, text=True, timeout=600)
+    assert completed.returncode == 0, completed.stderr
+    said = completed.stdout + completed.stderr
+    assert "1 user(s)" in said and "'685'" in said  # the log says what the filter dropped
+    code, _, err = retrieved([f"run_dir={tmp_path / 'run'}", "user=685"], capsys, monkeypatch)
+    assert code == 2 and "685 is in the log but was left out (ratings below data.min_rating=4)" in err
+
+
+def test_a_sweep_key_the_loss_never_reads_is_named(tmp_path: Path) -> None:
+    completed = subprocess.run([sys.executable, "-m", "twotower.commands.train", *train_arguments(
+        tmp_path, tmp_path / "run", "trainer.max_epochs=1", "sampler.n_negatives=4", "show_similar_to=null")],
+        capture_output=True, text=True, timeout=600)
+    assert completed.returncode == 0, completed.stderr
+    assert "sampler.n_negatives: not used by loss=catalogue" in completed.stdout + completed.stderr
+
+
+def test_a_retrain_replaces_the_old_plots(shop_run: Path, tmp_path: Path) -> None:
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(shop_run, run)
+    (run / "plots").mkdir()
+    (run / "plots" / "items-genre.png").write_bytes(b"an old map")
+    arguments = train_arguments(tmp_path, run, "trainer.max_epochs=1", "show_similar_to=null")
+    completed = subprocess.run([sys.executable, "-m", "twotower.commands.train", *arguments], capture_output=True,
+                               text=True, timeout=600)
+    assert completed.returncode == 0, completed.stderr
+    assert not (run / "plots").exists()  # a map of the old vectors would be a map of another model
+
+
+def test_plot_names_the_package_to_install(shop_run: Path, capsys: pytest.CaptureFixture,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "umap" else real(name, *a))
+    code, stderr = invoke(plot, [f"run_dir={shop_run}", "method=umap"], capsys, monkeypatch)
+    assert code == 2 and "pip install umap-learn" in stderr
+
+
+def test_progress_bars_name_their_phase_and_count_epochs_from_one(tmp_path: Path) -> None:
+    arguments = [a for a in train_arguments(tmp_path, tmp_path / "run", "trainer.max_epochs=2",
+                                            "show_similar_to=null") if "enable_progress_bar" not in a]
+    completed = subprocess.run([sys.executable, "-m", "twotower.commands.train", *arguments], capture_output=True,
+                               text=True, timeout=600)
+    assert completed.returncode == 0, completed.stderr
+    output = completed.stdout + completed.stderr
+    assert "selection, epoch 1/2" in output and "selection, epoch 2/2" in output and "final fit, epoch 1/" in output
+    assert "epoch 0" not in output
+
+
+@pytest.mark.slow
+def test_the_scripted_first_hour_does_what_it_says() -> None:
+    completed = subprocess.run([sys.executable, str(Path(__file__).parents[1] / "scripts" / "first_hour.py")],
+                               capture_output=True, text=True, timeout=1200)
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    assert "first hour: every step did what it says" in completed.stdout
