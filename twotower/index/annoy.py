@@ -16,7 +16,8 @@ from annoy import AnnoyIndex as _Annoy
 
 from twotower.errors import TwoTowerError
 from twotower.index.angular import angular_items, angular_queries
-from twotower.index.exact import check_target, exact_top
+from twotower.index.exact import exact_top
+from twotower.index.settings import check_build_threads, check_target
 
 
 class AnnoyIndex:
@@ -49,9 +50,7 @@ class AnnoyIndex:
                 raise TwoTowerError(f"index.{name} must be an integer >= 1, got {value!r}")
         if search_k is not None and (not whole(search_k) or search_k < 1):
             raise TwoTowerError(f"index.search_k must be null or an integer >= 1, got {search_k!r}")
-        if not whole(build_threads) or (build_threads < 1 and build_threads != -1):
-            raise TwoTowerError(f"index.build_threads must be an integer >= 1 (or -1: every core), "
-                                f"got {build_threads!r}")
+        check_build_threads(build_threads)
         check_target(target_recall)
         self.n_trees = n_trees
         self.search_k = search_k

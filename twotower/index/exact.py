@@ -7,8 +7,6 @@ from typing import Any
 
 import numpy as np
 
-from twotower.errors import TwoTowerError
-
 
 def exact_top(queries: np.ndarray, items: np.ndarray, n: int, batch_size: int | None = None
               ) -> tuple[np.ndarray, np.ndarray]:
@@ -29,14 +27,6 @@ def exact_top(queries: np.ndarray, items: np.ndarray, n: int, batch_size: int | 
         indices[start:start + batch_size] = np.take_along_axis(top, order, axis=1)
         scores[start:start + batch_size] = np.take_along_axis(top_scores, order, axis=1)
     return indices, scores
-
-
-def check_target(target_recall: object) -> None:
-    """A recall to reach: a number in (0, 1], or None for no tuning."""
-    if target_recall is not None and (isinstance(target_recall, bool) or not isinstance(target_recall, (int, float))
-                                      or not 0 < target_recall <= 1):
-        raise TwoTowerError(f"index.target_recall must be a number in (0, 1] (or null: no tuning), "
-                            f"got {target_recall!r}")
 
 
 class ExactIndex:

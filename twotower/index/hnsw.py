@@ -17,7 +17,8 @@ import voyager
 
 from twotower.errors import TwoTowerError
 from twotower.index.angular import angular_items, angular_queries
-from twotower.index.exact import check_target, exact_top
+from twotower.index.exact import exact_top
+from twotower.index.settings import check_build_threads, check_target
 
 
 class HnswIndex:
@@ -35,10 +36,7 @@ class HnswIndex:
         for name, value in (("m", m), ("ef_construction", ef_construction), ("ef", ef)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 2:
                 raise TwoTowerError(f"index.{name} must be an integer >= 2, got {value!r}")
-        if not isinstance(build_threads, int) or isinstance(build_threads, bool) or \
-                (build_threads < 1 and build_threads != -1):
-            raise TwoTowerError(f"index.build_threads must be an integer >= 1 (or -1: every core), "
-                                f"got {build_threads!r}")
+        check_build_threads(build_threads)
         check_target(target_recall)
         self.m = m
         self.ef_construction = ef_construction
