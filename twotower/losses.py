@@ -33,8 +33,8 @@ class RowLogSumExp(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, logits: torch.Tensor) -> torch.Tensor:
-        # At least float32, as torch.logsumexp's sums under mixed precision: bf16 log-probabilities of 16,384
-        # items would lose the value's precision.
+        # At least float32, as torch.logsumexp's sums under mixed precision: bf16 log-probabilities of
+        # thousands of items would lose the value's precision.
         dtype = torch.promote_types(logits.dtype, torch.float32)
         log_probs = torch.log_softmax(logits, dim=1, dtype=dtype)
         ctx.save_for_backward(log_probs)
@@ -148,7 +148,7 @@ class CatalogueSoftmaxLoss:
 
     examples = "users"
 
-    def __init__(self, max_candidates: int | None = 16384, sample_above: int = 32768) -> None:
+    def __init__(self, max_candidates: int | None = 8192, sample_above: int = 32768) -> None:
         if max_candidates is not None and max_candidates < 1:
             raise TwoTowerError(f"loss.max_candidates must be >= 1 (or null: always the whole catalogue), "
                                 f"got {max_candidates}")

@@ -34,6 +34,7 @@ from twotower.metrics import metric_names
 from twotower.module import TwoTowerModel
 from twotower.progress import PhaseProgressBar
 from twotower.run import Manifest, RunPaths, seen_items
+from twotower.sizing import AUTO, Sizing
 from twotower.staging import exclusive, publish
 from twotower.towers import FeatureTower, HistoryTower
 
@@ -66,6 +67,8 @@ def build_model(model_cfg: DictConfig, datamodule: InteractionDataModule) -> Two
     """The configured model, sized for the data, with its feature towers' tables and its history tower's
     histories (what it now trains on) filled in."""
     model_cfg = model_cfg.copy()
+    if model_cfg.dim == AUTO:  # as fit_and_export resolves it for the log (and says so)
+        model_cfg.dim = sizing(model_cfg, datamodule).dim
     for side in ("user", "item"):  # assigned, not merged: a feature list becomes a list of specs
         model_cfg[f"{side}_tower"] = datamodule.complete_tower(side, model_cfg.get(f"{side}_tower") or {})
     # Only the optimizers and the scheduler become objects; the loss and towers stay plain specs (the loss's
@@ -226,6 +229,7 @@ def fit_and_export(cfg: DictConfig, index: Backend, root: RunPaths) -> dict[str,
     datamodule: InteractionDataModule = instantiate(cfg.datamodule)
     datamodule.setup("fit")
     cfg.monitor = checked_monitor(cfg.monitor, list(cfg.model.ks), datamodule.n_items)
+    cfg.model.dim, cfg.final_fit_share = sizing(cfg.model, datamodule).resolve(cfg.model.dim, cfg.final_fit_share)
     model = build_model(cfg.model, datamodule)
     resume = checkpoint_to_resume(cfg.ckpt_path, paths)
     if resume is None and (paths.root / "logs").exists():
@@ -289,6 +293,12 @@ def fit_and_export(cfg: DictConfig, index: Backend, root: RunPaths) -> dict[str,
     if paths != root:
         publish(paths.root, root.root)
     return metrics
+
+
+def sizing(model_cfg: DictConfig, datamodule: InteractionDataModule) -> Sizing:
+    """What ``auto`` settings become for this log: the pairs an epoch of this loss scores decide."""
+    loss = model_cfg.loss or {}
+    return Sizing.of(datamodule.n_users, datamodule.n_items, loss.get("max_candidates"), loss.get("sample_above", 0))
 
 
 def popularity(datamodule: InteractionDataModule, stage: str, ks: list[int]) -> dict[str, float]:
