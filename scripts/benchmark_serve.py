@@ -27,6 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+from results import table, write_results
 
 from twotower.catalogue import rebuild_index
 from twotower.index import AnnoyIndex
@@ -119,6 +120,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32, help="users per batched request")
     parser.add_argument("--clients", default="1,4", help="client threads to try, comma-separated")
     parser.add_argument("--seconds", type=float, default=8.0, help="length of each measurement")
+    parser.add_argument("--out", type=Path, default=None, help="write the results for the documentation here")
     args = parser.parse_args()
     clients = [int(value) for value in args.clients.split(",")]
     with tempfile.TemporaryDirectory() as folder:
@@ -147,6 +149,15 @@ def main() -> None:
     for row in rows:
         print("| {mode} | {clients} | {rps:,.0f} | {ups:,.0f} | {p50:.1f} | {p99:.1f} | {failed} | {ref:,.0f} "
               "| {ratio:.2f} |".format(**row))
+    if args.out:
+        write_results(args.out, "Serving throughput", [table(
+            f"{args.items:,} items, {args.users:,} users, dim {args.dim}, k {args.k}: twotower-serve over HTTP",
+            ["mode", "clients", "requests/s", "users/s", "p50 ms", "p99 ms", "failed", "in-process users/s",
+             "HTTP / in-process"],
+            [[row["mode"], row["clients"], round(row["rps"]), round(row["ups"]), round(row["p50"], 1),
+              round(row["p99"], 1), row["failed"], round(row["ref"]), round(row["ratio"], 2)] for row in rows])],
+            description="A server on loopback answering client threads for a fixed time each, against the same "
+            "queries answered in process by one thread.")
 
 
 def measure(port: int, users: list[str], clients: list[int], args: argparse.Namespace,
