@@ -101,3 +101,16 @@ def test_help_text_lists_every_retrieve_option() -> None:
         assert f"\n  {option.key}={option.default}\n" in text
         assert not option.description or option.description.split()[0] in text
     assert max(len(line) for line in text.splitlines()) <= opts.WIDTH
+
+
+def test_the_readme_headline_is_the_benchmark_pages(tmp_path: Path) -> None:
+    """The README's benchmark table holds the rows of the committed quality results, so it cannot drift."""
+    import json
+
+    results = json.loads((Path(__file__).resolve().parents[1] / "docs" / "benchmarks" / "quality.json").read_text())
+    headline = results["tables"][0]
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = readme[readme.index("<!-- headline -->"):readme.index("<!-- /headline -->")]
+    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in block.splitlines()[3:] if line.strip()]
+    assert rows == [[str(cell) for cell in row] for row in headline["rows"]]
+    assert block.splitlines()[1] == "| " + " | ".join(headline["columns"]) + " |"

@@ -90,7 +90,8 @@ def hard_probe(n_items: int = 20_000, dim: int = 32, spread: float = 1.5) -> tup
     return items, Probe(users, [rng.choice(n_items, 5, replace=False) for _ in users])
 
 
-@pytest.mark.parametrize("make", [lambda: AnnoyIndex(n_trees=10), lambda: HnswIndex(m=8, ef=16)],
+@pytest.mark.parametrize("make", [lambda: AnnoyIndex(n_trees=10, exact_when_faster=False),
+                                  lambda: HnswIndex(m=8, ef=16, exact_when_faster=False)],
                          ids=["annoy", "hnsw"])
 def test_a_build_raises_its_budget_until_the_target_is_met(make: Callable[[], Backend], tmp_path: Path) -> None:
     index, (items, probe) = make(), hard_probe()
@@ -113,3 +114,21 @@ def test_a_target_out_of_reach_serves_exactly(make: Callable[[], Backend], tmp_p
     loaded, _ = load_index(tmp_path, items, "cosine")
     assert loaded.searches_exactly(10)
     assert np.array_equal(loaded.search(probe.queries, 10), exact_top(probe.queries, items, 10)[0])
+
+
+def test_an_index_slower_than_exact_search_at_its_target_serves_exactly(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where brute force answers more queries per second than the setting that meets the target, the build
+    serves exactly (both faster and exact) and says why; the clock is faked here, the rule is not."""
+    from twotower.index import tuning
+
+    monkeypatch.setattr(tuning, "queries_per_second", lambda index, *args: 1000.0 if index.exact else 100.0)
+    items, probe = hard_probe(n_items=5_000, spread=1.0)
+    index = AnnoyIndex(n_trees=10)
+    meta = build_index(index, items, "cosine", tmp_path, probe=probe)
+    measured = meta["measured"]
+    assert index.exact and meta["params"]["exact"] and measured["qps"] == measured["exact_qps"] == 1000
+    assert "fewer than exact search's 1000" in measured["why_exact"]
+    kept = AnnoyIndex(n_trees=10, exact_when_faster=False)
+    build_index(kept, items, "cosine", tmp_path / "kept", probe=probe)
+    assert not kept.exact  # a build that keeps its index whatever the clock says

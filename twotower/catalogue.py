@@ -50,6 +50,7 @@ class Catalogue:
 
     vocab: Vocabulary
     score: str
+    parts: int  # of a vector, side by side: each is a unit vector in a cosine run
     index: Backend
     index_vectors: np.ndarray
     popularity: np.ndarray  # interactions per run item, in the run's log
@@ -83,8 +84,8 @@ class Catalogue:
         if added is not None:
             removed_rows = np.union1d(removed_rows, len(vocab) + np.flatnonzero(added["removed"].to_numpy()))
         popularity = np.bincount(run.seen.items, minlength=len(vocab))
-        return cls(vocab, run.score, searcher, index_vectors, popularity, np.argsort(-popularity, kind="stable"),
-                   added_vectors, ids,
+        return cls(vocab, run.score, run.manifest.parts, searcher, index_vectors, popularity,
+                   np.argsort(-popularity, kind="stable"), added_vectors, ids,
                    [] if added is None else added["title"].to_list(),
                    {key: len(vocab) + row for row, key in enumerate(ids)},  # a repeated id: its latest row
                    np.unique(removed_rows).astype(np.int64), indexed)
@@ -284,10 +285,12 @@ class Catalogue:
             raise TwoTowerError(f"new {self.vocab.name} vectors must be finite (no NaN or infinity)")
         if self.score != "cosine":
             return vectors
-        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+        # The exported vectors of a cosine run are unit vectors, part by part (an ID and a history part).
+        parts = vectors.reshape(len(vectors), self.parts, -1)
+        norms = np.linalg.norm(parts, axis=2, keepdims=True)
         if (norms == 0).any():
-            raise TwoTowerError("a cosine run cannot score a zero vector: it has no direction")
-        return (vectors / norms).astype(np.float32)  # the exported vectors of a cosine run are unit vectors
+            raise TwoTowerError("a cosine run cannot score a zero vector (or a zero part of one): it has no direction")
+        return (parts / norms).reshape(vectors.shape).astype(np.float32)
 
     def frames(self) -> tuple[pl.DataFrame, pl.DataFrame]:
         """What ``load`` reads back: every added row in order (its id, vector, title, and whether it was

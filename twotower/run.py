@@ -129,6 +129,7 @@ class Manifest:
     seconds: dict[str, float] = field(default_factory=dict)  # wall time of each phase of training
     device: str | None = None  # what it trained on (cpu, cuda:0 ...)
     example_item: str | None = None  # one the data is known for, whose neighbours training shows
+    parts: int = 1  # parts side by side in a vector (an ID and a history part: 2), each unit for cosine
 
     REQUIRED = ("names", "score", "dim", "n_users", "n_items", "checkpoint", "trained_on", "min_rating",
                 "fingerprints")

@@ -288,7 +288,7 @@ def fit_and_export(cfg: DictConfig, index: Backend, root: RunPaths) -> dict[str,
         checkpoint=os.path.relpath(exported, paths.root), checkpoint_fingerprint=checkpoint,
         selected_checkpoint=os.path.relpath(selected, paths.root), trained_on=trained_on, monitor=cfg.monitor,
         metrics=metrics, metrics_from=sources, fingerprints=paths.fingerprints(), seconds=seconds.laps,
-        device=str(trainer.strategy.root_device), example_item=datamodule.example_item,
+        device=str(trainer.strategy.root_device), example_item=datamodule.example_item, parts=best.blocks,
     ).write(paths)
     if paths != root:
         publish(paths.root, root.root)

@@ -38,8 +38,8 @@ class AnnoyIndex:
     MAX_TREE_DOUBLINGS = 2  # the tuning builds at most 4x the configured trees
 
     def __init__(self, n_trees: int = 50, search_k: int | None = None, search_k_factor: int = 10,
-                 seed: int = 0, build_threads: int = 1, target_recall: float | None = 0.95, exact: bool = False
-                 ) -> None:
+                 seed: int = 0, build_threads: int = 1, target_recall: float | None = 0.95,
+                 exact_when_faster: bool = True, exact: bool = False) -> None:
         # Checked before anything is built: zero trees would replace a working index by an empty one,
         # negative counts make Annoy build forever, a zero search budget returns nothing.
         def whole(value: object) -> bool:
@@ -58,6 +58,7 @@ class AnnoyIndex:
         self.seed = seed
         self.build_threads = build_threads
         self.target_recall = target_recall
+        self.exact_when_faster = exact_when_faster
         self.exact = exact
         self._configured = (n_trees, search_k, search_k_factor)  # where the tuning starts from
         self._annoy: _Annoy | None = None
@@ -65,6 +66,7 @@ class AnnoyIndex:
     def params(self) -> dict[str, Any]:
         return {"n_trees": self.n_trees, "search_k": self.search_k, "search_k_factor": self.search_k_factor,
                 "seed": self.seed, "build_threads": self.build_threads, "target_recall": self.target_recall,
+                "exact_when_faster": self.exact_when_faster,
                 "exact": self.exact}
 
     def describe(self) -> str:

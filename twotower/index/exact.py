@@ -34,6 +34,7 @@ class ExactIndex:
 
     backend = "exact"
     target_recall = None  # exact by construction: nothing to tune
+    exact_when_faster = False
     exact = True
 
     def __init__(self, batch_size: int | None = None) -> None:

@@ -32,7 +32,8 @@ class HnswIndex:
     MAX_M_DOUBLINGS = 1  # the tuning builds at most twice the configured links
 
     def __init__(self, m: int = 16, ef_construction: int = 200, ef: int = 32, seed: int = 0,
-                 build_threads: int = 1, target_recall: float | None = 0.95, exact: bool = False) -> None:
+                 build_threads: int = 1, target_recall: float | None = 0.95, exact_when_faster: bool = True,
+                 exact: bool = False) -> None:
         for name, value in (("m", m), ("ef_construction", ef_construction), ("ef", ef)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 2:
                 raise TwoTowerError(f"index.{name} must be an integer >= 2, got {value!r}")
@@ -44,13 +45,15 @@ class HnswIndex:
         self.seed = seed
         self.build_threads = build_threads
         self.target_recall = target_recall
+        self.exact_when_faster = exact_when_faster
         self.exact = exact
         self._configured = (m, ef)  # where the tuning starts from
         self._graph: voyager.Index | None = None
 
     def params(self) -> dict[str, Any]:
         return {"m": self.m, "ef_construction": self.ef_construction, "ef": self.ef, "seed": self.seed,
-                "build_threads": self.build_threads, "target_recall": self.target_recall, "exact": self.exact}
+                "build_threads": self.build_threads, "target_recall": self.target_recall,
+                "exact_when_faster": self.exact_when_faster, "exact": self.exact}
 
     def describe(self) -> str:
         return "exact search" if self.exact else f"m {self.m}, ef {self.ef}"

@@ -26,7 +26,7 @@ SCORES = ("dot", "cosine")
 
 
 def build_index(index: Backend, vectors: np.ndarray, score: str, folder: Path, checkpoint: str | None = None,
-                probe: Probe | None = None, faster_than_exact: bool = False) -> dict[str, Any]:
+                probe: Probe | None = None) -> dict[str, Any]:
     """Build ``index`` over item ``vectors`` into ``folder`` (replacing what was there only once the new
     index is complete), tuned to its target recall on ``probe`` where one is given, and open it from there;
     returns its metadata."""
@@ -37,7 +37,7 @@ def build_index(index: Backend, vectors: np.ndarray, score: str, folder: Path, c
         facts = index.build(vectors, score, building)
         if probe is not None and len(probe.queries) and index.target_recall is not None:
             index.load(vectors, {**facts, "n_items": len(vectors)}, building)
-            facts["measured"] = tune(index, vectors, score, building, probe, faster_than_exact)
+            facts["measured"] = tune(index, vectors, score, building, probe)
         meta = {
             "format": INDEX_FORMAT,
             "backend": index.backend,
@@ -112,8 +112,7 @@ def build_for_run(index: Backend, users: np.ndarray, items: np.ndarray, seen: Us
     """A run's index, tuned on a seeded sample of ``n_queries`` of its users (their ``seen`` items left out, as
     retrieval leaves them out); its report, also saved in ``folder/report.json`` and said in one log line."""
     probe = Probe.sample(users, seen, n_queries, seed)
-    # What it serves must beat brute force, or be brute force.
-    meta = build_index(index, items, score, folder, checkpoint, probe, faster_than_exact=True)
+    meta = build_index(index, items, score, folder, checkpoint, probe)
     measured = meta.get("measured", {})
     report = {
         "backend": meta["backend"],

@@ -1,8 +1,9 @@
 """Recall as a promise: a built index measures the recall@10 it gives against exact search on the task
 retrieval serves (a seeded sample of users, each user's seen items left out), and raises its search budget,
 then the density of its structure, until it reaches its ``target_recall``; where it cannot before a search
-would cost about as much as exact search, it serves exactly. The choice follows the budgets, never the clock,
-so a build is reproducible; the throughput measured beside it says what the choice costs. The setting
+would cost about as much as exact search, or where exact search answers more queries per second than the
+setting that meets it (``exact_when_faster``; false keeps every build a function of the budgets alone), it
+serves exactly. The setting
 chosen is saved with the index (its ``params``), so ``Retriever``, the command line and the service search
 with it, and ``index/report.json`` and one log line say what was measured and chosen.
 """
@@ -55,12 +56,12 @@ def recall(found: list[np.ndarray], truth: list[np.ndarray]) -> float:
     return float(np.mean(hits)) if hits else 1.0
 
 
-def tune(index: Backend, vectors: np.ndarray, score: str, folder: Path, probe: Probe, faster_than_exact: bool = False
-         ) -> dict[str, Any]:
+def tune(index: Backend, vectors: np.ndarray, score: str, folder: Path, probe: Probe) -> dict[str, Any]:
     """Bring a built and loaded ``index`` (its files in ``folder``) to its target recall on ``probe``; returns
     what was measured: the recall and single-query throughput of the setting chosen, exact search's, and
-    each step's. ``faster_than_exact``: serve exactly where the setting that meets the target answers fewer
-    single queries per second than exact search (which then is both faster and exact), said in ``why``."""
+    each step's. With the index's ``exact_when_faster``, it serves exactly where the setting that meets the
+    target answers fewer single queries per second than exact search (which then is both faster and exact);
+    ``why_exact`` says why it serves exactly, when it does."""
     exact = ExactIndex()
     exact.load(vectors, {}, folder)
     truth, exact_qps = found_by(exact, vectors, probe), queries_per_second(exact, vectors, probe)
@@ -82,7 +83,7 @@ def tune(index: Backend, vectors: np.ndarray, score: str, folder: Path, probe: P
     why = None
     if index.exact:
         why = "no setting met the target recall before costing about as much as exact search"
-    elif faster_than_exact and steps[-1]["qps"] < exact_qps:
+    elif index.exact_when_faster and steps[-1]["qps"] < exact_qps:
         why = (f"{steps[-1]['setting']} met the target recall at {steps[-1]['qps']} queries/s, fewer than exact "
                f"search's {round(exact_qps)}")
         index.exact = True
