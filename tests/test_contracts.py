@@ -412,7 +412,7 @@ def user_loss_inputs(sampled: bool, seed: int = 0) -> tuple[Batch, torch.Tensor,
 @pytest.mark.parametrize("loss", USER_LOSSES)
 def test_user_loss_is_a_finite_scalar_with_a_gradient_for_every_vector(loss: str, sampled: bool) -> None:
     batch, users, catalogue, positives = user_loss_inputs(sampled)
-    assert set(batch) == {"users", "rows", "items"} | (
+    assert set(batch) == {"users", "rows", "items", "draws"} | (
         {"candidates", "candidates_log_q", "positives_sampled"} if sampled else set())
     vectors = {"users": users, "catalogue": catalogue} | ({"positives": positives} if sampled else {})
     for tensor in vectors.values():

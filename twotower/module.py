@@ -135,7 +135,7 @@ class TwoTowerModel(L.LightningModule):
         parts side by side, each part has its own logits and softmax, and the loss is their sum."""
         rows, items = batch["rows"], batch["items"]
         if isinstance(self.user_tower, HistoryTower):
-            raw, _, weights = self.user_tower.leave_own_out(batch["users"], rows, items)
+            raw, _, weights = self.user_tower.leave_own_out(batch["users"], rows, items, batch.get("draws"))
         else:
             raw, weights = self.user_tower(batch["users"]), None
         sampled = "candidates" in batch

@@ -199,15 +199,17 @@ class HistoryTower(nn.Module):
     def all(self) -> torch.Tensor:
         return in_chunks(self, len(self.history_indptr) - 1, self.history_indptr.device)
 
-    def leave_own_out(self, users: torch.Tensor, rows: torch.Tensor, items: torch.Tensor
-                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def leave_own_out(self, users: torch.Tensor, rows: torch.Tensor, items: torch.Tensor,
+                      draws: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """A training batch's user vectors from their positives (``rows``: position in ``users``, ascending as
         ``UserItems.gather`` makes them; ``items``), each kept with probability 1 - dropout:
         ``(vectors (users, blocks * dim), kept (P,) bool, weights (P,))``. A user's history part (the last
         ``dim`` values) is the sum of ``weights[p] * history[items[p]]`` over their positives (``weights[p]``:
         one over the user's kept count, zero if dropped): taking positive ``p``'s term off that part before
-        scoring ``p`` leaves ``p`` out of its own history."""
-        kept = torch.rand(len(items), device=items.device) >= self.dropout
+        scoring ``p`` leaves ``p`` out of its own history. ``draws`` (P,): uniform numbers that decide which
+        items are dropped (the batch's own, so that training is a function of the batches; fresh ones if None)."""
+        draws = torch.rand(len(items), device=items.device) if draws is None else draws
+        kept = draws >= self.dropout
         kept_counts = torch.bincount(rows[kept], minlength=len(users)).clamp(min=1)
         weights = (kept / kept_counts[rows]).to(self.history.weight.dtype)
         counts = torch.bincount(rows, minlength=len(users))

@@ -125,7 +125,8 @@ class UserBatches(Dataset):
     ``candidates``, ``max_candidates`` distinct items drawn uniformly without replacement (shared by the
     batch), with ``candidates_log_q``, the log of every candidate's chance of being drawn (a scalar: the draw
     is uniform), and ``positives_sampled`` (P,), whether each positive is among them; a smaller catalogue is
-    scored whole and the batch carries no candidates.
+    scored whole and the batch carries no candidates. ``draws`` (P,) are uniform numbers a history tower's
+    dropout reads, so that everything random in a step comes from (seed, epoch, batch).
 
     A batch's candidates are a window of a random permutation of the catalogue drawn once per epoch, at a
     random offset, wrapping around: any fixed window of a uniform permutation is a uniform sample without
@@ -152,14 +153,18 @@ class UserBatches(Dataset):
         users = self.users[self.order(epoch)[batch * self.batch_size:(batch + 1) * self.batch_size]].numpy()
         rows, items = self.positives.gather(users)
         out = {"users": torch.from_numpy(users), "rows": torch.from_numpy(rows), "items": torch.from_numpy(items)}
+        generator = batch_generator(self.seed, epoch, batch)
         if self.n_candidates is not None:
-            out |= self.candidates(epoch, batch, out["items"])
+            out |= self.candidates(epoch, out["items"], generator)
+        # A uniform draw per positive, for a history tower's dropout: part of the batch, so that a resumed run
+        # draws what an uninterrupted one does.
+        out["draws"] = torch.rand(len(items), generator=generator)
         return out
 
-    def candidates(self, epoch: int, batch: int, positives: torch.Tensor) -> Batch:
+    def candidates(self, epoch: int, positives: torch.Tensor, generator: torch.Generator) -> Batch:
         """The batch's sampled candidates (a window of the epoch's catalogue order), their log q, and which
         of the batch's positives they hold."""
-        start = int(torch.randint(self.n_items, (1,), generator=batch_generator(self.seed, epoch, batch)))
+        start = int(torch.randint(self.n_items, (1,), generator=generator))
         candidates = self.catalogue_order(epoch)[(torch.arange(self.n_candidates) + start) % self.n_items]
         drawn = torch.zeros(self.n_items, dtype=torch.bool).index_fill_(0, candidates, True)
         return {"candidates": candidates,
