@@ -31,6 +31,10 @@ def version() -> str:
         return "unknown"
 
 
+# The code measured: read when the benchmark starts, not when it ends (the tree may change meanwhile).
+VERSION = version()
+
+
 def table(title: str, columns: list[str], rows: list[list[Any]], notes: str | None = None) -> dict[str, Any]:
     return {"title": title, "columns": columns, "rows": rows, **({"notes": notes} if notes else {})}
 
@@ -38,7 +42,7 @@ def table(title: str, columns: list[str], rows: list[list[Any]], notes: str | No
 def write_results(path: Path, benchmark: str, tables: list[dict[str, Any]], description: str | None = None) -> None:
     """``path``: a JSON file of the benchmark page's schema, for the run of this process's command."""
     results = {"benchmark": benchmark, "command": shlex.join(["python", *sys.argv]), "machine": machine(),
-               "version": version(), "date": datetime.date.today().isoformat(),
+               "version": VERSION, "date": datetime.date.today().isoformat(),
                **({"description": description} if description else {}), "tables": tables}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(results, indent=2) + "\n")
