@@ -20,24 +20,32 @@ SHAPES = {"ml-1m": (6_039, 3_628), "lastfm": (1_885, 17_388), "citeulike": (5_55
 
 @pytest.mark.parametrize(("log", "wide"), [("ml-1m", True), ("lastfm", True), ("citeulike", True),
                                            ("amazon-sports", False), ("amazon-beauty", False), ("gowalla", False)])
-def test_the_pairs_an_epoch_scores_decide_the_width_and_the_final_fit(log: str, wide: bool) -> None:
+def test_the_pairs_an_epoch_scores_decide_the_width(log: str, wide: bool) -> None:
     users, items = SHAPES[log]
     sizing = Sizing.of(users, items, max_candidates=8192, sample_above=32768)
     scored = items if items <= 32768 else 8192  # a catalogue beyond sample_above is sampled
     assert sizing.scored_pairs == users * scored
-    assert (sizing.dim, sizing.final_fit_share) == ((96, 1.0) if wide else (64, 0.5))
+    assert sizing.dim == (96 if wide else 64)
 
 
 def test_given_values_are_kept_and_bad_ones_refused(caplog: pytest.LogCaptureFixture) -> None:
     sizing = Sizing.of(1_000, 1_000, 8192, 32768)
     with caplog.at_level(logging.INFO, logger="twotower"):
-        assert sizing.resolve(32, "auto") == (32, 1.0)
-    assert "final_fit_share=1.0" in caplog.text and "model.dim" not in caplog.text
-    assert sizing.resolve(48, 0.25) == (48, 0.25)
-    with pytest.raises(TwoTowerError, match="final_fit_share must be auto or a number > 0"):
-        sizing.resolve("auto", 0)
+        assert sizing.resolve(32) == 32
+    assert "model.dim" not in caplog.text
+    with caplog.at_level(logging.INFO, logger="twotower"):
+        assert sizing.resolve("auto") == 96
+    assert "model.dim=96" in caplog.text
     with pytest.raises(TwoTowerError, match=r"model\.dim must be auto or an integer >= 1"):
-        sizing.resolve("wide", "auto")
+        sizing.resolve("wide")
+
+
+def test_a_bad_final_fit_share_is_refused_before_training(tmp_path: Path) -> None:
+    planted_interactions(n_users=100, n_items=50, n_clusters=4, seed=1).write_csv(tmp_path / "log.csv")
+    with pytest.raises(TwoTowerError, match="final_fit_share must be a number > 0"):
+        train(compose_train(tmp_path / "run", "data=interactions", f"data.path={tmp_path / 'log.csv'}",
+                            "final_fit_share=0", "show_similar_to=null"))
+    assert not (tmp_path / "run" / "checkpoints").exists()
 
 
 def test_a_run_records_what_auto_became(tmp_path: Path) -> None:
@@ -45,4 +53,4 @@ def test_a_run_records_what_auto_became(tmp_path: Path) -> None:
     train(compose_train(tmp_path / "run", "data=interactions", f"data.path={tmp_path / 'log.csv'}",
                         "trainer.max_epochs=2", "show_similar_to=null"))
     config = (tmp_path / "run" / "config.yaml").read_text()
-    assert "dim: 96" in config and "final_fit_share: 1.0" in config
+    assert "dim: 96" in config

@@ -59,7 +59,7 @@ def test_resolve_by_title() -> None:
     assert vocab.resolve(2) == 1
     assert vocab.resolve("heat (1995)") == 1
     assert vocab.resolve("Story") == 0
-    with pytest.raises(TwoTowerError, match="matches 2 movies: .*give the id"):
+    with pytest.raises(TwoTowerError, match=r"matches 2 movies: .*give the id"):
         vocab.resolve("Toy")
     with pytest.raises(TwoTowerError, match="did you mean"):
         vocab.resolve("Toy Stories")

@@ -131,6 +131,13 @@ def final_fit(cfg: DictConfig, datamodule: InteractionDataModule, selected: Path
     return exported, trainer, epochs
 
 
+def checked_share(share: object) -> float:
+    """``final_fit_share``, refused unless it is a number above 0."""
+    if isinstance(share, bool) or not isinstance(share, (int, float)) or share <= 0:
+        raise TwoTowerError(f"final_fit_share must be a number > 0, got {share!r}")
+    return share
+
+
 def final_fit_mode(final_fit: object) -> str | None:
     """``warm``, ``scratch`` or None (export the selected model); ``true`` is the default, ``warm``."""
     if final_fit is True:
@@ -225,11 +232,12 @@ def fit_and_export(cfg: DictConfig, index: Backend, root: RunPaths) -> dict[str,
     paths = RunPaths(Path(cfg.run_dir))
     seconds = Stopwatch()
     mode = final_fit_mode(cfg.final_fit)  # checked before anything is read
+    checked_share(cfg.final_fit_share)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule: InteractionDataModule = instantiate(cfg.datamodule)
     datamodule.setup("fit")
     cfg.monitor = checked_monitor(cfg.monitor, list(cfg.model.ks), datamodule.n_items)
-    cfg.model.dim, cfg.final_fit_share = sizing(cfg.model, datamodule).resolve(cfg.model.dim, cfg.final_fit_share)
+    cfg.model.dim = sizing(cfg.model, datamodule).resolve(cfg.model.dim)
     model = build_model(cfg.model, datamodule)
     resume = checkpoint_to_resume(cfg.ckpt_path, paths)
     if resume is None and (paths.root / "logs").exists():
