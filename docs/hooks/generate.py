@@ -6,7 +6,8 @@ Markers, each an HTML comment alone on a line of a page:
 - ``<!-- options -->``: the reference of every config, from ``twotower.options``: each command's own options,
   its config groups, and a table per choice of each group (option, default, description);
 - ``<!-- options CONFIG -->``: the table of one config file, e.g. ``<!-- options data/interactions -->``;
-- ``<!-- benchmarks -->``: every result file ``docs/benchmarks/*.json``, in file-name order.
+- ``<!-- benchmarks -->``: every result file ``docs/benchmarks/*.json``, those of ``FIRST`` first (quality before
+  speed before the rest), the others in file-name order.
 
 A benchmark result file is JSON of this shape (the ``//`` comments are for this page only). The benchmark
 scripts write it; every key not marked optional is required, and the build fails naming the file and the key
@@ -39,6 +40,7 @@ from __future__ import annotations
 import html
 import json
 import re
+from collections.abc import Iterable
 from decimal import Decimal
 from importlib.metadata import entry_points
 from importlib.resources import files
@@ -65,7 +67,7 @@ def on_page_markdown(markdown: str, page: Any, **_: Any) -> str:
         kind, argument = match.groups()
         try:
             if kind == "benchmarks":
-                return benchmarks_markdown(sorted(BENCHMARKS.glob("*.json")))
+                return benchmarks_markdown(in_reading_order(BENCHMARKS.glob("*.json")))
             return options_table(argument) if argument else options_reference()
         except (ValueError, KeyError, TypeError) as error:
             raise PluginError(f"{page.file.src_path}: {match.group(0)}: {error}") from error
@@ -212,6 +214,13 @@ def benchmark_table(table: dict[str, Any], result: dict[str, Any]) -> list[str]:
     lines += [f"<small>{html.escape(result['machine'])}, version {code(result['version'])}, "
               f"{html.escape(result['date'])}: {code(result['command'])}</small>", ""]
     return lines
+
+
+FIRST = ("quality", "speed")  # what a reader looks for first: how good, then how fast
+
+
+def in_reading_order(paths: Iterable[Path]) -> list[Path]:
+    return sorted(paths, key=lambda path: (FIRST.index(path.stem) if path.stem in FIRST else len(FIRST), path.name))
 
 
 def benchmarks_markdown(paths: list[Path]) -> str:
