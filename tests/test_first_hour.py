@@ -195,15 +195,17 @@ def test_ctrl_c_exits_130_naming_the_resume_command_and_the_resume_keeps_the_log
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 130, stderr
     hint = stderr.strip().splitlines()[-1].strip()
-    assert hint.startswith("twotower-train ") and "ckpt_path=last" in hint and "Traceback" not in stderr
+    assert hint.startswith("twotower-train ") and "ckpt_path=last" in hint and "Traceback" not in stderr, stderr
     epochs = pl.read_csv(tmp_path / "run" / "logs" / "metrics.csv")["epoch"].drop_nulls().unique().to_list()
+    assert epochs, stderr
     resumed = [argument for argument in hint.split()[1:]]
     resumed = [a.replace("trainer.max_epochs=400", f"trainer.max_epochs={max(epochs) + 3}") for a in resumed]
     completed = subprocess.run([sys.executable, "-m", "twotower.commands.train", *resumed],
                                capture_output=True, text=True, timeout=600)
     assert completed.returncode == 0, completed.stderr
     logged = pl.read_csv(tmp_path / "run" / "logs" / "metrics.csv")["epoch"].drop_nulls().unique().sort().to_list()
-    assert logged[: len(epochs)] == sorted(epochs) and max(logged) > max(epochs)  # the earlier epochs are kept
+    # the earlier epochs are kept
+    assert logged[: len(epochs)] == sorted(epochs) and max(logged) > max(epochs), (epochs, logged, completed.stderr)
 
 
 def test_a_sweep_summary_refuses_a_metric_no_job_reports(shop_run: Path, tmp_path: Path,

@@ -25,6 +25,14 @@ class PhaseProgressBar(TQDMProgressBar):
         epochs = f"/{trainer.max_epochs}" if trainer.max_epochs and trainer.max_epochs > 0 else ""
         self.train_progress_bar.set_description(f"{self.phase}, epoch {trainer.current_epoch + 1}{epochs}")
 
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        """Close the open bars now: left to the garbage collector, a bar prints its last state when it goes,
+        which can be after the interrupted run's resume hint."""
+        for bar in (self._train_progress_bar, self._val_progress_bar, self._test_progress_bar,
+                    self._predict_progress_bar):
+            if bar is not None:
+                bar.close()
+
 
 class KeptExperimentWriter(ExperimentWriter):
     def _check_log_dir_exists(self) -> None:
