@@ -184,8 +184,11 @@ def test_a_log_too_small_for_the_default_monitor_trains(tmp_path: Path) -> None:
 def test_ctrl_c_exits_130_naming_the_resume_command_and_the_resume_keeps_the_log(tmp_path: Path) -> None:
     arguments = train_arguments(tmp_path, tmp_path / "run", "trainer.max_epochs=400", "callbacks.early_stopping=null",
                                 "show_similar_to=null")
+    # Ctrl-C reaches the child as from a terminal, even where this test runs in the background (whose
+    # processes are started with SIGINT ignored, and pass that on).
     process = subprocess.Popen([sys.executable, "-m", "twotower.commands.train", *arguments],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     last = tmp_path / "run" / "checkpoints" / "last.ckpt"
     deadline = time.monotonic() + 300
     while not last.exists() and time.monotonic() < deadline:
