@@ -40,7 +40,7 @@ import polars as pl
 import scipy.sparse as sp
 import torch
 from hydra import compose, initialize_config_module
-from results import table, write_results
+from results import markdown, table, write_results
 from scipy.sparse.linalg import svds
 
 from twotower.data.batches import RankingBatches, eval_chunk_size
@@ -258,11 +258,6 @@ def headline_rows(everything: dict[str, dict[str, dict]]) -> list[list]:
                      ratios(ours, best) if best else "-", pair(ease) if ease else "does not fit in memory",
                      ratios(ours, ease) if ease else "-", round(ours["fit_seconds"], 1)])
     return rows
-
-
-def markdown(columns: list[str], rows: list[list]) -> str:
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    return "\n".join(lines + ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows])
 
 
 README = Path(__file__).resolve().parents[1] / "README.md"

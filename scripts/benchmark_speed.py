@@ -35,7 +35,7 @@ import torch
 from benchmark_quality import SHARED, fit_als, read_split, scoring_protocol, write_csv
 from hydra import compose, initialize_config_module
 from hydra.utils import instantiate
-from results import table, write_results
+from results import markdown, table, write_results
 
 from twotower.evaluation import evaluate_vectors
 from twotower.run import Run
@@ -199,9 +199,7 @@ def main() -> None:
     rows = [[name, r["interactions"], r["users"], r["items"], round(r["command_seconds"], 1),
              round(r["selection_seconds"], 1), r["selected_epochs"], round(r["final_fit_seconds"], 1), r["epochs"],
              round(r["epoch_seconds"], 2)] for name, r in ((name, results[name]) for name in args.datasets)]
-    print("\n| " + " | ".join(columns) + " |")
-    for row in rows:
-        print("| " + " | ".join(f"{cell:,}" if isinstance(cell, int) else str(cell) for cell in row) + " |")
+    print("\n" + markdown(columns, rows))
     if {"synthetic-10m", "synthetic-1m-1epoch"} <= set(results):
         ratio = results["synthetic-10m"]["epoch_seconds"] / results["synthetic-1m-1epoch"]["epoch_seconds"]
         print(f"\nan epoch at 10M costs {ratio:.1f}x an epoch at 1M")

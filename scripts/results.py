@@ -39,6 +39,14 @@ def table(title: str, columns: list[str], rows: list[list[Any]], notes: str | No
     return {"title": title, "columns": columns, "rows": rows, **({"notes": notes} if notes else {})}
 
 
+def markdown(columns: list[str], rows: list[list[Any]]) -> str:
+    """A table as Markdown, for the terminal and the README (integers with thousands separators)."""
+    cells = [[f"{cell:,}" if isinstance(cell, int) and not isinstance(cell, bool) else str(cell) for cell in row]
+             for row in rows]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in cells])
+
+
 def write_results(path: Path, benchmark: str, tables: list[dict[str, Any]], description: str | None = None) -> None:
     """``path``: a JSON file of the benchmark page's schema, for the run of this process's command."""
     results = {"benchmark": benchmark, "command": shlex.join(["python", *sys.argv]), "machine": machine(),
