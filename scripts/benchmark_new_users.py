@@ -34,8 +34,8 @@ from benchmark_quality import METRICS, als_model, fit_twotower, read_split
 from results import table, write_results
 
 from twotower.data.user_items import UserItems
-from twotower.evaluation import evaluate_vectors
-from twotower.retrieval import Retriever
+from twotower.serving.retrieval import Retriever
+from twotower.training.evaluation import evaluate_vectors
 
 
 def hold_out(log: pl.DataFrame, share: float, seed: int) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:

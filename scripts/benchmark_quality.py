@@ -46,9 +46,9 @@ from scipy.sparse.linalg import svds
 from twotower.data.batches import RankingBatches, eval_chunk_size
 from twotower.data.readers import UserLinesReader
 from twotower.data.user_items import UserItems
-from twotower.evaluation import evaluate_run, evaluate_vectors
-from twotower.metrics import RankingMetrics
-from twotower.training import train
+from twotower.model.metrics import RankingMetrics
+from twotower.training.evaluation import evaluate_run, evaluate_vectors
+from twotower.training.train import train
 
 SHARED = Path("../shared/data")
 DATASETS = ("ml-1m-split", "lastfm-split", "amazon-sports-split", "amazon-beauty-split")

@@ -37,10 +37,10 @@ from omegaconf import OmegaConf
 from twotower.data.batches import TrainBatches
 from twotower.data.datamodule import InteractionDataModule
 from twotower.data.readers import InteractionFileReader
+from twotower.data.sampling import NegativeSampler
 from twotower.data.splits import RandomSplit
-from twotower.module import TwoTowerModel
-from twotower.sampling import NegativeSampler
-from twotower.synthetic import planted_interactions
+from twotower.data.synthetic import planted_interactions
+from twotower.model.module import TwoTowerModel
 
 PREPARE = """
 import json, sys, time
@@ -48,7 +48,7 @@ from pathlib import Path
 from twotower.data.datamodule import InteractionDataModule
 from twotower.data.readers import InteractionFileReader
 from twotower.data.splits import RandomSplit
-from twotower.sampling import NegativeSampler
+from twotower.data.sampling import NegativeSampler
 
 def resident(field):  # kB figures from /proc/self/status (Linux)
     for line in Path("/proc/self/status").read_text().splitlines():

@@ -8,7 +8,7 @@ process.
 
 - **Whole command**: ``twotower-train data=interactions data.path=FILE`` with its defaults, run as a user runs
   it (a fresh process), on a plain file: train + valid of each shared split as CSV, and synthetic logs
-  (``twotower.synthetic``: 1M and 10M logs with 50 interactions per user and as many items as users, and one
+  (``twotower.data.synthetic``: 1M and 10M logs with 50 interactions per user and as many items as users, and one
   of Gowalla's size) as Parquet. It prints the wall time of the command, of selection (training with its
   validation passes) and of the final fit, from ``run.json``'s ``seconds``, and the cost of one epoch (the
   final fit's seconds per epoch: no validation).
@@ -37,10 +37,10 @@ from hydra import compose, initialize_config_module
 from hydra.utils import instantiate
 from results import markdown, table, write_results
 
-from twotower.evaluation import evaluate_vectors
+from twotower.data.synthetic import planted_interactions
 from twotower.run import Run
-from twotower.synthetic import planted_interactions
-from twotower.training import build_model
+from twotower.training.evaluation import evaluate_vectors
+from twotower.training.train import build_model
 
 SHARED_SETS = {"ml-1m": "ml-1m-split", "lastfm": "lastfm-split", "sports": "amazon-sports-split",
                "beauty": "amazon-beauty-split"}

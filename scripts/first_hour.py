@@ -23,7 +23,7 @@ import numpy as np
 import polars as pl
 from prometheus_client.parser import text_string_to_metric_families
 
-from twotower.synthetic import planted_interactions
+from twotower.data.synthetic import planted_interactions
 
 BIN = Path(sys.executable).parent
 

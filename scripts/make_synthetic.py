@@ -2,7 +2,7 @@
 
     python scripts/make_synthetic.py --interactions 10_000_000 --out data/synthetic-10m.parquet
 
-Users and items fall into planted groups (see ``twotower.synthetic``); item popularity follows a Zipf
+Users and items fall into planted groups (see ``twotower.data.synthetic``); item popularity follows a Zipf
 law. The log has ``user_id``, ``item_id`` and ``timestamp`` (Int64) and trains with
 ``twotower-train data=interactions data.path=FILE``.
 """
@@ -13,8 +13,8 @@ import argparse
 import time
 from pathlib import Path
 
+from twotower.data.synthetic import planted_interactions
 from twotower.files import atomic_path
-from twotower.synthetic import planted_interactions
 
 
 def main() -> None:

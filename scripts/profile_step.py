@@ -32,14 +32,14 @@ from omegaconf import OmegaConf
 
 from twotower.data.batches import UserBatches
 from twotower.data.user_items import UserItems
-from twotower.losses import CatalogueSoftmaxLoss
-from twotower.module import TwoTowerModel
+from twotower.model.losses import CatalogueSoftmaxLoss
+from twotower.model.module import TwoTowerModel
 
 MODEL = OmegaConf.load(files("twotower.conf") / "model" / "default.yaml")
 OPTIMIZERS = {  # name: (sparse gradients, optimizer spec)
     "dense": (False, MODEL.optimizer),
     "rowwise": (True, MODEL.sparse_optimizer),
-    "lazy": (True, {"_target_": "twotower.optim.LazyAdam", "_partial_": True, "lr": MODEL.optimizer.lr}),
+    "lazy": (True, {"_target_": "twotower.model.optim.LazyAdam", "_partial_": True, "lr": MODEL.optimizer.lr}),
     "sparseadam": (True, {"_target_": "torch.optim.SparseAdam", "_partial_": True, "lr": MODEL.optimizer.lr}),
 }
 PHASES = ("batch", "forward", "backward", "step")
@@ -49,7 +49,7 @@ def setting(optimizer: str, n_users: int, n_items: int, candidates: int
             ) -> tuple[TwoTowerModel, torch.optim.Optimizer]:
     sparse, spec = OPTIMIZERS[optimizer]
     torch.manual_seed(0)
-    model = TwoTowerModel(n_users, n_items, loss={"_target_": "twotower.losses.CatalogueSoftmaxLoss",
+    model = TwoTowerModel(n_users, n_items, loss={"_target_": "twotower.model.losses.CatalogueSoftmaxLoss",
                                                   "max_candidates": candidates},
                           user_tower={"kind": "id", "sparse": sparse}, item_tower={"kind": "id", "sparse": sparse})
     return model, instantiate(spec)(model.parameters())

@@ -13,8 +13,8 @@ from hydra import compose, initialize_config_module
 from lightning import Callback, Trainer
 from omegaconf import DictConfig
 
-from twotower.synthetic import planted_interactions
-from twotower.training import register_resolvers
+from twotower.data.synthetic import planted_interactions
+from twotower.training.train import register_resolvers
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -31,7 +31,7 @@ def compose_train(run_dir: Path, *overrides: str) -> DictConfig:
 
 def train_feature_run(folder: Path) -> Path:
     """A small trained run whose item tower reads a ``genre`` feature (g0-g3), in ``folder / "run"``."""
-    from twotower.training import train
+    from twotower.training.train import train
 
     planted_interactions(n_users=120, n_items=80, n_clusters=4, seed=1).write_csv(folder / "log.csv")
     pl.DataFrame({"item_id": np.arange(80), "genre": [f"g{i % 4}" for i in range(80)]}).write_csv(folder / "items.csv")

@@ -19,11 +19,11 @@ from tests.conftest import compose_train
 from twotower.commands import eval as eval_app
 from twotower.commands import reindex, retrieve
 from twotower.commands import train as train_app
+from twotower.data.synthetic import planted_interactions
 from twotower.embeddings import read_vectors, write_vectors
 from twotower.run import RunPaths
-from twotower.staging import exclusive
-from twotower.synthetic import planted_interactions
-from twotower.training import train
+from twotower.training.staging import exclusive
+from twotower.training.train import train
 
 GOOD = planted_interactions(n_users=60, n_items=40, n_clusters=4, interactions_per_user=8, seed=5)
 

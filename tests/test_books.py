@@ -8,8 +8,8 @@ import polars as pl
 import pytest
 
 from tests.conftest import compose_train
-from twotower.retrieval import Retriever
-from twotower.training import train
+from twotower.serving.retrieval import Retriever
+from twotower.training.train import train
 
 
 def neighbour_agreement(retriever: Retriever, labels: np.ndarray, k: int = 5) -> float:

@@ -8,8 +8,8 @@ import polars as pl
 import pytest
 
 from tests.conftest import compose_train
-from twotower.retrieval import Retriever
-from twotower.training import train
+from twotower.serving.retrieval import Retriever
+from twotower.training.train import train
 
 
 @pytest.mark.slow

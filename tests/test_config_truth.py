@@ -19,9 +19,9 @@ from omegaconf import OmegaConf
 
 from tests.conftest import compose_train
 from twotower.commands.train import main as train_main
+from twotower.data.synthetic import planted_interactions
 from twotower.errors import TwoTowerError
-from twotower.synthetic import planted_interactions
-from twotower.training import train
+from twotower.training.train import train
 
 CONF = Path(twotower.conf.__file__).parent  # the package Hydra composes from
 NEEDS_PLUGIN = {("hparams_search", "optuna"): "hydra_plugins.hydra_optuna_sweeper"}
@@ -61,7 +61,7 @@ def yaml_and_python_defaults(tmp_path: Path, override: str, key: str) -> list[tu
 def test_python_defaults_equal_the_yaml(override: str, key: str, tmp_path: Path) -> None:
     pairs = yaml_and_python_defaults(tmp_path, override, key)
     assert pairs, "nothing compared"
-    # "auto" is decided by the log's shape (twotower.sizing, pinned in test_sizing.py), not a Python default.
+    # "auto" is decided by the log's shape (twotower.training.sizing, pinned in test_sizing.py), not a Python default.
     differing = [(name, value, default) for name, value, default in pairs
                  if isinstance(value, (int, float, str, bool, list, type(None))) and value not in (default, "auto")]
     assert not differing, f"{key}: YAML and Python defaults differ (name, yaml, python): {differing}"
@@ -112,7 +112,7 @@ def test_progress_bar_loss_moves_within_a_short_epoch(tmp_path: Path, monkeypatc
             kwargs["callbacks"] = [*kwargs["callbacks"], watcher]
         return real(config, *args, **kwargs)
 
-    monkeypatch.setattr("twotower.training.instantiate", with_watcher)
+    monkeypatch.setattr("twotower.training.train.instantiate", with_watcher)
     train(compose_train(tmp_path / "run", "data=interactions", f"data.path={tmp_path / 'log.csv'}",
                         "trainer.max_epochs=1", "final_fit=false", "loss=softmax", "datamodule.batch_size=64"))
     # ~40 steps in the epoch (of pairs), fewer than the logger's interval of 50: the bar still shows a new

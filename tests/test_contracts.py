@@ -38,10 +38,11 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
-import twotower.losses
-from twotower.checkpoint_io import AtomicCheckpointIO
+import twotower.model.losses
 from twotower.data.batches import Batch, EpochBatchSampler, TrainBatches, UserBatches
 from twotower.data.features import KINDS, encode_features, feature_specs
+from twotower.data.sampling import NegativeSampler
+from twotower.data.synthetic import clustered_unit_vectors, planted_interactions
 from twotower.data.user_items import UserItems
 from twotower.index import (
     AnnoyIndex,
@@ -54,11 +55,10 @@ from twotower.index import (
     recall_against_exact,
     search_excluding,
 )
-from twotower.module import TwoTowerModel
-from twotower.optim import RowWiseAdagrad
-from twotower.sampling import NegativeSampler
-from twotower.synthetic import clustered_unit_vectors, planted_interactions
-from twotower.towers import FeatureTower, build_tower
+from twotower.model.module import TwoTowerModel
+from twotower.model.optim import RowWiseAdagrad
+from twotower.model.towers import FeatureTower, build_tower
+from twotower.training.checkpoint_io import AtomicCheckpointIO
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
@@ -69,12 +69,12 @@ pytestmark = pytest.mark.filterwarnings("ignore:You defined a `validation_step` 
 # The registries: one line per implementation.
 # ---------------------------------------------------------------------------------------------------------
 
-# Every conf/loss/*.yaml, as the plain dict the model stores: {"_target_": "twotower.losses.BPRLoss", ...}.
+# Every conf/loss/*.yaml, as the plain dict the model stores: {"_target_": "twotower.model.losses.BPRLoss", ...}.
 LOSSES: dict[str, dict] = {path.stem: OmegaConf.to_container(OmegaConf.load(path), resolve=True)
                            for path in sorted((CONF / "loss").glob("*.yaml"))}
 # ... by what one training example is: a positive pair with negatives, or a user with all their positives.
-PAIR_LOSSES = [name for name, spec in LOSSES.items() if twotower.losses.build_loss(spec).examples == "pairs"]
-USER_LOSSES = [name for name, spec in LOSSES.items() if twotower.losses.build_loss(spec).examples == "users"]
+PAIR_LOSSES = [name for name, spec in LOSSES.items() if twotower.model.losses.build_loss(spec).examples == "pairs"]
+USER_LOSSES = [name for name, spec in LOSSES.items() if twotower.model.losses.build_loss(spec).examples == "users"]
 
 # Tower specs as the config writes them; a feature tower names columns of the side's metadata (side_frame).
 TOWERS: dict[str, dict] = {
@@ -300,7 +300,7 @@ def reordered(batch: Batch, rows: torch.Tensor, columns: torch.Tensor) -> Batch:
 
 def test_every_loss_class_has_a_config_in_the_registry() -> None:
     configured = {spec["_target_"] for spec in LOSSES.values()}
-    classes = {f"{loss.__module__}.{loss.__name__}" for loss in twotower.losses.LOSSES}
+    classes = {f"{loss.__module__}.{loss.__name__}" for loss in twotower.model.losses.LOSSES}
     assert classes <= configured, f"losses with no conf/loss/*.yaml escape the contract: {classes - configured}"
     assert DEFAULT_LOSS in LOSSES
 
@@ -331,7 +331,7 @@ def test_loss_is_a_finite_scalar_with_a_gradient_for_every_vector(loss: str) -> 
     assert set(batch) == {"users", "items", "negatives", "negatives_valid", "items_log_q", "negatives_log_q"}
     assert batch["negatives_valid"].all()  # so every negative below must get a gradient
     users, items, negatives = random_vectors(batch)
-    value = twotower.losses.build_loss(LOSSES[loss])(users, items, negatives, batch)
+    value = twotower.model.losses.build_loss(LOSSES[loss])(users, items, negatives, batch)
     assert value.shape == () and value.dtype == torch.float32 and torch.isfinite(value)
     value.backward()
     for name, vectors in (("users", users), ("items", items), ("negatives", negatives)):
@@ -344,7 +344,7 @@ def test_loss_is_lower_when_positives_outscore_negatives(loss: str) -> None:
     batch = real_batch()
     size, n = batch["negatives"].shape
     directions = torch.nn.functional.normalize(torch.randn(size, DIM, generator=torch.Generator().manual_seed(0)))
-    function = twotower.losses.build_loss(LOSSES[loss])
+    function = twotower.model.losses.build_loss(LOSSES[loss])
 
     def value(sign: float) -> float:  # logits: +sign with the positive, -sign with every own negative
         negatives = -sign * directions.unsqueeze(1).expand(size, n, DIM)
@@ -362,7 +362,7 @@ def test_loss_ignores_invalid_negatives(loss: str) -> None:
     users, items, negatives = (vectors.detach() for vectors in random_vectors(batch))
     moved = negatives.clone()
     moved[~batch["negatives_valid"]] = 50.0 * torch.randn(int((~batch["negatives_valid"]).sum()), DIM)
-    function = twotower.losses.build_loss(LOSSES[loss])
+    function = twotower.model.losses.build_loss(LOSSES[loss])
     torch.testing.assert_close(function(users, items, moved, batch), function(users, items, negatives, batch))
 
 
@@ -373,7 +373,7 @@ def test_loss_ignores_the_order_of_rows_and_of_negatives(loss: str) -> None:
     generator = torch.Generator().manual_seed(2)
     rows, columns = torch.randperm(len(users), generator=generator), torch.randperm(negatives.shape[1],
                                                                                     generator=generator)
-    function = twotower.losses.build_loss(LOSSES[loss])
+    function = twotower.model.losses.build_loss(LOSSES[loss])
     shuffled = function(users[rows], items[rows], negatives[rows][:, columns], reordered(batch, rows, columns))
     torch.testing.assert_close(shuffled, function(users, items, negatives, batch), rtol=1e-5, atol=1e-6)
 
@@ -417,7 +417,7 @@ def test_user_loss_is_a_finite_scalar_with_a_gradient_for_every_vector(loss: str
     vectors = {"users": users, "catalogue": catalogue} | ({"positives": positives} if sampled else {})
     for tensor in vectors.values():
         tensor.requires_grad_()
-    value = twotower.losses.build_loss(LOSSES[loss])(users, catalogue, batch, positives=positives)
+    value = twotower.model.losses.build_loss(LOSSES[loss])(users, catalogue, batch, positives=positives)
     assert value.shape == () and value.dtype == torch.float32 and torch.isfinite(value)
     value.backward()
     for name, tensor in vectors.items():
@@ -429,7 +429,7 @@ def test_user_loss_is_a_finite_scalar_with_a_gradient_for_every_vector(loss: str
 @pytest.mark.parametrize("loss", USER_LOSSES)
 def test_user_loss_is_lower_when_positives_outscore_the_catalogue(loss: str, sampled: bool) -> None:
     batch, users, catalogue, _ = user_loss_inputs(sampled)
-    function = twotower.losses.build_loss(LOSSES[loss])
+    function = twotower.model.losses.build_loss(LOSSES[loss])
     if sampled:
         right = function(users, catalogue, batch, positives=3 * users[batch["rows"]] * TEMPERATURE)
         wrong = function(users, catalogue, batch, positives=-3 * users[batch["rows"]] * TEMPERATURE)
@@ -450,7 +450,7 @@ def test_user_loss_ignores_the_order_of_users_and_of_their_positives(loss: str) 
     position[order] = torch.arange(len(order))
     pairs = torch.randperm(len(batch["items"]), generator=generator)
     shuffled = {"users": batch["users"][order], "rows": position[batch["rows"]][pairs], "items": batch["items"][pairs]}
-    function = twotower.losses.build_loss(LOSSES[loss])
+    function = twotower.model.losses.build_loss(LOSSES[loss])
     torch.testing.assert_close(function(users[order], catalogue, shuffled), function(users, catalogue, batch))
 
 
@@ -459,7 +459,7 @@ def test_user_loss_over_the_whole_catalogue_is_softmax_cross_entropy(loss: str) 
     """The whole-catalogue value is the mean, over the batch's positives, of cross-entropy against every item."""
     batch, users, catalogue, _ = user_loss_inputs(sampled=False)
     expected = torch.nn.functional.cross_entropy((users @ catalogue.T)[batch["rows"]], batch["items"])
-    torch.testing.assert_close(twotower.losses.build_loss(LOSSES[loss])(users, catalogue, batch), expected)
+    torch.testing.assert_close(twotower.model.losses.build_loss(LOSSES[loss])(users, catalogue, batch), expected)
 
 
 @pytest.mark.parametrize("loss", USER_LOSSES)

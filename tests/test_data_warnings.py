@@ -20,10 +20,10 @@ from twotower.data.datamodule import TEST_ONLY, InteractionDataModule
 from twotower.data.interactions import DROPPED_SCHEMA
 from twotower.data.movielens import MovieLensReader
 from twotower.data.readers import InteractionFileReader, UserLinesReader
+from twotower.data.sampling import NegativeSampler
 from twotower.data.splits import PresplitSplit, RandomSplit
 from twotower.errors import TwoTowerError
 from twotower.run import RunPaths
-from twotower.sampling import NegativeSampler
 
 
 @pytest.fixture(autouse=True)

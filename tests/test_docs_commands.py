@@ -19,7 +19,7 @@ from hydra.errors import HydraException
 from omegaconf.errors import OmegaConfBaseException
 
 from tests.test_serve import free_port
-from twotower.synthetic import planted_interactions
+from twotower.data.synthetic import planted_interactions
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("**/*.md"))]
@@ -74,7 +74,7 @@ def test_every_documented_command_composes_with_the_real_configs(page: str, comm
         if option in words and importlib.util.find_spec(plugin) is None:
             pytest.skip(f"{option} needs {plugin} (the sweep extra)")
     assert program in CONFIGS, f"{page}: unknown command {program}"
-    from twotower.training import register_resolvers
+    from twotower.training.train import register_resolvers
 
     register_resolvers()
     try:

@@ -10,11 +10,11 @@ import polars as pl
 import pytest
 
 from tests.conftest import compose_train
+from twotower.data.synthetic import planted_interactions
 from twotower.errors import TwoTowerError
-from twotower.evaluation import evaluate_run
-from twotower.retrieval import Retriever
-from twotower.synthetic import planted_interactions
-from twotower.training import train
+from twotower.serving.retrieval import Retriever
+from twotower.training.evaluation import evaluate_run
+from twotower.training.train import train
 
 
 def split_items(run_dir: Path, *names: str) -> dict[int, set[int]]:

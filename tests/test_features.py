@@ -4,7 +4,7 @@ import torch
 
 from twotower.data.features import encode_features, feature_specs
 from twotower.errors import TwoTowerError
-from twotower.towers import FeatureTower
+from twotower.model.towers import FeatureTower
 
 META = pl.DataFrame({
     "index": [0, 1, 2],

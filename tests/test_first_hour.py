@@ -19,7 +19,7 @@ import pytest
 from tests.test_bad_inputs import invoke
 from twotower.commands import eval as eval_app
 from twotower.commands import plot, retrieve, sweep
-from twotower.synthetic import planted_interactions
+from twotower.data.synthetic import planted_interactions
 
 N_USERS, N_ITEMS = 150, 60
 

@@ -11,14 +11,14 @@ import torch
 
 from tests.conftest import compose_train
 from twotower.commands.retrieve import run as retrieve
+from twotower.data.synthetic import planted_interactions
 from twotower.errors import TwoTowerError
-from twotower.module import TwoTowerModel
-from twotower.retrieval import Retriever
-from twotower.synthetic import planted_interactions
-from twotower.towers import HistoryTower
-from twotower.training import train
+from twotower.model.module import TwoTowerModel
+from twotower.model.towers import HistoryTower
+from twotower.serving.retrieval import Retriever
+from twotower.training.train import train
 
-CATALOGUE = {"_target_": "twotower.losses.CatalogueSoftmaxLoss"}
+CATALOGUE = {"_target_": "twotower.model.losses.CatalogueSoftmaxLoss"}
 
 
 def history_model(score: str, use_id: bool = False, dropout: float = 0.0) -> TwoTowerModel:
@@ -106,7 +106,7 @@ def test_dropout_keeps_a_share_of_the_history_and_the_shares_add_up_to_the_vecto
 def test_a_loss_over_pairs_scores_each_pair_without_its_item_in_the_history(use_id: bool) -> None:
     """For a (user, item) pair the user's history part is the mean of the user's other items."""
     torch.manual_seed(0)
-    model = TwoTowerModel(n_users=3, n_items=7, dim=5, loss={"_target_": "twotower.losses.BPRLoss"},
+    model = TwoTowerModel(n_users=3, n_items=7, dim=5, loss={"_target_": "twotower.model.losses.BPRLoss"},
                           user_tower={"kind": "history", "use_id": use_id})
     model.user_tower.load_history(torch.tensor([0, 3, 5, 6]), ITEMS)
     users, items = USERS[ROWS], ITEMS  # every training pair
@@ -205,8 +205,8 @@ def test_retrieve_command_takes_a_history(planted_history_run: tuple, capsys: py
 
 
 def test_a_run_without_history_tower_says_so(tmp_path: Path) -> None:
+    from twotower.data.synthetic import write_vector_run
     from twotower.index import ExactIndex
-    from twotower.synthetic import write_vector_run
 
     retriever = Retriever.load(write_vector_run(tmp_path / "run", ExactIndex()))
     with pytest.raises(TwoTowerError, match="history user tower"):

@@ -4,6 +4,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from twotower.data.synthetic import clustered_unit_vectors
 from twotower.errors import TwoTowerError
 from twotower.index import (
     AnnoyIndex,
@@ -16,7 +17,6 @@ from twotower.index import (
     load_index,
     recall_against_exact,
 )
-from twotower.synthetic import clustered_unit_vectors
 
 
 def clustered(n: int, dim: int, seed: int, spread: float = 0.3) -> np.ndarray:

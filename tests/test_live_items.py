@@ -15,12 +15,12 @@ import polars as pl
 import pytest
 
 from tests.conftest import train_feature_run
-from twotower.catalogue import Result, rebuild_index
 from twotower.commands import reindex
+from twotower.data.synthetic import write_vector_run
 from twotower.errors import TwoTowerError
 from twotower.index import AnnoyIndex, read_meta
-from twotower.retrieval import Retriever
-from twotower.synthetic import write_vector_run
+from twotower.serving.catalogue import Result, rebuild_index
+from twotower.serving.retrieval import Retriever
 
 N_ITEMS = 12_000
 

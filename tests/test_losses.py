@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from twotower.errors import TwoTowerError
-from twotower.losses import BPRLoss, PointwiseLoss, SampledSoftmaxLoss, build_loss
-from twotower.towers import IdTower, build_tower
+from twotower.model.losses import BPRLoss, PointwiseLoss, SampledSoftmaxLoss, build_loss
+from twotower.model.towers import IdTower, build_tower
 
 
 def batch_of(items: list[int], negatives: list[list[int]], log_q_items=None, log_q_negatives=None) -> dict:
@@ -85,8 +85,8 @@ def test_logq_correction_pushes_popular_negatives_down_less() -> None:
 
 
 def test_build_loss_and_tower_from_specs() -> None:
-    assert isinstance(build_loss({"_target_": "twotower.losses.BPRLoss"}), BPRLoss)
-    softmax = build_loss({"_target_": "twotower.losses.SampledSoftmaxLoss", "logq_correction": False})
+    assert isinstance(build_loss({"_target_": "twotower.model.losses.BPRLoss"}), BPRLoss)
+    softmax = build_loss({"_target_": "twotower.model.losses.SampledSoftmaxLoss", "logq_correction": False})
     assert softmax.logq_correction is False
     with pytest.raises(TwoTowerError, match="unknown loss"):
         build_loss({"_target_": "torch.nn.HingeEmbeddingLoss"})
@@ -101,7 +101,7 @@ def test_a_sample_of_every_item_gives_the_whole_catalogue_loss() -> None:
     each positive counted once (though every positive was also drawn), must equal the exact softmax."""
     from twotower.data.batches import UserBatches
     from twotower.data.user_items import UserItems
-    from twotower.losses import CatalogueSoftmaxLoss
+    from twotower.model.losses import CatalogueSoftmaxLoss
 
     positives = UserItems.from_pairs(np.array([0, 0, 1, 2, 2, 2]), np.array([3, 5, 0, 1, 3, 7]), 3)
     whole = UserBatches(positives, 8, batch_size=3, seed=0)[0, 0]
@@ -163,7 +163,7 @@ def test_catalogues_up_to_sample_above_are_scored_whole(sample_above: int, sampl
 
 
 def test_row_logsumexp_matches_torch_in_value_and_gradient() -> None:
-    from twotower.losses import RowLogSumExp
+    from twotower.model.losses import RowLogSumExp
 
     logits = (torch.randn(5, 300, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 20)
     logits.requires_grad_()
@@ -172,7 +172,7 @@ def test_row_logsumexp_matches_torch_in_value_and_gradient() -> None:
 
 
 def test_row_logsumexp_of_half_precision_logits_is_float32_with_a_gradient_of_their_dtype() -> None:
-    from twotower.losses import RowLogSumExp
+    from twotower.model.losses import RowLogSumExp
 
     logits = (torch.randn(4, 16_384, generator=torch.Generator().manual_seed(0)) * 5).bfloat16().requires_grad_()
     value = RowLogSumExp.apply(logits)

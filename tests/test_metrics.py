@@ -6,7 +6,7 @@ import torch
 
 from twotower.data.batches import RankingBatches
 from twotower.data.user_items import UserItems
-from twotower.metrics import RankingMetrics, ranking_metrics
+from twotower.model.metrics import RankingMetrics, ranking_metrics
 
 
 def test_metrics_on_a_hand_ranked_list() -> None:

@@ -18,12 +18,12 @@ import torch
 from omegaconf import DictConfig
 
 from tests.conftest import compose_train
+from twotower.data.synthetic import planted_interactions
 from twotower.errors import TwoTowerError
-from twotower.evaluation import evaluate_run
 from twotower.files import atomic_path, write_json
-from twotower.retrieval import Retriever
-from twotower.synthetic import planted_interactions
-from twotower.training import train
+from twotower.serving.retrieval import Retriever
+from twotower.training.evaluation import evaluate_run
+from twotower.training.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
 

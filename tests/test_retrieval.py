@@ -7,10 +7,10 @@ import polars as pl
 import pytest
 
 from tests.conftest import compose_train
+from twotower.data.synthetic import planted_interactions
 from twotower.errors import TwoTowerError
-from twotower.retrieval import Retriever
-from twotower.synthetic import planted_interactions
-from twotower.training import train
+from twotower.serving.retrieval import Retriever
+from twotower.training.train import train
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,8 @@ from twotower.data.vocab import Vocabulary
 from twotower.embeddings import write_vectors
 from twotower.files import write_parquet
 from twotower.index import AnnoyIndex, build_for_run, build_index
-from twotower.retrieval import Retriever
 from twotower.run import Manifest, RunPaths, seen_items
+from twotower.serving.retrieval import Retriever
 
 N_ITEMS, N_USERS, DIM, K = 30_000, 300, 16, 10
 

@@ -1,6 +1,6 @@
 import torch
 
-from twotower.sampling import NegativeSampler
+from twotower.data.sampling import NegativeSampler
 
 
 def test_no_known_positive_is_a_valid_negative() -> None:

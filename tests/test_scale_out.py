@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from twotower.commands.sweep import summarise
+from twotower.data.synthetic import planted_interactions
 from twotower.data.user_items import UserItems
-from twotower.evaluation import evaluate_vectors
-from twotower.module import TwoTowerModel
-from twotower.synthetic import planted_interactions
+from twotower.model.module import TwoTowerModel
+from twotower.training.evaluation import evaluate_vectors
 
 
 def run_train(*overrides: str, multirun: bool = False) -> subprocess.CompletedProcess:

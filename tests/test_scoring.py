@@ -1,7 +1,7 @@
 import torch
 import torch.nn.functional as F
 
-from twotower.scoring import UnitRows, project, projection_scale
+from twotower.model.scoring import UnitRows, project, projection_scale
 
 
 def test_unit_rows_match_f_normalize_in_value_and_gradient_with_a_zero_row() -> None:

@@ -22,11 +22,11 @@ from hydra import compose, initialize_config_module
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import train_feature_run
-from twotower.catalogue import rebuild_index
+from twotower.data.synthetic import write_vector_run
 from twotower.index import AnnoyIndex, ExactIndex
-from twotower.retrieval import Retriever
-from twotower.service.settings import Limits, ServeSettings
-from twotower.synthetic import write_vector_run
+from twotower.serving.catalogue import rebuild_index
+from twotower.serving.retrieval import Retriever
+from twotower.serving.service.settings import Limits, ServeSettings
 
 TOKEN = "test-admin-token"
 ADMIN = {"Authorization": f"Bearer {TOKEN}"}
@@ -415,7 +415,7 @@ def test_bad_config_is_one_line_and_exit_status_2(overrides: list[str], message:
 def test_the_core_package_needs_no_fastapi(run_a: Path) -> None:
     """Without the extra, the library imports and twotower-serve says which extra to install."""
     script = ("import sys; sys.modules['fastapi'] = None; sys.modules['uvicorn'] = None\n"
-              "import twotower, twotower.retrieval, twotower.commands.serve\n"
+              "import twotower, twotower.serving.retrieval, twotower.commands.serve\n"
               f"sys.argv = ['twotower-serve', 'run_dir={run_a}']\n"
               "twotower.commands.serve.main()")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)

@@ -1,4 +1,4 @@
-"""Which settings a log of a given shape gets where they are left at ``auto`` (``twotower.sizing``)."""
+"""Which settings a log of a given shape gets where they are left at ``auto`` (``twotower.training.sizing``)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import compose_train
+from twotower.data.synthetic import planted_interactions
 from twotower.errors import TwoTowerError
-from twotower.sizing import Sizing
-from twotower.synthetic import planted_interactions
-from twotower.training import train
+from twotower.training.sizing import Sizing
+from twotower.training.train import train
 
 # (users, items): the shapes of logs the defaults were measured on, and of two they never saw.
 SHAPES = {"ml-1m": (6_039, 3_628), "lastfm": (1_885, 17_388), "citeulike": (5_551, 16_980),

@@ -7,16 +7,16 @@ import pytest
 import torch
 
 from tests.conftest import compose_train
+from twotower.data.synthetic import planted_interactions
 from twotower.errors import TwoTowerError
-from twotower.module import TwoTowerModel
-from twotower.optim import LazyAdam, RowWiseAdagrad
-from twotower.synthetic import planted_interactions
-from twotower.training import train
+from twotower.model.module import TwoTowerModel
+from twotower.model.optim import LazyAdam, RowWiseAdagrad
+from twotower.training.train import train
 
 
 def sparse_model(optimizer: type[torch.optim.Optimizer] = RowWiseAdagrad) -> TwoTowerModel:
     torch.manual_seed(0)
-    return TwoTowerModel(50, 40, dim=8, loss={"_target_": "twotower.losses.BPRLoss"},
+    return TwoTowerModel(50, 40, dim=8, loss={"_target_": "twotower.model.losses.BPRLoss"},
                          user_tower={"kind": "id", "sparse": True}, item_tower={"kind": "id", "sparse": True},
                          optimizer=lambda params: optimizer(params, lr=0.01))
 
@@ -134,7 +134,7 @@ def test_vocabularies_beyond_sparse_above_train_sparse(overrides: list[str], swi
     from hydra.utils import instantiate
 
     from twotower.data.datamodule import InteractionDataModule
-    from twotower.training import build_model
+    from twotower.training.train import build_model
 
     planted_interactions(n_users=60, n_items=40, n_clusters=4, seed=0).write_csv(tmp_path / "log.csv")
     cfg = compose_train(tmp_path / "run", "data=interactions", f"data.path={tmp_path / 'log.csv'}",
@@ -152,7 +152,7 @@ def test_vocabularies_beyond_sparse_above_train_sparse(overrides: list[str], swi
 def built_model(tmp_path: Path, *overrides: str) -> TwoTowerModel:
     from hydra.utils import instantiate
 
-    from twotower.training import build_model
+    from twotower.training.train import build_model
 
     planted_interactions(n_users=60, n_items=40, n_clusters=4, seed=0).write_csv(tmp_path / "log.csv")
     cfg = compose_train(tmp_path / "run", "data=interactions", f"data.path={tmp_path / 'log.csv'}", *overrides)

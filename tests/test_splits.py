@@ -6,10 +6,10 @@ import pytest
 from twotower.data.datamodule import InteractionDataModule
 from twotower.data.interactions import InteractionLog, deduplicate, positives
 from twotower.data.readers import InteractionFileReader
+from twotower.data.sampling import NegativeSampler
 from twotower.data.splits import PresplitSplit, RandomSplit, TemporalSplit, cover_holdouts
+from twotower.data.synthetic import planted_interactions
 from twotower.errors import TwoTowerError
-from twotower.sampling import NegativeSampler
-from twotower.synthetic import planted_interactions
 
 
 def encoded(frame: pl.DataFrame) -> pl.DataFrame:

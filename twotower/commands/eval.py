@@ -5,7 +5,7 @@
     twotower-eval run_dir=DIR path=later.csv   # another interaction log with the same ids
 
 Prints the metrics as JSON and writes them to ``DIR/metrics/eval-<holdout or file name>.json``
-(``twotower.evaluation`` says what is scored where).
+(``twotower.training.evaluation`` says what is scored where).
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ import hydra
 from omegaconf import DictConfig
 
 from twotower.commands.cli import answer_help, check_options, reported_errors
-from twotower.evaluation import evaluate_run
 from twotower.files import write_json
 from twotower.run import RunPaths
+from twotower.training.evaluation import evaluate_run
 
 
 @hydra.main(version_base="1.3", config_path="pkg://twotower.conf", config_name="eval")

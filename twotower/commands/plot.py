@@ -4,7 +4,7 @@
     twotower-plot run_dir=DIR side=users color=occupation
     twotower-plot run_dir=DIR method=pca projector=true     # also DIR/projector/ for projector.tensorflow.org
 
-The PNG goes to ``DIR/plots/<side>-<color>.png`` (``twotower.maps`` draws it).
+The PNG goes to ``DIR/plots/<side>-<color>.png`` (``twotower.serving.maps`` draws it).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import hydra
 from omegaconf import DictConfig
 
 from twotower.commands.cli import answer_help, check_options, reported_errors
-from twotower.maps import plot_run
+from twotower.serving.maps import plot_run
 
 
 @hydra.main(version_base="1.3", config_path="pkg://twotower.conf", config_name="plot")

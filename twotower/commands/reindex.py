@@ -18,8 +18,8 @@ import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from twotower.catalogue import rebuild_index
 from twotower.commands.cli import answer_help, check_options, reported_errors
+from twotower.serving.catalogue import rebuild_index
 
 
 @hydra.main(version_base="1.3", config_path="pkg://twotower.conf", config_name="reindex")

@@ -30,8 +30,8 @@ from twotower.data.ids import query_ids
 from twotower.data.tables import collect, detect_format, existing_path, reading, scan_table
 from twotower.errors import TwoTowerError
 from twotower.files import table_format, write_table
-from twotower.result import Result
-from twotower.retrieval import Retriever
+from twotower.serving.result import Result
+from twotower.serving.retrieval import Retriever
 
 log = logging.getLogger("twotower")
 OUTPUTS = ("table", "json", "csv", "parquet")

@@ -6,7 +6,7 @@
     kill -HUP PID                                        # load the run again (a symlink repointed, say)
 
 Every setting is checked, and the port tried, before the run is loaded; a bad one is one line on stderr
-and exit status 2. The service (``twotower.service``) is imported only once the settings are good, so the
+and exit status 2. The service (``twotower.serving.service``) is imported only once the settings are good, so the
 core package works without FastAPI installed.
 """
 
@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from twotower.commands.cli import answer_help, check_options, reported_errors
 from twotower.errors import TwoTowerError
-from twotower.service.settings import ServeSettings, check_port
+from twotower.serving.service.settings import ServeSettings, check_port
 
 
 def serve(cfg: DictConfig) -> None:
@@ -30,7 +30,7 @@ def serve(cfg: DictConfig) -> None:
     if missing:
         raise TwoTowerError(f"twotower-serve needs {' and '.join(missing)}: pip install 'twotower[serve]'")
     check_port(settings.host, settings.port)
-    from twotower.service.app import run_service
+    from twotower.serving.service.app import run_service
 
     run_service(settings)
 

@@ -24,10 +24,10 @@ from omegaconf import DictConfig
 
 from twotower.commands.cli import answer_help, quiet_framework_notices, reported_errors, user_error
 from twotower.files import write_json
-from twotower.retrieval import Retriever
 from twotower.run import Run, RunPaths
-from twotower.summary import summary
-from twotower.training import train
+from twotower.serving.retrieval import Retriever
+from twotower.training.summary import summary
+from twotower.training.train import train
 
 log = logging.getLogger("twotower")
 quiet_framework_notices()

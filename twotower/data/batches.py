@@ -18,8 +18,8 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Dataset, Sampler
 
+from twotower.data.sampling import NegativeSampler
 from twotower.data.user_items import UserItems
-from twotower.sampling import NegativeSampler
 
 Batch = dict[str, torch.Tensor]
 

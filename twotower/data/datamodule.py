@@ -33,13 +33,13 @@ from twotower.data.interactions import (
     positives,
     report_non_positives,
 )
+from twotower.data.sampling import NegativeSampler
 from twotower.data.splits import SPLIT_NAMES, Splits, check_splits, cover_holdouts
 from twotower.data.user_items import UserItems
 from twotower.data.vocab import Vocabulary
 from twotower.errors import TwoTowerError
 from twotower.files import write_parquet
 from twotower.run import RunPaths
-from twotower.sampling import NegativeSampler
 
 log = logging.getLogger(__name__)
 TEST_ONLY = "only in pairs of the test file that have no training pair"  # why _drop_ids_without_pairs drops an id

@@ -37,8 +37,8 @@ from twotower.index import (
     read_meta,
     search_excluding,
 )
-from twotower.result import Result
 from twotower.run import Run
+from twotower.serving.result import Result
 
 NO_ROWS = np.empty(0, dtype=np.int64)
 

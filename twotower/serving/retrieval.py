@@ -17,7 +17,7 @@ popular items of the run's log. A loaded retriever only reads its arrays, so thr
 
 Items can join or leave the catalogue without a rebuild: ``add_items(ids, vectors)`` (or ``features=`` for
 a feature tower to embed) and ``remove_items(ids)``; ``save_catalogue()`` keeps them in the run directory,
-and ``twotower-index`` folds the saved ones into the index (``twotower.catalogue``).
+and ``twotower-index`` folds the saved ones into the index (``twotower.serving.catalogue``).
 """
 
 from __future__ import annotations
@@ -31,13 +31,13 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from twotower.catalogue import Catalogue
 from twotower.data.user_items import UserItems
 from twotower.data.vocab import Vocabulary
 from twotower.errors import TwoTowerError
 from twotower.index import Backend, ExactIndex, backend_from, exact_top, read_meta
-from twotower.result import Result
 from twotower.run import Run
+from twotower.serving.catalogue import Catalogue
+from twotower.serving.result import Result
 
 UNKNOWN_POLICIES = ("error", "popular")
 HISTORY_UNKNOWN_POLICIES = ("error", "skip")
@@ -306,7 +306,7 @@ class Retriever:
             raise TwoTowerError(f"{self.run.root} has no checkpoint, so it has no model to embed with")
         with self._model_lock:
             if self._model is None:
-                from twotower.module import TwoTowerModel
+                from twotower.model.module import TwoTowerModel
 
                 self._model = TwoTowerModel.load_from_checkpoint(self.run.root / checkpoint,
                                                                  map_location="cpu").eval()
@@ -325,8 +325,8 @@ class Retriever:
         import torch
 
         from twotower.data.features import encode_features
-        from twotower.scoring import project
-        from twotower.towers import FeatureTower
+        from twotower.model.scoring import project
+        from twotower.model.towers import FeatureTower
 
         model = self.model()
         tower = getattr(model, f"{side}_tower", None)

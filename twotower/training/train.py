@@ -27,16 +27,16 @@ from omegaconf import DictConfig, OmegaConf
 from twotower.data.datamodule import InteractionDataModule
 from twotower.embeddings import write_vectors
 from twotower.errors import TwoTowerError
-from twotower.evaluation import popularity_metrics
 from twotower.files import fingerprint, write_json, write_text
 from twotower.index import Backend, build_for_run
-from twotower.metrics import metric_names
-from twotower.module import TwoTowerModel
-from twotower.progress import PhaseProgressBar
+from twotower.model.metrics import metric_names
+from twotower.model.module import TwoTowerModel
+from twotower.model.towers import FeatureTower, HistoryTower
 from twotower.run import Manifest, RunPaths, seen_items
-from twotower.sizing import AUTO, Sizing
-from twotower.staging import exclusive, publish
-from twotower.towers import FeatureTower, HistoryTower
+from twotower.training.evaluation import popularity_metrics
+from twotower.training.progress import PhaseProgressBar
+from twotower.training.sizing import AUTO, Sizing
+from twotower.training.staging import exclusive, publish
 
 log = logging.getLogger("twotower")
 

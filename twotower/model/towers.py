@@ -31,7 +31,7 @@ class IdTower(nn.Module):
     """One learned vector per id: an embedding table.
 
     ``sparse=True`` makes its gradient cover only the rows a batch touched, so that with a sparse-aware
-    optimizer (``twotower.optim.RowWiseAdagrad``; ``model=sparse``) a step costs the same however many ids
+    optimizer (``twotower.model.optim.RowWiseAdagrad``; ``model=sparse``) a step costs the same however many ids
     exist.
     With dense gradients, Adam updates every row on every step: fine for tens of thousands of ids, the
     bottleneck for millions.

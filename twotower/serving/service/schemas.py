@@ -7,8 +7,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
-from twotower.retrieval import HISTORY_UNKNOWN_POLICIES, UNKNOWN_POLICIES
-from twotower.service.settings import Limits
+from twotower.serving.retrieval import HISTORY_UNKNOWN_POLICIES, UNKNOWN_POLICIES
+from twotower.serving.service.settings import Limits
 
 # Ids as JSON gives them: integers that fit the vocabularies' Int64, or strings. Floats and booleans are
 # refused rather than read as ids.

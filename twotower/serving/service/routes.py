@@ -8,8 +8,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query
 from fastapi.responses import Response
 
-from twotower.service.metrics import RequestMetrics
-from twotower.service.schemas import (
+from twotower.serving.service.metrics import RequestMetrics
+from twotower.serving.service.schemas import (
     HistoryResults,
     ItemScore,
     RecommendResults,
@@ -17,8 +17,8 @@ from twotower.service.schemas import (
     Unknown,
     request_models,
 )
-from twotower.service.settings import Limits
-from twotower.service.state import Served
+from twotower.serving.service.settings import Limits
+from twotower.serving.service.state import Served
 
 LISTS = {"response_model_exclude_none": True}
 

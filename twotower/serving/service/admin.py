@@ -1,6 +1,6 @@
 """The admin endpoints, which exist only when the service has an admin token ("Authorization: Bearer TOKEN"):
 ``POST /admin/reload`` (another run, or the same again), ``/admin/items`` and ``/admin/items/remove`` (the
-catalogue changes of ``twotower.catalogue``), ``/admin/catalogue/save`` (those changes into the run
+catalogue changes of ``twotower.serving.catalogue``), ``/admin/catalogue/save`` (those changes into the run
 directory: a reload keeps them, and ``twotower-index run_dir=DIR`` folds the added items into the index)."""
 
 import hmac
@@ -10,10 +10,10 @@ import polars as pl
 from fastapi import APIRouter, Depends, Header, HTTPException
 
 from twotower.errors import TwoTowerError
-from twotower.retrieval import Retriever
-from twotower.service.schemas import ReloadRequest, request_models
-from twotower.service.settings import ServeSettings
-from twotower.service.state import Served
+from twotower.serving.retrieval import Retriever
+from twotower.serving.service.schemas import ReloadRequest, request_models
+from twotower.serving.service.settings import ServeSettings
+from twotower.serving.service.state import Served
 
 
 def features_frame(retriever: Retriever, features: list[dict[str, Any]]) -> pl.DataFrame:

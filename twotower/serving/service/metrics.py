@@ -19,7 +19,7 @@ from prometheus_client import Counter as PrometheusCounter
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from twotower.service.state import Served
+from twotower.serving.service.state import Served
 
 # Seconds; a retrieval answer takes about a millisecond, a large batch or a swap's first request far more.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)

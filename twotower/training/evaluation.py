@@ -23,7 +23,7 @@ from twotower.data.splits import SPLIT_NAMES
 from twotower.data.user_items import UserItems
 from twotower.data.vocab import Vocabulary
 from twotower.errors import TwoTowerError
-from twotower.metrics import RankingMetrics, cut_offs
+from twotower.model.metrics import RankingMetrics, cut_offs
 from twotower.run import Run
 
 log = logging.getLogger("twotower")

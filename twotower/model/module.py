@@ -16,11 +16,11 @@ from torchmetrics import MeanMetric
 
 from twotower.data.batches import Batch
 from twotower.errors import TwoTowerError
-from twotower.losses import build_loss
-from twotower.metrics import RankingMetrics
-from twotower.optim import LazyAdam, OptimizerFactory, RowWiseAdagrad, switch_to_sparse
-from twotower.scoring import SCORES, project, projection_scale
-from twotower.towers import HistoryTower, build_tower
+from twotower.model.losses import build_loss
+from twotower.model.metrics import RankingMetrics
+from twotower.model.optim import LazyAdam, OptimizerFactory, RowWiseAdagrad, switch_to_sparse
+from twotower.model.scoring import SCORES, project, projection_scale
+from twotower.model.towers import HistoryTower, build_tower
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ class TwoTowerModel(L.LightningModule):
         dim: vector dimension shared by both towers (of each part, where a user tower puts parts side by side).
         score: ``dot`` or ``cosine`` (L2-normalised vectors).
         temperature: logits are scores divided by this; small values sharpen a cosine softmax.
-        loss: loss spec, e.g. ``{"_target_": "twotower.losses.BPRLoss"}`` (see ``losses.build_loss``); its
+        loss: loss spec, e.g. ``{"_target_": "twotower.model.losses.BPRLoss"}`` (see ``losses.build_loss``); its
             ``examples`` decide the batches it trains on (pairs with negatives, or users with their items).
         user_tower, item_tower: tower specs, e.g. ``{"kind": "id"}`` (see ``towers.build_tower``).
         optimizer: a factory taking the parameters (Hydra passes a ``_partial_`` optimizer); Adam if None.

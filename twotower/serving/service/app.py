@@ -18,12 +18,12 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from twotower.errors import TwoTowerError
-from twotower.service.admin import admin_routes
-from twotower.service.metrics import RequestMetrics
-from twotower.service.middleware import Guard, json_error
-from twotower.service.routes import query_routes, status_routes
-from twotower.service.settings import ServeSettings
-from twotower.service.state import Served, load_checked
+from twotower.serving.service.admin import admin_routes
+from twotower.serving.service.metrics import RequestMetrics
+from twotower.serving.service.middleware import Guard, json_error
+from twotower.serving.service.routes import query_routes, status_routes
+from twotower.serving.service.settings import ServeSettings
+from twotower.serving.service.state import Served, load_checked
 
 log = logging.getLogger("twotower")
 
@@ -104,5 +104,5 @@ def run_service(settings: ServeSettings) -> None:
         return
     del loaded  # each worker loads its own; this one only proved the run loads
     os.environ[SETTINGS_VARIABLE] = json.dumps(settings.as_dict())
-    uvicorn.run("twotower.service.app:app_from_environment", factory=True, workers=settings.workers,
+    uvicorn.run("twotower.serving.service.app:app_from_environment", factory=True, workers=settings.workers,
                 timeout_worker_healthcheck=600, **common)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from twotower.errors import TwoTowerError
 from twotower.index import Backend
-from twotower.retrieval import Retriever
+from twotower.serving.retrieval import Retriever
 
 log = logging.getLogger("twotower")
 

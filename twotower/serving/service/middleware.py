@@ -9,7 +9,7 @@ from typing import Any
 
 from fastapi.responses import JSONResponse
 
-from twotower.service.metrics import RequestMetrics
+from twotower.serving.service.metrics import RequestMetrics
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
