@@ -53,7 +53,7 @@ def hold_out(log: pl.DataFrame, share: float, seed: int) -> tuple[pl.DataFrame, 
 
 def encode(frame: pl.DataFrame, users: dict[object, int], retriever: Retriever) -> tuple[np.ndarray, np.ndarray]:
     """(new user row, item index) pairs, items outside the trained vocabulary dropped."""
-    rows = retriever.item_vocab.lookup(frame["item_id"].to_list(), missing=-1)
+    rows = retriever.run.item_vocab.lookup(frame["item_id"].to_list(), missing=-1)
     user_rows = np.array([users[user] for user in frame["user_id"].to_list()])
     return user_rows[rows >= 0], rows[rows >= 0]
 
@@ -89,7 +89,7 @@ def main() -> None:
         retriever = Retriever.load(Path(scratch) / "run", index="exact")
 
     new_users = {user: row for row, user in enumerate(history["user_id"].unique().sort().to_list())}
-    n_items = len(retriever.item_vocab)
+    n_items = len(retriever.run.item_vocab)
     given = UserItems.from_pairs(*encode(history, new_users, retriever), len(new_users))
     wanted = UserItems.from_pairs(*encode(targets, new_users, retriever), len(new_users))
     dropped = targets.height - len(wanted.items)
@@ -97,11 +97,11 @@ def main() -> None:
         print(f"{dropped} target items only new users have: unknown to every model, they are left out")
 
     queries = retriever.history_queries([given.row(user) for user in range(len(new_users))])
-    scored = {"twotower (model=history)": (queries, retriever.item_vectors)}
-    train_users, train_items = retriever.user_vocab.lookup(training["user_id"].to_list()), \
-        retriever.item_vocab.lookup(training["item_id"].to_list())
+    scored = {"twotower (model=history)": (queries, retriever.catalogue.vectors)}
+    train_users, train_items = retriever.run.user_vocab.lookup(training["user_id"].to_list()), \
+        retriever.run.item_vocab.lookup(training["item_id"].to_list())
     matrix = sp.csr_matrix((np.ones(len(train_users), dtype=np.float32), (train_users, train_items)),
-                           shape=(len(retriever.user_vocab), n_items))
+                           shape=(len(retriever.run.user_vocab), n_items))
     history_matrix = sp.csr_matrix((np.ones(len(given.items), dtype=np.float32), given.items, given.indptr),
                                    shape=(len(new_users), n_items))
     als_users, als_items, als_seconds = fit_als_with_fold_in(matrix, history_matrix)

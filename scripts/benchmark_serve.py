@@ -132,7 +132,7 @@ def main() -> None:
         print(f"run: {args.items:,} items, {args.users:,} users, dim {args.dim}, Annoy recall@10 "
               f"{report['recall@10_vs_exact']} (written and indexed in {time.perf_counter() - started:.0f} s); "
               f"{os.cpu_count()} CPU cores\n")
-        users = list(np.random.default_rng(0).permutation(retriever.user_vocab.ids.to_list()))
+        users = list(np.random.default_rng(0).permutation(retriever.run.user_vocab.ids.to_list()))
         reference = {1: in_process(retriever, users, 1, args.k, args.seconds / 2),
                      args.batch: in_process(retriever, users, args.batch, args.k, args.seconds / 2)}
         del retriever  # the server loads its own

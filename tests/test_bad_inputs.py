@@ -20,7 +20,7 @@ from twotower.commands import eval as eval_app
 from twotower.commands import reindex, retrieve
 from twotower.commands import train as train_app
 from twotower.data.synthetic import planted_interactions
-from twotower.embeddings import read_vectors, write_vectors
+from twotower.run import read_vectors, write_vectors
 from twotower.run import RunPaths
 from twotower.training.staging import exclusive
 from twotower.training.train import train

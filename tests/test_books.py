@@ -15,10 +15,10 @@ from twotower.training.train import train
 def neighbour_agreement(retriever: Retriever, labels: np.ndarray, k: int = 5) -> float:
     """Share of each labelled book's k nearest books that carry the same label."""
     books = np.flatnonzero(labels != None)  # noqa: E711 (object array of labels)
-    ids = retriever.item_vocab.decode(books)
+    ids = retriever.run.item_vocab.decode(books)
     agree = []
     for book, (neighbours, _) in zip(books, retriever.similar_items(list(ids), k=k), strict=True):
-        rows = retriever.item_vocab.lookup(list(neighbours))
+        rows = retriever.run.item_vocab.lookup(list(neighbours))
         agree.append(np.mean(labels[rows] == labels[book]))
     return float(np.mean(agree))
 
@@ -34,7 +34,7 @@ def books_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_neighbours_share_author_and_genre_beyond_a_shuffled_control(books_run: Path, column: str,
                                                                      minimum: float) -> None:
     retriever = Retriever.load(books_run, index="exact")
-    frame = retriever.item_vocab.frame
+    frame = retriever.run.item_vocab.frame
     # Only labels that at least two books share can agree at all.
     shared = frame[column].value_counts().filter(pl.col("count") >= 2)[column]
     labels = frame.select(pl.when(pl.col(column).is_in(shared.implode())).then(pl.col(column))).to_series()

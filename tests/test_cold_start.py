@@ -22,7 +22,7 @@ def test_new_users_are_served_from_their_features(tmp_path: Path, shared_data: P
     )
     train(cfg)
     retriever = Retriever.load(tmp_path)
-    users = retriever.user_vocab.frame
+    users = retriever.run.user_vocab.frame
     test = pl.read_parquet(tmp_path / "splits" / "test.parquet").group_by("user").agg(pl.col("item"))
     test = test.sort("user").head(300)
     features = users.join(test.select(pl.col("user").alias("index")), on="index", how="semi").sort("index")
@@ -31,10 +31,10 @@ def test_new_users_are_served_from_their_features(tmp_path: Path, shared_data: P
     found = retriever.search(vectors, k=20)  # as new users: no id vector, nothing excluded
     def recall(results: list) -> float:
         return float(np.mean([
-            len(set(retriever.item_vocab.lookup(list(ids))) & set(items)) / len(items)
+            len(set(retriever.run.item_vocab.lookup(list(ids))) & set(items)) / len(items)
             for (ids, _), items in zip(results, test["item"].to_list(), strict=True)]))
     rng = np.random.default_rng(0)
-    random_ids = [retriever.item_vocab.decode(rng.choice(len(retriever.item_vocab), 20, replace=False))
+    random_ids = [retriever.run.item_vocab.decode(rng.choice(len(retriever.run.item_vocab), 20, replace=False))
                   for _ in range(test.height)]
     chance = recall([(ids, None) for ids in random_ids])
     from_features = recall(found)

@@ -28,8 +28,8 @@ def recall_through_index(retriever: Retriever, run_dir: Path, k: int = 10) -> fl
     test, known = split_items(run_dir, "test"), split_items(run_dir, "train", "valid")
     users = sorted(test)
     exclude = [np.array(sorted(known.get(user, ())), dtype=np.int64) for user in users]
-    results = retriever.search(retriever.user_vectors[users], k, exclude)
-    recalls = [len(set(retriever.item_vocab.lookup(list(ids))) & test[user]) / len(test[user])
+    results = retriever.search(retriever.run.user_vectors[users], k, exclude)
+    recalls = [len(set(retriever.run.item_vocab.lookup(list(ids))) & test[user]) / len(test[user])
                for user, (ids, _) in zip(users, results, strict=True)]
     return float(np.mean(recalls))
 
@@ -125,7 +125,7 @@ def test_default_main_job_prints_books_similar_to_a_famous_title(tmp_path: Path)
     metrics = train(cfg)
     assert "val/ndcg@20" in metrics
     retriever = Retriever.load(tmp_path)
-    assert retriever.names == {"user": "link", "item": "book"}
+    assert retriever.run.names == {"user": "link", "item": "book"}
     ids, scores = retriever.similar_items("The Beasts of Tarzan", k=5)
     assert len(ids) == 5 and "The Beasts of Tarzan" not in list(ids)
     assert list(scores) == sorted(scores, reverse=True)
@@ -141,7 +141,7 @@ def test_no_user_is_offered_what_their_log_already_has(tmp_path: Path, shared_da
     train(compose_train(run_dir, "data=interactions", f"data.path={tmp_path / 'log.csv'}", "trainer.max_epochs=1",
                         "data.min_rating=4"))  # low ratings are not positives, but the user has seen them
     retriever = Retriever.load(run_dir)
-    users = retriever.user_vocab.ids.to_list()
+    users = retriever.run.user_vocab.ids.to_list()
     had = {user: set(items) for user, items in ratings.group_by("user_id").agg("item_id").rows()}
     offered = retriever.recommend(users, k=10)
     assert all(len(ids) == 10 for ids, _ in offered)

@@ -160,7 +160,7 @@ def test_new_users_from_their_history_beat_popularity(planted_history_run: tuple
         given, held_out = items["item_id"].to_list()[:-5], set(items["item_id"].to_list()[-5:])
         ids, _ = retriever.recommend_from_history(given, k=10)
         assert not set(ids.tolist()) & set(given)  # what the user gave is never recommended back
-        popular, _ = retriever.popular(10, exclude=retriever.item_vocab.lookup(given))
+        popular, _ = retriever.popular(10, exclude=retriever.run.item_vocab.lookup(given))
         found["history"].append(len(held_out & set(ids.tolist())) / len(held_out))
         found["popular"].append(len(held_out & set(popular.tolist())) / len(held_out))
     recall = {name: float(np.mean(values)) for name, values in found.items()}
@@ -174,8 +174,8 @@ def test_a_known_users_whole_history_gives_their_recommendations(planted_history
     trained = pl.concat([pl.read_parquet(run_dir / "splits" / f"{name}.parquet")
                          for name in retriever.run.manifest.trained_on])
     for row in (0, 7, 300):
-        user = retriever.user_vocab.ids[row]
-        history = retriever.item_vocab.decode(trained.filter(pl.col("user") == row)["item"].to_numpy())
+        user = retriever.run.user_vocab.ids[row]
+        history = retriever.run.item_vocab.decode(trained.filter(pl.col("user") == row)["item"].to_numpy())
         expected_ids, expected_scores = retriever.recommend(user, k=10)
         ids, scores = retriever.recommend_from_history(list(history), k=10)
         np.testing.assert_array_equal(ids, expected_ids)
@@ -263,14 +263,14 @@ def test_user_ids_sit_beside_the_history_and_new_users_use_the_history_part(tmp_
                         "model.user_tower.use_id=true", "model.dim=8", "trainer.max_epochs=5", "show_similar_to=null"))
     retriever = Retriever.load(tmp_path / "run", index="exact")
     # each part of an item vector is a unit vector of its own: the score is the sum of the parts' cosines
-    assert retriever.item_vectors.shape[1] == retriever.user_vectors.shape[1] == 16
-    np.testing.assert_allclose(np.linalg.norm(retriever.item_vectors.reshape(-1, 2, 8), axis=-1), 1, atol=1e-5)
+    assert retriever.catalogue.vectors.shape[1] == retriever.run.user_vectors.shape[1] == 16
+    np.testing.assert_allclose(np.linalg.norm(retriever.catalogue.vectors.reshape(-1, 2, 8), axis=-1), 1, atol=1e-5)
     given = [3, 17, 42]
     ids, scores = retriever.recommend_from_history(given, k=5)
     # a new user has no ID part: the history part alone ranks, against the items' history-facing part
-    query = retriever.history_vectors[retriever.item_vocab.lookup(given)].mean(0)
-    history_scores = retriever.item_vectors[:, 8:] @ (query / np.linalg.norm(query))
-    history_scores[retriever.item_vocab.lookup(given)] = -np.inf
+    query = retriever.run.history_vectors[retriever.run.item_vocab.lookup(given)].mean(0)
+    history_scores = retriever.catalogue.vectors[:, 8:] @ (query / np.linalg.norm(query))
+    history_scores[retriever.run.item_vocab.lookup(given)] = -np.inf
     expected = np.argsort(-history_scores)[:5]
-    np.testing.assert_array_equal(ids, retriever.item_vocab.decode(expected))
+    np.testing.assert_array_equal(ids, retriever.run.item_vocab.decode(expected))
     np.testing.assert_allclose(scores, history_scores[expected], atol=1e-5)

@@ -46,7 +46,7 @@ def own_run(run_dir: Path, tmp_path: Path) -> Path:
 
 
 def user_vector(retriever: Retriever, user: str) -> np.ndarray:
-    return retriever.user_vectors[retriever.user_vocab.lookup([user])[0]]
+    return retriever.run.user_vectors[retriever.run.user_vocab.lookup([user])[0]]
 
 
 def assert_same(found: list[Result], expected: list[Result]) -> None:
@@ -59,7 +59,7 @@ def assert_same(found: list[Result], expected: list[Result]) -> None:
 def add_near_users(retriever: Retriever, ids: list[int], seed: int) -> None:
     """Items close to random users, so that they reach those users' top 10."""
     rng = np.random.default_rng(seed)
-    near = retriever.user_vectors[rng.integers(len(retriever.user_vocab), size=len(ids))]
+    near = retriever.run.user_vectors[rng.integers(len(retriever.run.user_vocab), size=len(ids))]
     retriever.add_items(ids, near + 0.05 * rng.normal(size=near.shape))
 
 
@@ -178,7 +178,7 @@ def test_items_embedded_by_a_feature_tower(tmp_path: Path) -> None:
 def test_saved_changes_load_again(own_run: Path) -> None:
     untouched = Retriever.load(own_run)  # loaded before anything was saved: its buffer stays empty
     retriever = Retriever.load(own_run)
-    users = retriever.user_vocab.ids.to_list()
+    users = retriever.run.user_vocab.ids.to_list()
     query = user_vector(retriever, "u1")
     top, _ = retriever.recommend("u1", k=3)
     retriever.add_items([1, 3, 8], [query, -query, -query], titles=["Best", None, "Worst"])
@@ -230,7 +230,7 @@ def test_a_changed_catalogue_is_refused(own_run: Path) -> None:
 
 def test_a_rebuild_folds_saved_items_into_the_index(own_run: Path) -> None:
     retriever = Retriever.load(own_run)
-    users = retriever.user_vocab.ids.to_list()
+    users = retriever.run.user_vocab.ids.to_list()
     new = list(range(100_001, 100_061))  # not multiples of 7, so not the run's ids
     add_near_users(retriever, new, seed=2)
     first, _ = retriever.recommend("u1", k=1)
@@ -259,7 +259,7 @@ def test_a_rebuild_folds_saved_items_into_the_index(own_run: Path) -> None:
 def test_items_added_after_a_fold_merge_and_fold_again(own_run: Path, monkeypatch: pytest.MonkeyPatch,
                                                         capsys: pytest.CaptureFixture) -> None:
     retriever = Retriever.load(own_run)
-    users = retriever.user_vocab.ids.to_list()
+    users = retriever.run.user_vocab.ids.to_list()
     add_near_users(retriever, list(range(100_001, 100_031)), seed=3)
     retriever.save_catalogue()
     assert fold_with_the_command(own_run, monkeypatch, capsys)["recall@10_vs_exact"] >= 0.95

@@ -113,8 +113,8 @@ def test_many_threads_share_one_retriever(tmp_path: Path, log_file: Path) -> Non
     train(compose_train(tmp_path, "data=interactions", f"data.path={log_file}", "trainer.max_epochs=1",
                         "model.dim=16"))
     retriever = Retriever.load(tmp_path)
-    users = retriever.user_vocab.ids.to_list()[:200]
-    items = retriever.item_vocab.ids.to_list()[:100]
+    users = retriever.run.user_vocab.ids.to_list()[:200]
+    items = retriever.run.item_vocab.ids.to_list()[:100]
     expected_users = {u: retriever.recommend(u, k=10) for u in users}
     expected_items = {i: retriever.similar_items(i, k=10) for i in items}
     queries = [("user", u) for u in users] * 4 + [("item", i) for i in items] * 4

@@ -29,9 +29,9 @@ def retriever(run_dir: Path) -> Retriever:
 
 
 def seen_items(retriever: Retriever, user: int) -> set:
-    row = retriever.user_vocab.lookup([user])[0]
-    start, end = retriever.seen.indptr[row], retriever.seen.indptr[row + 1]
-    return set(retriever.item_vocab.decode(retriever.seen.items[start:end]))
+    row = retriever.run.user_vocab.lookup([user])[0]
+    start, end = retriever.run.seen.indptr[row], retriever.run.seen.indptr[row + 1]
+    return set(retriever.run.item_vocab.decode(retriever.run.seen.items[start:end]))
 
 
 def test_recommend_excludes_seen_items_and_returns_k(retriever: Retriever) -> None:
@@ -56,7 +56,7 @@ def test_allow_and_deny_lists(retriever: Retriever) -> None:
     top, _ = retriever.recommend(1, k=5)
     denied, _ = retriever.recommend(1, k=5, deny=top[:2])
     assert not set(denied) & set(top[:2]) and len(denied) == 5
-    allowed_pool = [i for i in retriever.item_vocab.ids.to_list() if i not in seen_items(retriever, 1)][:7]
+    allowed_pool = [i for i in retriever.run.item_vocab.ids.to_list() if i not in seen_items(retriever, 1)][:7]
     allowed, _ = retriever.recommend(1, k=5, allow=allowed_pool)
     assert set(allowed) <= set(allowed_pool) and len(allowed) == 5
 
@@ -68,7 +68,7 @@ def test_unknown_ids_error_or_fall_back_to_popular(retriever: Retriever) -> None
     assert fallback.fallback == "popular" and list(fallback.ids) == list(retriever.popular(3).ids)
     log = pl.concat([retriever.run.split(name) for name in ("train", "valid", "test")])
     counts = log["item"].value_counts(sort=True)
-    assert retriever.item_vocab.lookup([fallback.ids[0]])[0] == counts["item"][0]
+    assert retriever.run.item_vocab.lookup([fallback.ids[0]])[0] == counts["item"][0]
     # a fallback's score is the item's share of the log's interactions, not a model score
     assert fallback.scores[0] == pytest.approx(counts["count"][0] / log.height)
 
@@ -85,7 +85,7 @@ def test_bad_k_and_similar_items(retriever: Retriever) -> None:
 
 def test_any_k_and_mixed_id_types_are_answered(retriever: Retriever) -> None:
     everything, _ = retriever.recommend(0, k=2**63 - 1)
-    assert len(everything) == len(retriever.item_vocab) - len(seen_items(retriever, 0))
+    assert len(everything) == len(retriever.run.item_vocab) - len(seen_items(retriever, 0))
     mixed = retriever.recommend(["1", 2, 3.0], k=4)
     plain = retriever.recommend([1, 2, 3], k=4)
     for (ids, scores), (same_ids, same_scores) in zip(mixed, plain, strict=True):

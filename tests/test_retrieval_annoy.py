@@ -8,7 +8,7 @@ import polars as pl
 import pytest
 
 from twotower.data.vocab import Vocabulary
-from twotower.embeddings import write_vectors
+from twotower.run import write_vectors
 from twotower.files import write_parquet
 from twotower.index import AnnoyIndex, build_for_run, build_index
 from twotower.run import Manifest, RunPaths, seen_items
@@ -51,7 +51,7 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def annoy(run_dir: Path) -> Retriever:
     retriever = Retriever.load(run_dir)
-    assert isinstance(retriever.index, AnnoyIndex)
+    assert isinstance(retriever.catalogue.index, AnnoyIndex)
     return retriever
 
 
@@ -61,7 +61,7 @@ def exact(run_dir: Path) -> Retriever:
 
 
 def seen_ids(retriever: Retriever, row: int) -> set:
-    return set(retriever.item_vocab.decode(retriever.seen.row(row)).tolist())
+    return set(retriever.run.item_vocab.decode(retriever.run.seen.row(row)).tolist())
 
 
 def recall(found: list, truth: list) -> float:

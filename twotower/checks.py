@@ -11,11 +11,11 @@ from twotower.errors import ConfigError
 T = TypeVar("T")
 
 
-def _is_integer(value: object) -> bool:
+def is_integer(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _is_number(value: object) -> bool:
+def is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
@@ -25,7 +25,7 @@ def integer(option: str, value: object, minimum: int | None = None, *, optional:
     ``also``: one more value allowed below the minimum and what it means (``(-1, "every core")``)."""
     if value is None and optional:
         return None
-    if _is_integer(value) and ((minimum is None or value >= minimum) or (also is not None and value == also[0])):
+    if is_integer(value) and ((minimum is None or value >= minimum) or (also is not None and value == also[0])):
         return value
     wanted = "an integer" + (f" >= {minimum}" if minimum is not None else "")
     extras = [f"{also[0]}: {also[1]}"] if also else []
@@ -42,7 +42,7 @@ def number(option: str, value: object, *, above: float | None = None, at_least: 
         return None
     bounds = [(above, ">", lambda v, b: v > b), (at_least, ">=", lambda v, b: v >= b),
               (below, "<", lambda v, b: v < b), (at_most, "<=", lambda v, b: v <= b)]
-    if _is_number(value) and all(bound is None or holds(value, bound) for bound, _, holds in bounds):
+    if is_number(value) and all(bound is None or holds(value, bound) for bound, _, holds in bounds):
         return value
     said = " and ".join(f"{sign} {bound:g}" for bound, sign, _ in bounds if bound is not None)
     null = f" (or null: {meaning_of_null})" if optional and meaning_of_null else " (or null)" if optional else ""

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from twotower.errors import TwoTowerError
+from twotower.errors import ConfigError, RunError
 
 
 @contextmanager
@@ -73,11 +73,11 @@ def write_text(text: str, path: Path) -> None:
 def read_parquet(path: Path) -> pl.DataFrame:
     """A run's Parquet artifact, or one clear error when it is missing or damaged."""
     if not path.exists():
-        raise TwoTowerError(f"missing {path}; is this a finished run directory?")
+        raise RunError(f"missing {path}; is this a finished run directory?")
     try:
         return pl.read_parquet(path)
     except (pl.exceptions.PolarsError, OSError) as error:
-        raise TwoTowerError(f"cannot read {path}: the file is damaged ({str(error).splitlines()[0]}); "
+        raise RunError(f"cannot read {path}: the file is damaged ({str(error).splitlines()[0]}); "
                             "train the run again") from error
 
 
@@ -100,7 +100,7 @@ def table_format(path: Path) -> str:
     """The format a table written to ``path`` takes, by its extension (one of ``TABLE_FORMATS``)."""
     format = TABLE_FORMATS.get(path.suffix.lower())
     if format is None:
-        raise TwoTowerError(f"{path}: cannot tell the format from the extension; end the name with "
+        raise ConfigError(f"{path}: cannot tell the format from the extension; end the name with "
                             f"{', '.join(TABLE_FORMATS)}")
     return format
 

@@ -22,14 +22,37 @@ import polars as pl
 from twotower.data.splits import SPLIT_NAMES
 from twotower.data.user_items import UserItems
 from twotower.data.vocab import Vocabulary
-from twotower.embeddings import read_vectors
-from twotower.errors import TwoTowerError
+from twotower.errors import ConfigError, RunError
 from twotower.files import fingerprint, read_parquet, write_json, write_parquet
 
 CATALOGUE_NAMES = ("added", "removed")
 # A run directory's own entries: a re-run replaces all of them (and leaves Hydra's .hydra/ and train.log).
 RUN_ENTRIES = ("config.yaml", "vocab", "splits", "checkpoints", "logs", "embeddings", "index", "metrics",
                "catalogue", "plots", "projector")
+
+
+# Exported vectors (``embeddings/*.parquet``): ``id`` (the original id, original dtype) and ``vector`` (list
+# of float32), in vocabulary index order. Ranking items by the dot product of these vectors is the model's.
+
+
+def write_vectors(ids: pl.Series, vectors: np.ndarray, path: Path) -> None:
+    if len(ids) != len(vectors):
+        raise ValueError(f"{len(ids)} ids but {len(vectors)} vectors")
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    column = pl.Series("vector", vectors).cast(pl.List(pl.Float32))
+    write_parquet(pl.DataFrame([ids.alias("id"), column]), path)
+
+
+def read_vectors(path: Path) -> tuple[pl.Series, np.ndarray]:
+    """``(ids, vectors)`` with vectors as a writable, C-contiguous float32 (n, dim) array."""
+    frame = read_parquet(path)
+    if frame.columns != ["id", "vector"]:
+        raise RunError(f"{path}: expected columns ['id', 'vector'], found {frame.columns}")
+    lengths = frame["vector"].list.len().unique()
+    if len(lengths) != 1:
+        raise RunError(f"{path}: vectors have different lengths {sorted(lengths.to_list())[:5]}")
+    flat = np.array(frame["vector"].explode().to_numpy(), dtype=np.float32)  # a copy: Polars' is read-only
+    return frame["id"], flat.reshape(frame.height, int(lengths[0]))
 
 
 @dataclass(frozen=True)
@@ -137,16 +160,16 @@ class Manifest:
     @classmethod
     def read(cls, paths: RunPaths) -> Manifest:
         if not paths.root.is_dir():
-            raise TwoTowerError(f"run directory not found: {paths.root}")
+            raise RunError(f"run directory not found: {paths.root}")
         if not paths.manifest.exists():
-            raise TwoTowerError(f"{paths.root} is not a finished run directory (run.json missing)")
+            raise RunError(f"{paths.root} is not a finished run directory (run.json missing)")
         try:
             values = json.loads(paths.manifest.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise TwoTowerError(f"{paths.manifest} is damaged (not valid JSON); train the run again") from error
+            raise RunError(f"{paths.manifest} is damaged (not valid JSON); train the run again") from error
         missing = [key for key in cls.REQUIRED if not isinstance(values, dict) or key not in values]
         if missing:
-            raise TwoTowerError(f"{paths.manifest} lacks {missing} (written by another version, or edited); "
+            raise RunError(f"{paths.manifest} lacks {missing} (written by another version, or edited); "
                                 "train the run again")
         known = {field.name for field in dataclasses.fields(cls)}
         return cls(**{key: value for key, value in values.items() if key in known})
@@ -163,7 +186,7 @@ def run_path(run_dir: object) -> Path:
     """A run directory given as text or a path (``None`` or an empty string is a clear error); ``latest`` is
     the newest finished run under ``outputs/``."""
     if not isinstance(run_dir, (str, os.PathLike)) or str(run_dir) == "":
-        raise TwoTowerError(f"a run directory must be a path, got {run_dir!r}")
+        raise ConfigError(f"run_dir must be a path, got {run_dir!r}")
     return latest_run(OUTPUTS) if str(run_dir) == "latest" else Path(run_dir)
 
 
@@ -171,7 +194,7 @@ def latest_run(outputs: Path) -> Path:
     """The run under ``outputs`` whose run.json was written last."""
     finished = [manifest for pattern in ("*/run.json", "*/*/run.json") for manifest in outputs.glob(pattern)]
     if not finished:
-        raise TwoTowerError(f"run_dir=latest: no finished run under {outputs.resolve()} (twotower-train writes "
+        raise RunError(f"run_dir=latest: no finished run under {outputs.resolve()} (twotower-train writes "
                             "one there unless hydra.run.dir says otherwise); give run_dir=DIR")
     return max(finished, key=lambda manifest: manifest.stat().st_mtime).parent
 
@@ -211,15 +234,15 @@ class Run:
                      paths.embeddings("items"), paths.split("train")]
         unvouched = [file.name for file in essential if file.relative_to(paths.root).as_posix() not in recorded]
         if unvouched:
-            raise TwoTowerError(f"{paths.manifest} has no fingerprint for {unvouched}; train the run again")
+            raise RunError(f"{paths.manifest} has no fingerprint for {unvouched}; train the run again")
         for name, expected in recorded.items():
             file = paths.root / name
             if not file.exists():
-                raise TwoTowerError(f"missing {file}; is this a finished run directory?")
+                raise RunError(f"missing {file}; is this a finished run directory?")
             if fingerprint(file) != expected:
                 remedy = ("delete catalogue/ and its entries in run.json's fingerprints to load the run without "
                           "the saved items") if name.startswith("catalogue/") else "train the run again"
-                raise TwoTowerError(f"{file} does not match this run (its fingerprint differs from the one in "
+                raise RunError(f"{file} does not match this run (its fingerprint differs from the one in "
                                     f"run.json): it was replaced or changed after it was written; {remedy}")
 
     @cached_property
@@ -245,16 +268,16 @@ class Run:
             return None
         _, vectors = read_vectors(self.paths.embeddings("history"))
         if len(vectors) != len(self.item_vocab):
-            raise TwoTowerError(f"{self.paths.embeddings('history')}: {len(vectors)} vectors for "
+            raise RunError(f"{self.paths.embeddings('history')}: {len(vectors)} vectors for "
                                 f"{len(self.item_vocab)} items; train the run again")
         return vectors
 
     def _vectors(self, side: str, vocab: Vocabulary) -> np.ndarray:
         _, vectors = read_vectors(self.paths.embeddings(side))
         if len(vectors) != len(vocab):
-            raise TwoTowerError(f"{self.root}: embeddings and vocabularies disagree in size; re-export the run")
+            raise RunError(f"{self.root}: embeddings and vocabularies disagree in size; re-export the run")
         if vectors.shape[1] != self.manifest.dim:
-            raise TwoTowerError(f"{self.paths.embeddings(side)} holds vectors of dimension {vectors.shape[1]} "
+            raise RunError(f"{self.paths.embeddings(side)} holds vectors of dimension {vectors.shape[1]} "
                                 f"but run.json says {self.manifest.dim}; train the run again")
         return vectors
 
@@ -266,12 +289,6 @@ class Run:
         wanted = {str(id_).strip() for id_ in ids}
         return {id_: reason for id_, reason in dropped.select("id", "reason").iter_rows() if id_ in wanted}
 
-    def index_report(self) -> dict:
-        """What the index build measured and chose (``index/report.json``); empty where there is none."""
-        try:
-            return json.loads((self.paths.index / "report.json").read_text())
-        except (OSError, ValueError):
-            return {}
 
     def split(self, name: str) -> pl.DataFrame:
         """A split as (user, item) indices."""
@@ -301,7 +318,7 @@ class Run:
             return {name: value for name, value in fingerprints.items() if name not in names.values()}
 
         if trained(current.fingerprints) != trained(self.manifest.fingerprints):
-            raise TwoTowerError(f"{self.root} holds another run than the one loaded (it was trained again since); "
+            raise RunError(f"{self.root} holds another run than the one loaded (it was trained again since); "
                                 "load it again first")
         emptied = []
         for path, frame in frames.items():

@@ -65,13 +65,13 @@ def read_user_ids(path: str, column: str) -> list[Any]:
 
 def known_users(retriever: Retriever, users: list[Any], unknown: str) -> list[Any]:
     """``users`` without those the run does not know, said in one line (``unknown=skip``)."""
-    rows = retriever.user_vocab.lookup(users, missing=-1)
+    rows = retriever.run.user_vocab.lookup(users, missing=-1)
     skipped = [user for user, row in zip(users, rows, strict=True) if row < 0]
     if skipped and unknown == "skip":
         log.info("skipped %d of %d users the run does not know, e.g. %s", len(skipped), len(users), skipped[:5])
         return [user for user, row in zip(users, rows, strict=True) if row >= 0]
     if skipped and unknown == "error":
-        name = retriever.names["user"]
+        name = retriever.run.names["user"]
         raise TwoTowerError(f"unknown {name} id(s) {skipped[:5]} ({len(skipped)} of {len(users)} not in the run"
                             f"{retriever.why_unknown('user', skipped)}); set unknown=skip to leave them out, or "
                             "unknown=popular to give them popular items")
@@ -92,14 +92,14 @@ def table(results: list[Result], users: list[Any] | None = None) -> pl.DataFrame
 
 def answer(retriever: Retriever, cfg: DictConfig) -> tuple[str, pl.DataFrame]:
     """The heading and the rows of the one query ``cfg`` asks."""
-    names, k = retriever.names, cfg.k
+    names, k = retriever.run.names, cfg.k
     lists = {name: None if cfg[name] is None else list(cfg[name]) for name in ("allow", "deny")}
     if cfg.users_file is not None or cfg.user is not None:
         users = read_user_ids(cfg.users_file, cfg.users_column) if cfg.users_file is not None else [cfg.user]
         users = known_users(retriever, users, cfg.unknown)
         policy = "popular" if cfg.unknown == "popular" else "error"
         results = retriever.recommend(users, k=k, exclude_seen=cfg.exclude_seen, unknown=policy, **lists)
-        typed = query_ids(users, retriever.user_vocab.numeric).to_list()
+        typed = query_ids(users, retriever.run.user_vocab.numeric).to_list()
         typed = [id_ if id_ is not None else user for id_, user in zip(typed, users, strict=True)]
         if cfg.users_file is not None:
             return f"Top {k} {names['item']}s for {len(users)} {names['user']}s:", table(results, typed)
@@ -114,8 +114,8 @@ def answer(retriever: Retriever, cfg: DictConfig) -> tuple[str, pl.DataFrame]:
         return f"Top {k} {names['item']}s for a {names['user']} with {len(cfg.history)} {names['item']}(s):", \
             table([result])
     result = retriever.similar_items(cfg.item, k=k, **lists)
-    anchor = retriever.item_vocab.resolve(cfg.item)
-    title = retriever.item_vocab.column("title", [anchor])[0] or retriever.item_vocab.ids[anchor]
+    anchor = retriever.run.item_vocab.resolve(cfg.item)
+    title = retriever.run.item_vocab.column("title", [anchor])[0] or retriever.run.item_vocab.ids[anchor]
     return f"{names['item'].capitalize()}s most similar to {title!r}:", table([result])
 
 

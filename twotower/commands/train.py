@@ -19,11 +19,12 @@ from pathlib import Path
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from hydra.utils import get_class
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from twotower.commands.cli import answer_help, quiet_framework_notices, reported_errors, user_error
+from twotower.data.batches import UserBatch
 from twotower.files import write_json
+from twotower.model.losses import build_loss
 from twotower.run import Run, RunPaths
 from twotower.serving.retrieval import Retriever
 from twotower.training.summary import summary
@@ -65,7 +66,7 @@ def command_line_problem(arguments: list[str]) -> str | None:
 
 def warn_unused(cfg: DictConfig, overrides: list[str]) -> None:
     """Settings a user gave (or a sweep searches) that the chosen loss never reads."""
-    if get_class(cfg.loss._target_).examples != "users":
+    if build_loss(OmegaConf.to_container(cfg.loss, resolve=True)).plan(n_items=0).examples is not UserBatch:
         return
     unused = sorted({override.lstrip("+~").partition("=")[0] for override in overrides
                      if override.lstrip("+~").startswith("sampler.")})
@@ -78,8 +79,8 @@ def show_similar(run: Run, item: object, k: int) -> None:
     """The items closest to one the data is known for (a Tarzan novel, Toy Story), as a first look."""
     retriever = Retriever.load(run.root)
     result = retriever.similar_items(item, k=k)
-    anchor = retriever.item_vocab.resolve(item)
-    print(f"\n{retriever.names['item'].capitalize()}s closest to '{retriever.item_vocab.ids[anchor]}':")
+    anchor = retriever.run.item_vocab.resolve(item)
+    print(f"\n{retriever.run.names['item'].capitalize()}s closest to '{retriever.run.item_vocab.ids[anchor]}':")
     for rank, record in enumerate(result.records(), start=1):
         title = record.get("title")
         print(f"{rank:3d}. {title if title is not None and title != record['id'] else record['id']}  "

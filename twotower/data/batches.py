@@ -1,5 +1,6 @@
-"""Batches built by slicing tensors: training positives with sampled negatives, training users with all their
-positives, and ranking-evaluation chunks.
+"""Typed batches, built by slicing tensors: training pairs with sampled negatives (``PairBatch``), training users
+with all their positives (``UserBatch``), and ranking-evaluation chunks (``RankingBatch``); and the
+``BatchPlan`` that says which kind a loss trains on.
 
 The data loaders run with ``batch_size=None``: each dataset item *is* a batch, so there is no per-row
 Python work and no collation. ``EpochBatchSampler`` hands out ``(epoch, batch)`` keys; the dataset derives
@@ -10,8 +11,11 @@ take their own share of batches without talking to each other.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -21,7 +25,106 @@ from torch.utils.data import Dataset, Sampler
 from twotower.data.sampling import NegativeSampler
 from twotower.data.user_items import UserItems
 
-Batch = dict[str, torch.Tensor]
+T = TypeVar("T", bound="Tensors")
+
+
+class Tensors:
+    """A dataclass of tensors (and of such dataclasses) that moves to a device as a whole: Lightning calls
+    ``to`` on a batch that has it."""
+
+    def to(self: T, device: torch.device | str, non_blocking: bool = False) -> T:
+        def moved(value: object) -> object:
+            if isinstance(value, (torch.Tensor, Tensors)):
+                return value.to(device, non_blocking=non_blocking)
+            return value
+
+        return dataclasses.replace(self, **{field.name: moved(getattr(self, field.name))
+                                            for field in dataclasses.fields(self)})
+
+
+@dataclass(frozen=True)
+class PairBatch(Tensors):
+    """(user, positive item) pairs with sampled negatives: the examples of the losses over pairs.
+
+    ``items_log_q`` and ``negatives_log_q`` are the log of the expected number of times each item appears
+    among the batch's candidates (in-batch positives follow item frequency, sampled negatives the sampler's
+    distribution): a sampled softmax subtracts them (logQ correction).
+    """
+
+    users: torch.Tensor  # (B,)
+    items: torch.Tensor  # (B,) each pair's positive
+    negatives: torch.Tensor  # (B, n)
+    negatives_valid: torch.Tensor  # (B, n) bool: False where redrawing kept hitting a known positive
+    items_log_q: torch.Tensor  # (B,)
+    negatives_log_q: torch.Tensor  # (B, n)
+
+    @property
+    def positives(self) -> int:
+        return len(self.items)
+
+
+@dataclass(frozen=True)
+class SampledCatalogue(Tensors):
+    """The items that stand for a large catalogue in one batch: distinct items drawn uniformly."""
+
+    items: torch.Tensor  # (C,)
+    log_q: torch.Tensor  # (): the log of every candidate's chance of being drawn (the draw is uniform)
+    has_positive: torch.Tensor  # (P,) bool: whether each of the batch's positives is among them
+
+
+@dataclass(frozen=True)
+class UserBatch(Tensors):
+    """Users, each with every one of its training positives: the examples of the losses over users. The
+    positives are ``(rows, items)`` pairs, ``rows`` the position of their user in ``users``, ascending."""
+
+    users: torch.Tensor  # (U,)
+    rows: torch.Tensor  # (P,)
+    items: torch.Tensor  # (P,)
+    # (P,) uniform numbers a history tower's dropout reads: part of the batch, so that a resumed run draws
+    # what an uninterrupted one does
+    draws: torch.Tensor
+    candidates: SampledCatalogue | None = None  # None: the whole catalogue is scored
+
+    @property
+    def positives(self) -> int:
+        return len(self.items)
+
+
+@dataclass(frozen=True)
+class RankingBatch(Tensors):
+    """Users to rank against the whole catalogue, with their ``seen`` items (left out of the ranking) and their
+    ``target`` items (the held-out positives to find), both as (row in ``users``, item) pairs."""
+
+    users: torch.Tensor  # (U,)
+    seen_rows: torch.Tensor
+    seen_items: torch.Tensor
+    target_rows: torch.Tensor
+    target_items: torch.Tensor
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """What one training batch holds, as the loss needs it. A loss makes it (``plan``) once the catalogue's size
+    is known; the datamodule makes its batches by it, and the sizing of ``auto`` options reads its cost.
+
+    ``examples``: the batch type the loss trains on; ``candidates``: for losses over users, the items that
+    stand for the catalogue in each batch (None: all of them).
+    """
+
+    examples: type[PairBatch] | type[UserBatch]
+    candidates: int | None = None
+
+    @classmethod
+    def users(cls, n_items: int, max_candidates: int | None, sample_above: int) -> BatchPlan:
+        """Batches of users, scoring a shared uniform sample of ``max_candidates`` items where the catalogue
+        has more than both ``max_candidates`` and ``sample_above`` items (below that, a sample of most of the
+        catalogue would cost about as much and lose the exact objective), else the whole catalogue."""
+        sampled = max_candidates is not None and n_items > max(max_candidates, sample_above)
+        return cls(UserBatch, max_candidates if sampled else None)
+
+    def scored_per_user(self, n_items: int) -> int:
+        """Items each training user is scored against in an epoch (losses over users)."""
+        return self.candidates or n_items
 
 
 def process_share() -> tuple[int, int]:
@@ -77,13 +180,8 @@ def batch_generator(seed: int, epoch: int, batch: int) -> torch.Generator:
     return torch.Generator().manual_seed((seed * 1_000_003 + epoch) * 1_000_033 + batch)
 
 
-class TrainBatches(Dataset):
-    """Training batches of positives ``(users, items)`` with ``negatives`` drawn by the sampler.
-
-    Each batch also carries ``log_q`` of its positives and negatives: the log of the expected number of
-    times the item appears among that batch's candidates (in-batch positives follow item frequency,
-    sampled negatives the sampler's distribution). Sampled-softmax losses subtract it (logQ correction).
-    """
+class PairBatches(Dataset):
+    """``PairBatch``es: shuffled training positives, with negatives drawn by the sampler."""
 
     def __init__(self, users: torch.Tensor, items: torch.Tensor, batch_size: int, sampler: NegativeSampler,
                  seed: int) -> None:
@@ -97,19 +195,14 @@ class TrainBatches(Dataset):
     def __len__(self) -> int:
         return math.ceil(len(self.users) / self.batch_size)
 
-    def __getitem__(self, key: tuple[int, int]) -> Batch:
+    def __getitem__(self, key: tuple[int, int]) -> PairBatch:
         epoch, batch = key
         rows = self.order(epoch)[batch * self.batch_size:(batch + 1) * self.batch_size]
         users, items = self.users[rows].long(), self.items[rows].long()
         negatives, valid = self.sampler.sample(users, batch_generator(self.seed, epoch, batch))
-        return {
-            "users": users,
-            "items": items,
-            "negatives": negatives,
-            "negatives_valid": valid,
-            "items_log_q": self.log_expected_count(items, len(rows), negatives.numel()),
-            "negatives_log_q": self.log_expected_count(negatives, len(rows), negatives.numel()),
-        }
+        return PairBatch(users, items, negatives, valid,
+                         items_log_q=self.log_expected_count(items, len(rows), negatives.numel()),
+                         negatives_log_q=self.log_expected_count(negatives, len(rows), negatives.numel()))
 
     def log_expected_count(self, items: torch.Tensor, in_batch: int, sampled: int) -> torch.Tensor:
         """log E[times each item is a candidate] = log(in_batch * frequency + sampled * sampler prob)."""
@@ -117,16 +210,9 @@ class TrainBatches(Dataset):
 
 
 class UserBatches(Dataset):
-    """Training batches of users, each with every one of its training positives, for losses whose example
-    is a user (``loss=catalogue``): ``users`` (B,), and the positives as ``rows`` (position in ``users``) and
-    ``items``, both (P,).
-
-    A catalogue larger than ``sample_above`` and ``max_candidates`` is represented in each batch by
-    ``candidates``, ``max_candidates`` distinct items drawn uniformly without replacement (shared by the
-    batch), with ``candidates_log_q``, the log of every candidate's chance of being drawn (a scalar: the draw
-    is uniform), and ``positives_sampled`` (P,), whether each positive is among them; a smaller catalogue is
-    scored whole and the batch carries no candidates. ``draws`` (P,) are uniform numbers a history tower's
-    dropout reads, so that everything random in a step comes from (seed, epoch, batch).
+    """``UserBatch``es: shuffled training users, each with all of its positives, and, where ``candidates`` is
+    given (``BatchPlan.candidates``), that many distinct items drawn uniformly without replacement to stand for
+    the catalogue, shared by the batch.
 
     A batch's candidates are a window of a random permutation of the catalogue drawn once per epoch, at a
     random offset, wrapping around: any fixed window of a uniform permutation is a uniform sample without
@@ -134,42 +220,36 @@ class UserBatches(Dataset):
     """
 
     def __init__(self, positives: UserItems, n_items: int, batch_size: int, seed: int,
-                 max_candidates: int | None = None, sample_above: int = 0) -> None:
+                 candidates: int | None = None) -> None:
         self.positives = positives
         self.users = torch.from_numpy(np.flatnonzero(np.diff(positives.indptr) > 0))
         self.n_items = n_items
         self.batch_size = batch_size
         self.seed = seed
-        sampled = max_candidates is not None and n_items > max(max_candidates, sample_above)
-        self.n_candidates = max_candidates if sampled else None
+        self.n_candidates = candidates
         self.order = EpochOrder(len(self.users), seed)
         self.catalogue_order = EpochOrder(n_items, seed + 1)  # not the users' order when as many
 
     def __len__(self) -> int:
         return math.ceil(len(self.users) / self.batch_size)
 
-    def __getitem__(self, key: tuple[int, int]) -> Batch:
+    def __getitem__(self, key: tuple[int, int]) -> UserBatch:
         epoch, batch = key
         users = self.users[self.order(epoch)[batch * self.batch_size:(batch + 1) * self.batch_size]].numpy()
         rows, items = self.positives.gather(users)
-        out = {"users": torch.from_numpy(users), "rows": torch.from_numpy(rows), "items": torch.from_numpy(items)}
+        items = torch.from_numpy(items)
         generator = batch_generator(self.seed, epoch, batch)
-        if self.n_candidates is not None:
-            out |= self.candidates(epoch, out["items"], generator)
-        # A uniform draw per positive, for a history tower's dropout: part of the batch, so that a resumed run
-        # draws what an uninterrupted one does.
-        out["draws"] = torch.rand(len(items), generator=generator)
-        return out
+        candidates = None if self.n_candidates is None else self.candidates(epoch, items, generator)
+        return UserBatch(torch.from_numpy(users), torch.from_numpy(rows), items,
+                         draws=torch.rand(len(items), generator=generator), candidates=candidates)
 
-    def candidates(self, epoch: int, positives: torch.Tensor, generator: torch.Generator) -> Batch:
-        """The batch's sampled candidates (a window of the epoch's catalogue order), their log q, and which
-        of the batch's positives they hold."""
+    def candidates(self, epoch: int, positives: torch.Tensor, generator: torch.Generator) -> SampledCatalogue:
+        """The batch's sampled candidates: a window of the epoch's catalogue order."""
         start = int(torch.randint(self.n_items, (1,), generator=generator))
         candidates = self.catalogue_order(epoch)[(torch.arange(self.n_candidates) + start) % self.n_items]
         drawn = torch.zeros(self.n_items, dtype=torch.bool).index_fill_(0, candidates, True)
-        return {"candidates": candidates,
-                "candidates_log_q": torch.tensor(math.log(self.n_candidates / self.n_items)),
-                "positives_sampled": drawn[positives]}
+        return SampledCatalogue(candidates, torch.tensor(math.log(self.n_candidates / self.n_items)),
+                                drawn[positives])
 
 
 def eval_chunk_size(n_items: int, budget: int = 1 << 24) -> int:
@@ -178,11 +258,7 @@ def eval_chunk_size(n_items: int, budget: int = 1 << 24) -> int:
 
 
 class RankingBatches(Dataset):
-    """Chunks of users to rank against the whole catalogue, with what to exclude and what to find.
-
-    Chunk ``c`` holds ``users`` and, as (row in chunk, item) pairs, their ``seen`` items (excluded from
-    the ranking) and their ``target`` items (the held-out positives).
-    """
+    """``RankingBatch``es: chunks of the users with targets, with what to leave out and what to find."""
 
     def __init__(self, seen: UserItems, targets: UserItems, chunk_size: int) -> None:
         self.seen = seen
@@ -193,13 +269,10 @@ class RankingBatches(Dataset):
     def __len__(self) -> int:
         return math.ceil(len(self.users) / self.chunk_size)
 
-    def __getitem__(self, chunk: int) -> Batch:
+    def __getitem__(self, chunk: int) -> RankingBatch:
         users = self.users[chunk * self.chunk_size:(chunk + 1) * self.chunk_size]
-        seen_rows, seen_items = self.seen.gather(users)
-        target_rows, target_items = self.targets.gather(users)
-        return {name: torch.from_numpy(array) for name, array in {
-            "users": users, "seen_rows": seen_rows, "seen_items": seen_items,
-            "target_rows": target_rows, "target_items": target_items}.items()}
+        arrays = (users, *self.seen.gather(users), *self.targets.gather(users))
+        return RankingBatch(*(torch.from_numpy(array) for array in arrays))
 
 
 class ShardedChunks(Sampler):

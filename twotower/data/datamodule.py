@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
-from typing import Any, Protocol
+from collections.abc import Mapping, Sequence
+from typing import Protocol
 
 import lightning as L
 import numpy as np
@@ -12,11 +12,15 @@ import polars as pl
 import torch
 from torch.utils.data import DataLoader
 
+from twotower import checks
 from twotower.data.batches import (
+    BatchPlan,
     EpochBatchSampler,
+    PairBatch,
+    PairBatches,
     RankingBatches,
     ShardedChunks,
-    TrainBatches,
+    UserBatch,
     UserBatches,
     eval_chunk_size,
     process_share,
@@ -37,9 +41,6 @@ from twotower.data.sampling import NegativeSampler
 from twotower.data.splits import SPLIT_NAMES, Splits, check_splits, cover_holdouts
 from twotower.data.user_items import UserItems
 from twotower.data.vocab import Vocabulary
-from twotower.errors import TwoTowerError
-from twotower.files import write_parquet
-from twotower.run import RunPaths
 
 log = logging.getLogger(__name__)
 TEST_ONLY = "only in pairs of the test file that have no training pair"  # why _drop_ids_without_pairs drops an id
@@ -76,17 +77,15 @@ class InteractionDataModule(L.LightningDataModule):
         val_users: int | None = 10_000,
     ) -> None:
         super().__init__()
-        if batch_size < 1:
-            raise TwoTowerError(f"data.batch_size must be >= 1, got {batch_size}")
-        if val_users is not None and val_users < 1:
-            raise TwoTowerError(f"datamodule.val_users must be >= 1 (or null: every user), got {val_users}")
         self.source = source
         self.splitter = split
         self.sampler = sampler
-        self.batch_size = batch_size
-        self.num_workers = num_workers
-        self.seed = seed
-        self.val_users = val_users
+        self.batch_size = checks.integer("datamodule.batch_size", batch_size, 1)
+        self.num_workers = checks.integer("datamodule.num_workers", num_workers, 0)
+        self.seed = checks.integer("datamodule.seed", seed)
+        self.val_users = checks.integer("datamodule.val_users", val_users, 1, optional=True,
+                                        meaning_of_null="every user")
+        self.plan = BatchPlan(PairBatch)  # until ``use``: pairs, as any loader without a model makes
         self.splits: Splits | None = None
         # Users and items of the source left out of the vocabularies, and why (saved as RunPaths.dropped).
         self.dropped = no_dropped_ids()
@@ -172,13 +171,10 @@ class InteractionDataModule(L.LightningDataModule):
     def vocab(self, side: str) -> Vocabulary:
         return self.user_vocab if side == "user" else self.item_vocab
 
-    def complete_tower(self, side: str, spec: Mapping[str, Any]) -> dict[str, Any]:
-        """A tower spec ready for the model: a feature tower's feature names become full encodings."""
-        spec = dict(spec)
-        if spec.get("kind") == "features":
-            vocab = self.vocab(side)
-            spec["features"] = feature_specs(vocab.frame, spec.get("features") or [], vocab.name)
-        return spec
+    def feature_specs(self, side: str, features: Sequence[str] | Mapping[str, str] | None) -> list[FeatureSpec]:
+        """Full encodings of the named side features of ``side`` (user or item), from its metadata table."""
+        vocab = self.vocab(side)
+        return feature_specs(vocab.frame, features or [], vocab.name)
 
     def side_features(self, side: str, specs: list[FeatureSpec]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """Feature tables of one side for a feature tower, and which ids have training interactions."""
@@ -198,15 +194,18 @@ class InteractionDataModule(L.LightningDataModule):
         """Each user's items over the named splits."""
         return UserItems.from_frame(self.stacked(names), self.n_users)
 
+    def use(self, plan: BatchPlan) -> None:
+        """Make training batches as ``plan`` says (the loss's, ``loss.plan``)."""
+        self.plan = plan
+
     def train_dataloader(self) -> DataLoader:
-        """Batches of the kind the model's loss trains on (``loss.examples``): users with all their positives,
-        or positive pairs with negatives from the sampler (also without a model, as for a bare loader)."""
-        loss = getattr(self.trainer.lightning_module, "loss_fn", None) if self.trainer is not None else None
-        if getattr(loss, "examples", "pairs") == "users":
+        """Training batches of the planned kind: users with all their positives, or positive pairs with
+        negatives from the sampler."""
+        if self.plan.examples is UserBatch:
             dataset = UserBatches(self.training_user_items(), self.n_items, self.batch_size, self.seed,
-                                  loss.max_candidates, loss.sample_above)
+                                  self.plan.candidates)
         else:
-            dataset = TrainBatches(self.train_users, self.train_items, self.batch_size, self.sampler, self.seed)
+            dataset = PairBatches(self.train_users, self.train_items, self.batch_size, self.sampler, self.seed)
         return self._loader(dataset, EpochBatchSampler(len(dataset)))
 
     def val_dataloader(self) -> DataLoader:
@@ -230,16 +229,3 @@ class InteractionDataModule(L.LightningDataModule):
     def _loader(self, dataset: torch.utils.data.Dataset, sampler: torch.utils.data.Sampler) -> DataLoader:
         return DataLoader(dataset, batch_size=None, sampler=sampler, num_workers=self.num_workers,
                           persistent_workers=self.num_workers > 0)
-
-    def save(self, paths: RunPaths) -> None:
-        """Vocabularies, splits and the ids left out, so evaluation and retrieval never need the raw log again."""
-        self.user_vocab.save(paths.vocab("users"))
-        self.item_vocab.save(paths.vocab("items"))
-        for name in SPLIT_NAMES:
-            write_parquet(self.splits[name], paths.split(name))
-        paths.non_positive.unlink(missing_ok=True)  # from an earlier run into this directory
-        if self.non_positive is not None:
-            write_parquet(self.non_positive, paths.non_positive)
-        paths.dropped.unlink(missing_ok=True)  # likewise
-        if self.dropped.height:
-            write_parquet(self.dropped, paths.dropped)

@@ -18,10 +18,9 @@ import polars as pl
 
 from twotower.data.splits import SPLIT_NAMES
 from twotower.data.vocab import Vocabulary
-from twotower.embeddings import write_vectors
 from twotower.files import write_parquet
 from twotower.index import Backend, build_index, exact_top
-from twotower.run import Manifest, RunPaths
+from twotower.run import Manifest, RunPaths, write_vectors
 
 
 def planted_interactions(

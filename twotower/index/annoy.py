@@ -6,6 +6,7 @@ dot-product search is mapped onto ``angular`` (``twotower.index.angular``).
 
 from __future__ import annotations
 
+import copy
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -14,10 +15,11 @@ from typing import Any
 import numpy as np
 from annoy import AnnoyIndex as _Annoy
 
-from twotower.errors import TwoTowerError
+from twotower import checks
+from twotower.errors import RunError
+from twotower.files import atomic_path
 from twotower.index.angular import angular_items, angular_queries
 from twotower.index.exact import exact_top
-from twotower.index.settings import check_build_threads, check_target
 
 
 class AnnoyIndex:
@@ -42,24 +44,15 @@ class AnnoyIndex:
                  exact_when_faster: bool = True, exact: bool = False) -> None:
         # Checked before anything is built: zero trees would replace a working index by an empty one,
         # negative counts make Annoy build forever, a zero search budget returns nothing.
-        def whole(value: object) -> bool:
-            return isinstance(value, int) and not isinstance(value, bool)
-
-        for name, value in (("n_trees", n_trees), ("search_k_factor", search_k_factor)):
-            if not whole(value) or value < 1:
-                raise TwoTowerError(f"index.{name} must be an integer >= 1, got {value!r}")
-        if search_k is not None and (not whole(search_k) or search_k < 1):
-            raise TwoTowerError(f"index.search_k must be null or an integer >= 1, got {search_k!r}")
-        check_build_threads(build_threads)
-        check_target(target_recall)
-        self.n_trees = n_trees
-        self.search_k = search_k
-        self.search_k_factor = search_k_factor
-        self.seed = seed
-        self.build_threads = build_threads
-        self.target_recall = target_recall
-        self.exact_when_faster = exact_when_faster
-        self.exact = exact
+        self.n_trees = checks.integer("index.n_trees", n_trees, 1)
+        self.search_k = checks.integer("index.search_k", search_k, 1, optional=True)
+        self.search_k_factor = checks.integer("index.search_k_factor", search_k_factor, 1)
+        self.seed = checks.integer("index.seed", seed)
+        self.build_threads = checks.integer("index.build_threads", build_threads, 1, also=(-1, "every core"))
+        self.target_recall = checks.number("index.target_recall", target_recall, above=0, at_most=1, optional=True,
+                                           meaning_of_null="no tuning")
+        self.exact_when_faster = checks.flag("index.exact_when_faster", exact_when_faster)
+        self.exact = checks.flag("index.exact", exact)
         self._configured = (n_trees, search_k, search_k_factor)  # where the tuning starts from
         self._annoy: _Annoy | None = None
 
@@ -73,33 +66,42 @@ class AnnoyIndex:
         budget = f"search_k {self.search_k}" if self.search_k else f"search_k_factor {self.search_k_factor}"
         return "exact search" if self.exact else f"{self.n_trees} trees, {budget}"
 
-    def widen(self) -> bool:
-        """Double the search budget, unless ten results would then cost a visit of the whole catalogue."""
+    def widened(self) -> AnnoyIndex | None:
+        """Twice the search budget over the same trees, unless ten results would then cost a visit of the
+        whole catalogue."""
+        wider = copy.copy(self)
         if self.search_k:
-            self.search_k *= 2
+            wider.search_k = self.search_k * 2
         else:
-            self.search_k_factor *= 2
-        return not self.searches_exactly(10)
+            wider.search_k_factor = self.search_k_factor * 2
+        return None if wider.searches_exactly(10) else wider
 
-    def deepen(self) -> bool:
-        """Twice the trees, searched again from the configured budget upwards (a build must follow); False
-        once that would pass four times the configured trees."""
-        trees, self.search_k, self.search_k_factor = self._configured
+    def deepened(self) -> AnnoyIndex | None:
+        """Twice the trees, searched from the configured budget upwards (a build must follow); None once that
+        would pass four times the configured trees."""
+        trees, search_k, search_k_factor = self._configured
         if self.n_trees * 2 > trees << self.MAX_TREE_DOUBLINGS:
-            return False
-        self.n_trees *= 2
-        return True
+            return None
+        deeper = copy.copy(self)
+        deeper.n_trees, deeper.search_k, deeper.search_k_factor, deeper._annoy = self.n_trees * 2, search_k, \
+            search_k_factor, None
+        return deeper
+
+    def served_exactly(self) -> AnnoyIndex:
+        exact = copy.copy(self)
+        exact.exact = True
+        return exact
 
     def build(self, vectors: np.ndarray, score: str, folder: Path) -> dict[str, Any]:
-        if self._annoy is not None:  # a rebuild replaces the file this one maps
-            self._annoy.unload()
         items, transform, max_norm = angular_items(vectors, score)
         annoy = _Annoy(items.shape[1], "angular")
         annoy.set_seed(self.seed)
         for index, vector in enumerate(items):
             annoy.add_item(index, vector)
         annoy.build(self.n_trees, n_jobs=self.build_threads)  # one thread: a seeded build is reproducible
-        annoy.save(str(folder / self.FILE), prefault=False)
+        # Saved beside its name and renamed over it: an index that maps the file it replaces keeps its pages.
+        with atomic_path(folder / self.FILE) as temporary:
+            annoy.save(str(temporary), prefault=False)
         annoy.unload()
         return {"metric": "angular", "transform": transform, "index_dim": items.shape[1], "max_norm": max_norm}
 
@@ -108,7 +110,7 @@ class AnnoyIndex:
         self._transform = meta["transform"]
         self._annoy = self._open(folder, meta["index_dim"])
         if self._annoy.get_n_items() != meta["n_items"]:
-            raise TwoTowerError(f"{folder / self.FILE} holds {self._annoy.get_n_items()} items but its "
+            raise RunError(f"{folder / self.FILE} holds {self._annoy.get_n_items()} items but its "
                                 f"metadata says {meta['n_items']}; rebuild the index")
 
     def _search_k(self, n: int) -> int:
@@ -143,10 +145,10 @@ class AnnoyIndex:
     def _open(self, folder: Path, dim: int) -> _Annoy:
         path = folder / self.FILE
         if not path.exists():
-            raise TwoTowerError(f"missing index file {path}; rebuild the index")
+            raise RunError(f"missing index file {path}; rebuild the index")
         annoy = _Annoy(dim, "angular")
         try:
             annoy.load(str(path), prefault=False)  # memory-mapped: processes share the pages
         except OSError as error:
-            raise TwoTowerError(f"cannot load index file {path} ({error}); it is damaged: rebuild it") from error
+            raise RunError(f"cannot load index file {path} ({error}); it is damaged: rebuild it") from error
         return annoy

@@ -35,7 +35,6 @@ class ExactIndex:
     backend = "exact"
     target_recall = None  # exact by construction: nothing to tune
     exact_when_faster = False
-    exact = True
 
     def __init__(self, batch_size: int | None = None) -> None:
         self.batch_size = batch_size
@@ -45,12 +44,6 @@ class ExactIndex:
 
     def describe(self) -> str:
         return "exact search"
-
-    def widen(self) -> bool:
-        return False
-
-    def deepen(self) -> bool:
-        return False
 
     def build(self, vectors: np.ndarray, score: str, folder: Path) -> dict[str, Any]:
         self.vectors = vectors

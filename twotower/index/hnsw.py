@@ -8,6 +8,7 @@ Annoy: cosine models index their unit vectors, dot-product ones go through ``two
 
 from __future__ import annotations
 
+import copy
 import os
 from pathlib import Path
 from typing import Any
@@ -15,10 +16,11 @@ from typing import Any
 import numpy as np
 import voyager
 
-from twotower.errors import TwoTowerError
+from twotower import checks
+from twotower.errors import RunError
+from twotower.files import atomic_path
 from twotower.index.angular import angular_items, angular_queries
 from twotower.index.exact import exact_top
-from twotower.index.settings import check_build_threads, check_target
 
 
 class HnswIndex:
@@ -34,19 +36,15 @@ class HnswIndex:
     def __init__(self, m: int = 16, ef_construction: int = 200, ef: int = 32, seed: int = 0,
                  build_threads: int = 1, target_recall: float | None = 0.95, exact_when_faster: bool = True,
                  exact: bool = False) -> None:
-        for name, value in (("m", m), ("ef_construction", ef_construction), ("ef", ef)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 2:
-                raise TwoTowerError(f"index.{name} must be an integer >= 2, got {value!r}")
-        check_build_threads(build_threads)
-        check_target(target_recall)
-        self.m = m
-        self.ef_construction = ef_construction
-        self.ef = ef
-        self.seed = seed
-        self.build_threads = build_threads
-        self.target_recall = target_recall
-        self.exact_when_faster = exact_when_faster
-        self.exact = exact
+        self.m = checks.integer("index.m", m, 2)
+        self.ef_construction = checks.integer("index.ef_construction", ef_construction, 2)
+        self.ef = checks.integer("index.ef", ef, 2)
+        self.seed = checks.integer("index.seed", seed)
+        self.build_threads = checks.integer("index.build_threads", build_threads, 1, also=(-1, "every core"))
+        self.target_recall = checks.number("index.target_recall", target_recall, above=0, at_most=1, optional=True,
+                                           meaning_of_null="no tuning")
+        self.exact_when_faster = checks.flag("index.exact_when_faster", exact_when_faster)
+        self.exact = checks.flag("index.exact", exact)
         self._configured = (m, ef)  # where the tuning starts from
         self._graph: voyager.Index | None = None
 
@@ -58,18 +56,25 @@ class HnswIndex:
     def describe(self) -> str:
         return "exact search" if self.exact else f"m {self.m}, ef {self.ef}"
 
-    def widen(self) -> bool:
+    def widened(self) -> HnswIndex | None:
         """Twice the candidates per query, unless ten results would then cost about a visit of every item."""
-        self.ef *= 2
-        return not self.searches_exactly(10)
+        wider = copy.copy(self)
+        wider.ef = self.ef * 2
+        return None if wider.searches_exactly(10) else wider
 
-    def deepen(self) -> bool:
-        """Twice the links, searched again from the configured ``ef`` (a build must follow); False at the cap."""
-        m, self.ef = self._configured
+    def deepened(self) -> HnswIndex | None:
+        """Twice the links, searched again from the configured ``ef`` (a build must follow); None at the cap."""
+        m, ef = self._configured
         if self.m * 2 > m << self.MAX_M_DOUBLINGS:
-            return False
-        self.m *= 2
-        return True
+            return None
+        deeper = copy.copy(self)
+        deeper.m, deeper.ef, deeper._graph = self.m * 2, ef, None
+        return deeper
+
+    def served_exactly(self) -> HnswIndex:
+        exact = copy.copy(self)
+        exact.exact = True
+        return exact
 
     def build(self, vectors: np.ndarray, score: str, folder: Path) -> dict[str, Any]:
         items, transform, max_norm = angular_items(vectors, score)
@@ -78,7 +83,8 @@ class HnswIndex:
                               max_elements=max(len(items), 1))
         if len(items):
             graph.add_items(np.ascontiguousarray(items, dtype=np.float32), num_threads=self._threads())
-        graph.save(str(folder / self.FILE))
+        with atomic_path(folder / self.FILE) as temporary:
+            graph.save(str(temporary))
         return {"metric": "cosine", "transform": transform, "index_dim": items.shape[1], "max_norm": max_norm}
 
     def _threads(self) -> int:
@@ -87,13 +93,13 @@ class HnswIndex:
     def load(self, vectors: np.ndarray, meta: dict[str, Any], folder: Path) -> None:
         path = folder / self.FILE
         if not path.exists():
-            raise TwoTowerError(f"missing index file {path}; rebuild the index")
+            raise RunError(f"missing index file {path}; rebuild the index")
         try:
             self._graph = voyager.Index.load(str(path))
         except Exception as error:  # voyager raises plain RuntimeErrors on a damaged file
-            raise TwoTowerError(f"cannot load index file {path} ({error}); it is damaged: rebuild it") from error
+            raise RunError(f"cannot load index file {path} ({error}); it is damaged: rebuild it") from error
         if self._graph.num_elements != meta["n_items"]:
-            raise TwoTowerError(f"{path} holds {self._graph.num_elements} items but its metadata says "
+            raise RunError(f"{path} holds {self._graph.num_elements} items but its metadata says "
                                 f"{meta['n_items']}; rebuild the index")
         self._vectors = vectors
         self._transform = meta["transform"]

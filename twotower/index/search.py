@@ -39,13 +39,22 @@ def search_excluding(index: Backend, vectors: np.ndarray, queries: np.ndarray, k
     return results
 
 
+def recall(found: Sequence[np.ndarray], truth: Sequence[np.ndarray]) -> float:
+    """Mean share of each query's true rows that were found (1 where there are no queries)."""
+    hits = [len(np.intersect1d(a, b)) / max(len(b), 1) for a, b in zip(found, truth, strict=True)]
+    return float(np.mean(hits)) if hits else 1.0
+
+
+def top_rows(index: Backend, vectors: np.ndarray, queries: np.ndarray, k: int, exclude: Sequence[np.ndarray]
+             ) -> list[np.ndarray]:
+    """Each query's top-``k`` rows by ``index``, without ``exclude[i]``."""
+    return [rows for rows, _ in search_excluding(index, vectors, queries, k, exclude)]
+
+
 def recall_against_exact(index: Backend, queries: np.ndarray, vectors: np.ndarray, k: int = 10,
                          exclude: Sequence[np.ndarray] | None = None) -> float:
     """Mean share of the exact top-k that the index returns in its top-k, both without ``exclude[i]``."""
     exclude = exclude if exclude is not None else [np.empty(0, dtype=np.int64)] * len(queries)
     exact = ExactIndex()
     exact.load(vectors, {}, Path())
-    truth = search_excluding(exact, vectors, queries, k, exclude)
-    found = search_excluding(index, vectors, queries, k, exclude)
-    hits = [len(np.intersect1d(a, b)) / max(len(a), 1) for (a, _), (b, _) in zip(truth, found, strict=True)]
-    return float(np.mean(hits)) if hits else 1.0
+    return recall(top_rows(index, vectors, queries, k, exclude), top_rows(exact, vectors, queries, k, exclude))

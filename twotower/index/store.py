@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from twotower.data.user_items import UserItems
-from twotower.errors import TwoTowerError
+from twotower import checks
+from twotower.errors import RunError
 from twotower.files import atomic_directory, fingerprint, write_json
 from twotower.index.backend import BACKENDS, Backend, backend_from
 from twotower.index.tuning import Probe, tune
@@ -26,18 +26,17 @@ SCORES = ("dot", "cosine")
 
 
 def build_index(index: Backend, vectors: np.ndarray, score: str, folder: Path, checkpoint: str | None = None,
-                probe: Probe | None = None) -> dict[str, Any]:
+                probe: Probe | None = None) -> tuple[Backend, dict[str, Any]]:
     """Build ``index`` over item ``vectors`` into ``folder`` (replacing what was there only once the new
-    index is complete), tuned to its target recall on ``probe`` where one is given, and open it from there;
-    returns its metadata."""
-    if score not in SCORES:
-        raise TwoTowerError(f"unknown score '{score}'")
+    index is complete), tuned to its target recall on ``probe`` where one is given; returns the setting built,
+    opened from there, and its metadata."""
+    checks.choice("score", score, SCORES)
     with atomic_directory(folder) as building:
         started = time.perf_counter()
         facts = index.build(vectors, score, building)
         if probe is not None and len(probe.queries) and index.target_recall is not None:
             index.load(vectors, {**facts, "n_items": len(vectors)}, building)
-            facts["measured"] = tune(index, vectors, score, building, probe)
+            index, facts["measured"] = tune(index, vectors, score, building, probe)
         meta = {
             "format": INDEX_FORMAT,
             "backend": index.backend,
@@ -54,17 +53,31 @@ def build_index(index: Backend, vectors: np.ndarray, score: str, folder: Path, c
         }
         write_json(meta, building / "meta.json")
     index.load(vectors, meta, folder)
-    return meta
+    return index, meta
+
+
+def report_path(folder: Path) -> Path:
+    return folder / "report.json"
+
+
+def read_report(folder: Path) -> dict[str, Any]:
+    """What the build of the index in ``folder`` measured and chose; empty where there is no readable report
+    (only a report: no reason to refuse the index)."""
+    try:
+        report = json.loads(report_path(folder).read_text())
+    except (OSError, ValueError):
+        return {}
+    return report if isinstance(report, dict) else {}
 
 
 def read_meta(folder: Path) -> dict[str, Any]:
     path = folder / "meta.json"
     if not path.exists():
-        raise TwoTowerError(f"no finished index in {folder} (meta.json missing); build it with twotower-index")
+        raise RunError(f"no finished index in {folder} (meta.json missing); build it with twotower-index")
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as error:
-        raise TwoTowerError(f"{path} is not valid JSON; rebuild the index") from error
+        raise RunError(f"{path} is not valid JSON; rebuild the index") from error
 
 
 def load_index(folder: Path, vectors: np.ndarray, score: str, checkpoint: str | None = None,
@@ -92,14 +105,14 @@ def load_index(folder: Path, vectors: np.ndarray, score: str, checkpoint: str | 
         elif fingerprint(path) != facts["sha256"]:
             problems.append(f"{name} is damaged (its contents changed since it was built)")
     if problems:
-        raise TwoTowerError(f"the index in {folder} does not match this run: {'; '.join(problems)}. "
-                            "Rebuild it with twotower-index")
+        raise RunError(f"the index in {folder} does not match this run: {'; '.join(problems)}. "
+                       "Rebuild it with twotower-index")
     if meta.get("backend") not in BACKENDS:
-        raise TwoTowerError(f"the index in {folder} is of an unknown backend {meta.get('backend')!r}; "
-                            f"this version reads {sorted(BACKENDS)}. Rebuild it with twotower-index")
+        raise RunError(f"the index in {folder} is of an unknown backend {meta.get('backend')!r}; "
+                       f"this version reads {sorted(BACKENDS)}. Rebuild it with twotower-index")
     if index is not None and index.backend != meta["backend"]:
-        raise TwoTowerError(f"the index in {folder} is {meta['backend']}, not {index.backend}; build one with "
-                            f"twotower-index run_dir=... index={index.backend}")
+        raise RunError(f"the index in {folder} is {meta['backend']}, not {index.backend}; build one with "
+                       f"twotower-index run_dir=... index={index.backend}")
     # A fresh backend, so that a run loaded beside another (a swap) never shares an open index with it; a
     # given one lends its settings (its query-time ones matter: the files hold the rest).
     index = backend_from(meta["backend"], meta["params"] if index is None else index.params())
@@ -107,18 +120,18 @@ def load_index(folder: Path, vectors: np.ndarray, score: str, checkpoint: str | 
     return index, meta
 
 
-def build_for_run(index: Backend, users: np.ndarray, items: np.ndarray, seen: UserItems, score: str, folder: Path,
-                  checkpoint: str | None = None, n_queries: int = 1000, seed: int = 0) -> dict[str, Any]:
-    """A run's index, tuned on a seeded sample of ``n_queries`` of its users (their ``seen`` items left out, as
-    retrieval leaves them out); its report, also saved in ``folder/report.json`` and said in one log line."""
-    probe = Probe.sample(users, seen, n_queries, seed)
-    meta = build_index(index, items, score, folder, checkpoint, probe)
+def build_for_run(index: Backend, items: np.ndarray, score: str, folder: Path, probe: Probe,
+                  checkpoint: str | None = None) -> dict[str, Any]:
+    """A run's index, tuned on ``probe``, a sample of its users with their seen items left out, as retrieval
+    leaves them out (``Probe.sample``); its report, also saved in ``folder/report.json`` and said in one log
+    line."""
+    index, meta = build_index(index, items, score, folder, checkpoint, probe)
     measured = meta.get("measured", {})
     report = {
         "backend": meta["backend"],
         "params": meta["params"],
         "chosen": index.describe(),
-        "target_recall": getattr(index, "target_recall", None),
+        "target_recall": index.target_recall,
         "recall@10_vs_exact": measured.get("recall@10_vs_exact", 1.0 if index.backend == "exact" else None),
         "qps": measured.get("qps"),
         "exact_qps": measured.get("exact_qps"),
@@ -133,7 +146,7 @@ def build_for_run(index: Backend, users: np.ndarray, items: np.ndarray, seen: Us
         "build_seconds": meta["build_seconds"],
         "size_bytes": sum(facts["bytes"] for facts in meta["files"].values()),
     }
-    write_json(report, folder / "report.json")
+    write_json(report, report_path(folder))
     if measured:
         log.info("index: %s, %s: recall@10 %.3f against exact search (target %s) at %d queries/s, exact search "
                  "%d/s; built and tuned in %.1f s%s", report["backend"], report["chosen"], report["recall@10_vs_exact"],

@@ -3,24 +3,24 @@ retrieval serves (a seeded sample of users, each user's seen items left out), an
 then the density of its structure, until it reaches its ``target_recall``; where it cannot before a search
 would cost about as much as exact search, or where exact search answers more queries per second than the
 setting that meets it (``exact_when_faster``; false keeps every build a function of the budgets alone), it
-serves exactly. The setting
-chosen is saved with the index (its ``params``), so ``Retriever``, the command line and the service search
-with it, and ``index/report.json`` and one log line say what was measured and chosen.
+serves exactly. Each step is a new setting (``Tunable``); the one chosen is saved with the index (its
+``params``), so ``Retriever``, the command line and the service search with it, and ``index/report.json``
+and one log line say what was measured and chosen.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from twotower.data.user_items import UserItems
-from twotower.index.backend import Backend
+from twotower.index.backend import Backend, Tunable
 from twotower.index.exact import ExactIndex
-from twotower.index.search import search_excluding
+from twotower.index.search import recall, search_excluding, top_rows
 
 K = 10
 
@@ -33,14 +33,15 @@ class Probe:
     exclude: list[np.ndarray]
 
     @classmethod
-    def sample(cls, users: np.ndarray, seen: UserItems, n: int, seed: int = 0) -> Probe:
+    def sample(cls, users: np.ndarray, seen: Callable[[int], np.ndarray], n: int, seed: int = 0) -> Probe:
+        """A seeded sample of ``n`` of the ``users``' vectors, each with what ``seen(row)`` says it has."""
         rows = np.random.default_rng(seed).choice(len(users), size=min(n, len(users)), replace=False)
-        return cls(np.ascontiguousarray(users[rows]), [seen.row(row) for row in rows])
+        return cls(np.ascontiguousarray(users[rows]), [seen(row) for row in rows])
 
 
 def found_by(index: Backend, vectors: np.ndarray, probe: Probe) -> list[np.ndarray]:
     """The probe's seen-filtered top ``K`` rows by ``index``."""
-    return [rows for rows, _ in search_excluding(index, vectors, probe.queries, K, probe.exclude)]
+    return top_rows(index, vectors, probe.queries, K, probe.exclude)
 
 
 def queries_per_second(index: Backend, vectors: np.ndarray, probe: Probe, n: int = 200) -> float:
@@ -51,42 +52,40 @@ def queries_per_second(index: Backend, vectors: np.ndarray, probe: Probe, n: int
     return min(n, len(probe.queries)) / max(time.perf_counter() - started, 1e-9)
 
 
-def recall(found: list[np.ndarray], truth: list[np.ndarray]) -> float:
-    hits = [len(np.intersect1d(a, b)) / max(len(b), 1) for a, b in zip(found, truth, strict=True)]
-    return float(np.mean(hits)) if hits else 1.0
-
-
-def tune(index: Backend, vectors: np.ndarray, score: str, folder: Path, probe: Probe) -> dict[str, Any]:
-    """Bring a built and loaded ``index`` (its files in ``folder``) to its target recall on ``probe``; returns
-    what was measured: the recall and single-query throughput of the setting chosen, exact search's, and
-    each step's. With the index's ``exact_when_faster``, it serves exactly where the setting that meets the
-    target answers fewer single queries per second than exact search (which then is both faster and exact);
-    ``why_exact`` says why it serves exactly, when it does."""
+def tune(index: Tunable, vectors: np.ndarray, score: str, folder: Path, probe: Probe
+         ) -> tuple[Tunable, dict[str, Any]]:
+    """The setting of a built and loaded ``index`` (its files in ``folder``) that meets its target recall on
+    ``probe``, loaded, and what was measured: the recall and single-query throughput of the setting chosen,
+    exact search's, and each step's. With the index's ``exact_when_faster``, it serves exactly where the setting
+    that meets the target answers fewer single queries per second than exact search (which then is both faster
+    and exact); ``why_exact`` says why it serves exactly, when it does."""
     exact = ExactIndex()
     exact.load(vectors, {}, folder)
     truth, exact_qps = found_by(exact, vectors, probe), queries_per_second(exact, vectors, probe)
-    steps = []
-    while True:
+
+    def measured(index: Backend) -> dict[str, Any]:
         found, qps = found_by(index, vectors, probe), queries_per_second(index, vectors, probe)
-        steps.append({"setting": index.describe(), "recall@10": round(recall(found, truth), 4), "qps": round(qps)})
-        if index.exact or steps[-1]["recall@10"] >= index.target_recall:
-            break
-        if index.widen():
-            continue
-        if index.deepen():
-            facts = index.build(vectors, score, folder)
-            index.load(vectors, {**facts, "n_items": len(vectors)}, folder)
-            continue
-        index.exact = True
-        steps.append({"setting": index.describe(), "recall@10": 1.0, "qps": round(exact_qps)})
-        break
+        return {"setting": index.describe(), "recall@10": round(recall(found, truth), 4), "qps": round(qps)}
+
+    steps = [measured(index)]
     why = None
-    if index.exact:
-        why = "no setting met the target recall before costing about as much as exact search"
-    elif index.exact_when_faster and steps[-1]["qps"] < exact_qps:
+    while not index.exact and steps[-1]["recall@10"] < index.target_recall:
+        wider = index.widened()
+        if wider is None and (deeper := index.deepened()) is not None:
+            facts = deeper.build(vectors, score, folder)
+            deeper.load(vectors, {**facts, "n_items": len(vectors)}, folder)
+            wider = deeper
+        if wider is None:
+            why = "no setting met the target recall before costing about as much as exact search"
+            index = index.served_exactly()
+            steps.append({"setting": index.describe(), "recall@10": 1.0, "qps": round(exact_qps)})
+            break
+        index = wider
+        steps.append(measured(index))
+    if not index.exact and index.exact_when_faster and steps[-1]["qps"] < exact_qps:
         why = (f"{steps[-1]['setting']} met the target recall at {steps[-1]['qps']} queries/s, fewer than exact "
                f"search's {round(exact_qps)}")
-        index.exact = True
+        index = index.served_exactly()
         steps.append({"setting": index.describe(), "recall@10": 1.0, "qps": round(exact_qps)})
-    return {"recall@10_vs_exact": steps[-1]["recall@10"], "qps": steps[-1]["qps"], "exact_qps": round(exact_qps),
-            "tuning": steps, "why_exact": why}
+    return index, {"recall@10_vs_exact": steps[-1]["recall@10"], "qps": steps[-1]["qps"],
+                   "exact_qps": round(exact_qps), "tuning": steps, "why_exact": why}

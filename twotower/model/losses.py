@@ -1,9 +1,10 @@
-"""Training losses. A loss's ``examples`` says what one training example is, and so which batches it takes:
+"""Training losses, behind two protocols by what one training example is (``plan`` says which batches a loss
+trains on, and the model calls it by the type of those batches):
 
-- ``"pairs"``: a (user, positive item) pair with sampled negatives (``TrainBatches``). The loss gets
+- ``PairLoss``: a (user, positive item) pair with sampled negatives (``PairBatch``). The loss gets
   ``users`` (batch, dim), ``items`` (batch, dim) for the positives, ``negatives`` (batch, n, dim) and the
   batch itself (ids, validity mask of the negatives, logQ terms).
-- ``"users"``: a user with all of their positives (``UserBatches``). The loss gets ``users`` (batch, dim),
+- ``UserLoss``: a user with all of their positives (``UserBatch``). The loss gets ``users`` (batch, dim),
   ``catalogue`` (C, dim), the vectors of every item or of the batch's sampled candidates, the batch
   (``rows``/``items`` of the positives), ``positives`` (P, dim) when the catalogue is sampled, and ``own``
   (P,) when the user vectors are built from the positives themselves (a history tower): the part of each
@@ -15,11 +16,33 @@ Every loss gets the user vectors already divided by the temperature, so a dot pr
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import torch
 import torch.nn.functional as F
 
-from twotower.data.batches import Batch
-from twotower.errors import TwoTowerError
+from twotower import checks
+from twotower.data.batches import BatchPlan, PairBatch, UserBatch
+from twotower.errors import ConfigError
+
+
+class PairLoss(Protocol):
+    """A loss over (user, positive, sampled negatives) pairs."""
+
+    def plan(self, n_items: int) -> BatchPlan:
+        return BatchPlan(PairBatch)
+
+    def __call__(self, users: torch.Tensor, items: torch.Tensor, negatives: torch.Tensor, batch: PairBatch
+                 ) -> torch.Tensor: ...
+
+
+class UserLoss(Protocol):
+    """A loss over users with all of their positives, against the catalogue or a sample standing for it."""
+
+    def plan(self, n_items: int) -> BatchPlan: ...
+
+    def __call__(self, users: torch.Tensor, catalogue: torch.Tensor, batch: UserBatch,
+                 positives: torch.Tensor | None = None, own: torch.Tensor | None = None) -> torch.Tensor: ...
 
 
 class RowLogSumExp(torch.autograd.Function):
@@ -60,25 +83,21 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (values * mask).sum() / mask.sum().clamp(min=1)
 
 
-class PointwiseLoss:
-    examples = "pairs"
-
+class PointwiseLoss(PairLoss):
     """Each (user, item) pair is a labelled example: positives 1, negatives 0 (``bce``, binary
     cross-entropy on the logit) or positives +1, negatives -1 (``mse``, squared error on the score, as in
     the original Wikipedia book-embedding project)."""
 
     def __init__(self, kind: str = "bce") -> None:
-        if kind not in ("bce", "mse"):
-            raise TwoTowerError(f"unknown pointwise loss '{kind}'")
-        self.kind = kind
+        self.kind = checks.choice("loss.kind", kind, ("bce", "mse"))
 
-    def __call__(self, users: torch.Tensor, items: torch.Tensor, negatives: torch.Tensor, batch: Batch
+    def __call__(self, users: torch.Tensor, items: torch.Tensor, negatives: torch.Tensor, batch: PairBatch
                  ) -> torch.Tensor:
         positive, negative = pair_logits(users, items, negatives)
         logits = torch.cat([positive.unsqueeze(1), negative], dim=1)  # (batch, 1 + n)
         labels = torch.zeros_like(logits)
         labels[:, 0] = 1.0
-        mask = torch.cat([torch.ones_like(positive, dtype=torch.bool).unsqueeze(1), batch["negatives_valid"]], 1)
+        mask = torch.cat([torch.ones_like(positive, dtype=torch.bool).unsqueeze(1), batch.negatives_valid], 1)
         if self.kind == "bce":
             per_example = F.binary_cross_entropy_with_logits(logits, labels, reduction="none")
         else:
@@ -86,18 +105,16 @@ class PointwiseLoss:
         return masked_mean(per_example, mask.float())
 
 
-class BPRLoss:
+class BPRLoss(PairLoss):
     """Bayesian personalised ranking: -log sigmoid(positive logit - negative logit), per negative."""
 
-    examples = "pairs"
-
-    def __call__(self, users: torch.Tensor, items: torch.Tensor, negatives: torch.Tensor, batch: Batch
+    def __call__(self, users: torch.Tensor, items: torch.Tensor, negatives: torch.Tensor, batch: PairBatch
                  ) -> torch.Tensor:
         positive, negative = pair_logits(users, items, negatives)
-        return masked_mean(-F.logsigmoid(positive.unsqueeze(1) - negative), batch["negatives_valid"].float())
+        return masked_mean(-F.logsigmoid(positive.unsqueeze(1) - negative), batch.negatives_valid.float())
 
 
-class SampledSoftmaxLoss:
+class SampledSoftmaxLoss(PairLoss):
     """Softmax over the batch's candidates: every in-batch positive plus every sampled negative, shared.
 
     - ``logq_correction`` subtracts from each candidate's logit the log of its expected number of
@@ -107,31 +124,29 @@ class SampledSoftmaxLoss:
       (another user's positive or a sampled negative), which would otherwise be trained as a negative.
     """
 
-    examples = "pairs"
-
     def __init__(self, logq_correction: bool = True, remove_accidental_hits: bool = True) -> None:
-        self.logq_correction = logq_correction
-        self.remove_accidental_hits = remove_accidental_hits
+        self.logq_correction = checks.flag("loss.logq_correction", logq_correction)
+        self.remove_accidental_hits = checks.flag("loss.remove_accidental_hits", remove_accidental_hits)
 
-    def __call__(self, users: torch.Tensor, items: torch.Tensor, negatives: torch.Tensor, batch: Batch
+    def __call__(self, users: torch.Tensor, items: torch.Tensor, negatives: torch.Tensor, batch: PairBatch
                  ) -> torch.Tensor:
         size = users.shape[0]
         candidates = torch.cat([items, negatives.reshape(-1, negatives.shape[-1])])  # (C, dim)
-        candidate_ids = torch.cat([batch["items"], batch["negatives"].reshape(-1)])  # (C,)
+        candidate_ids = torch.cat([batch.items, batch.negatives.reshape(-1)])  # (C,)
         logits = users @ candidates.T  # (batch, C); column r is row r's positive
         if self.logq_correction:
-            logits = logits - torch.cat([batch["items_log_q"], batch["negatives_log_q"].reshape(-1)])
+            logits = logits - torch.cat([batch.items_log_q, batch.negatives_log_q.reshape(-1)])
         excluded = torch.zeros_like(logits, dtype=torch.bool)
-        excluded[:, size:] = ~batch["negatives_valid"].reshape(1, -1)
+        excluded[:, size:] = ~batch.negatives_valid.reshape(1, -1)
         if self.remove_accidental_hits:
-            excluded |= candidate_ids.unsqueeze(0) == batch["items"].unsqueeze(1)
+            excluded |= candidate_ids.unsqueeze(0) == batch.items.unsqueeze(1)
         target = torch.arange(size, device=logits.device)
         excluded[target, target] = False
         logits = logits.masked_fill(excluded, float("-inf"))
         return F.cross_entropy(logits, target)
 
 
-class CatalogueSoftmaxLoss:
+class CatalogueSoftmaxLoss(UserLoss):
     """Softmax over the whole catalogue, one user at a time: each of a user's positives against every item
     (-log softmax of its logit), averaged over the batch's positives.
 
@@ -139,32 +154,29 @@ class CatalogueSoftmaxLoss:
     its negatives once per interaction: for logs with many interactions per user this is both the exact
     objective that sampled softmax approximates and far less work per epoch. Beyond ``sample_above`` items
     (or ``max_candidates``, if larger) each batch scores a shared uniform sample of ``max_candidates`` items
-    instead (the batches draw them, ``UserBatches``): each positive's own term plus the sum of the other
+    instead (the batches draw them, ``BatchPlan.users``): each positive's own term plus the sum of the other
     sampled items' exponentiated logits, scaled up by the sample's share of the catalogue (logQ), stands for
     the whole catalogue's; null scores the whole catalogue at any size. With a sampled catalogue, ``own`` is
     taken off the positives' logits only: a sampled candidate that is another of the user's positives keeps
     its share (a small bias, on few items).
     """
 
-    examples = "users"
-
     def __init__(self, max_candidates: int | None = 8192, sample_above: int = 32768) -> None:
-        if max_candidates is not None and max_candidates < 1:
-            raise TwoTowerError(f"loss.max_candidates must be >= 1 (or null: always the whole catalogue), "
-                                f"got {max_candidates}")
-        if sample_above < 1:
-            raise TwoTowerError(f"loss.sample_above must be >= 1, got {sample_above}")
-        self.max_candidates = max_candidates
-        self.sample_above = sample_above
+        self.max_candidates = checks.integer("loss.max_candidates", max_candidates, 1, optional=True,
+                                             meaning_of_null="always the whole catalogue")
+        self.sample_above = checks.integer("loss.sample_above", sample_above, 1)
 
-    def __call__(self, users: torch.Tensor, catalogue: torch.Tensor, batch: Batch,
+    def plan(self, n_items: int) -> BatchPlan:
+        return BatchPlan.users(n_items, self.max_candidates, self.sample_above)
+
+    def __call__(self, users: torch.Tensor, catalogue: torch.Tensor, batch: UserBatch,
                  positives: torch.Tensor | None = None, own: torch.Tensor | None = None) -> torch.Tensor:
-        rows = batch["rows"]
+        rows = batch.rows
         logits = users @ catalogue.T  # (users, C)
         if positives is None:  # the whole catalogue: a positive's logit is one of its entries
             if own is not None:  # each of a user's positives, as a candidate, without its own share
-                logits = logits.index_put((rows, batch["items"]), -own.to(logits.dtype), accumulate=True)
-            positive = logits[rows, batch["items"]]
+                logits = logits.index_put((rows, batch.items), -own.to(logits.dtype), accumulate=True)
+            positive = logits[rows, batch.items]
             return (RowLogSumExp.apply(logits)[rows] - positive).mean()
         # the positive's logit, as a candidate would have it; index_select, as its backward (an index_add)
         # is much cheaper than indexing's (an accumulating index_put)
@@ -172,16 +184,16 @@ class CatalogueSoftmaxLoss:
         positive = scored if own is None else scored - own
         # Every candidate has the same log q (the draws are uniform), so it comes off the logsumexp rather
         # than off each of the (users x candidates) logits.
-        log_q = batch["candidates_log_q"]
+        log_q = batch.candidates.log_q
         sampled = RowLogSumExp.apply(logits)[rows] - log_q
         # The positive's own term is added exactly (logaddexp below): where it was also drawn as a candidate,
         # its weighted term comes out of the sample's sum, so it is not counted twice.
-        drawn = batch["positives_sampled"] * torch.exp(scored - log_q - sampled)
+        drawn = batch.candidates.has_positive * torch.exp(scored - log_q - sampled)
         sampled = sampled + torch.log1p(-drawn.clamp(max=1 - 1e-6))
         return (torch.logaddexp(positive, sampled) - positive).mean()
 
 
-Loss = PointwiseLoss | BPRLoss | SampledSoftmaxLoss | CatalogueSoftmaxLoss
+Loss = PairLoss | UserLoss
 LOSSES = (PointwiseLoss, BPRLoss, SampledSoftmaxLoss, CatalogueSoftmaxLoss)
 
 
@@ -192,6 +204,6 @@ def build_loss(spec: dict) -> Loss:
 
     target = spec.get("_target_", "twotower.model.losses.CatalogueSoftmaxLoss")
     if target not in {f"{loss.__module__}.{loss.__name__}" for loss in LOSSES}:
-        raise TwoTowerError(f"unknown loss '{target}'; choose one of {[loss.__name__ for loss in LOSSES]} "
+        raise ConfigError(f"unknown loss '{target}'; choose one of {[loss.__name__ for loss in LOSSES]} "
                             "(loss=catalogue, softmax, bpr, bce or mse)")
     return instantiate({**spec, "_target_": target})

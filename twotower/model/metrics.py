@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import torch
 from torchmetrics import Metric
 
-from twotower.data.batches import Batch
+from twotower.data.batches import RankingBatch
 from twotower.errors import TwoTowerError
 
 METRICS = ("recall", "ndcg", "hitrate", "mrr")
@@ -58,16 +58,16 @@ def ranking_metrics(hits: torch.Tensor, n_targets: torch.Tensor, ks: Sequence[in
     return results
 
 
-def exclude_and_rank(scores: torch.Tensor, batch: Batch, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+def exclude_and_rank(scores: torch.Tensor, batch: RankingBatch, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-k items per user after removing seen items, and whether each is a held-out target.
 
     ``scores`` is (users, items); returns ``(top_items, hits)``, both (users, k).
     """
-    scores = scores.index_put((batch["seen_rows"], batch["seen_items"]),
+    scores = scores.index_put((batch.seen_rows, batch.seen_items),
                               torch.tensor(float("-inf"), dtype=scores.dtype, device=scores.device))
     top_items = torch.topk(scores, k, dim=1).indices
     targets = torch.zeros_like(scores, dtype=torch.bool)
-    targets[batch["target_rows"], batch["target_items"]] = True
+    targets[batch.target_rows, batch.target_items] = True
     return top_items, targets.gather(1, top_items)
 
 
@@ -85,9 +85,9 @@ class RankingMetrics(Metric):
         self.add_state("recommended", torch.zeros((len(self.ks), n_items), dtype=torch.long),
                        dist_reduce_fx="sum")
 
-    def update(self, scores: torch.Tensor, batch: Batch) -> None:
+    def update(self, scores: torch.Tensor, batch: RankingBatch) -> None:
         top_items, hits = exclude_and_rank(scores, batch, self.ks[-1])
-        n_targets = torch.bincount(batch["target_rows"], minlength=scores.shape[0])
+        n_targets = torch.bincount(batch.target_rows, minlength=scores.shape[0])
         per_user = ranking_metrics(hits, n_targets, self.ks)
         self.sums += torch.stack([per_user[name].double().sum() for name in self.names])
         self.users += scores.shape[0]

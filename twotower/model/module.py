@@ -14,13 +14,14 @@ import lightning as L
 import torch
 from torchmetrics import MeanMetric
 
-from twotower.data.batches import Batch
-from twotower.errors import TwoTowerError
+from twotower import checks
+from twotower.data.batches import PairBatch, RankingBatch, UserBatch
+from twotower.errors import ConfigError
 from twotower.model.losses import build_loss
 from twotower.model.metrics import RankingMetrics
 from twotower.model.optim import LazyAdam, OptimizerFactory, RowWiseAdagrad, switch_to_sparse
 from twotower.model.scoring import SCORES, project, projection_scale
-from twotower.model.towers import HistoryTower, build_tower
+from twotower.model.towers import TrainingData, build_tower
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +43,9 @@ class TwoTowerModel(L.LightningModule):
         score: ``dot`` or ``cosine`` (L2-normalised vectors).
         temperature: logits are scores divided by this; small values sharpen a cosine softmax.
         loss: loss spec, e.g. ``{"_target_": "twotower.model.losses.BPRLoss"}`` (see ``losses.build_loss``); its
-            ``examples`` decide the batches it trains on (pairs with negatives, or users with their items).
-        user_tower, item_tower: tower specs, e.g. ``{"kind": "id"}`` (see ``towers.build_tower``).
+            ``plan`` decides the batches it trains on (pairs with negatives, or users with their items).
+        user_tower, item_tower: tower specs, e.g. ``{"_target_": "twotower.model.towers.IdTower"}`` (see
+            ``towers.build_tower``).
         optimizer: a factory taking the parameters (Hydra passes a ``_partial_`` optimizer); Adam if None.
         scheduler: a factory taking the optimizer (a ``_partial_`` LR scheduler, stepped once per epoch);
             a constant learning rate if None.
@@ -74,23 +76,21 @@ class TwoTowerModel(L.LightningModule):
         ks: Sequence[int] = (10, 20),
     ) -> None:
         super().__init__()
-        if score not in SCORES:
-            raise TwoTowerError(f"unknown score '{score}'; choose one of {SCORES}")
-        if temperature <= 0:
-            raise TwoTowerError(f"model.temperature must be > 0, got {temperature}")
-        if dim < 1:
-            raise TwoTowerError(f"model.dim must be >= 1, got {dim}")
-        if weight_decay < 0:
-            raise TwoTowerError(f"model.weight_decay must be >= 0, got {weight_decay}")
+        checks.choice("model.score", score, SCORES)
+        checks.number("model.temperature", temperature, above=0)
+        checks.integer("model.dim", dim, 1)
+        checks.number("model.weight_decay", weight_decay, at_least=0)
+        checks.integer("model.sparse_above", sparse_above, 0, optional=True, meaning_of_null="never switch")
         self.save_hyperparameters(ignore=["optimizer", "scheduler", "sparse_optimizer"])
-        user_tower, item_tower = dict(user_tower or {}), dict(item_tower or {})
+        user_tower = dict(user_tower or {"_target_": "twotower.model.towers.IdTower"})
+        item_tower = dict(item_tower or {"_target_": "twotower.model.towers.IdTower"})
         if optimizer is not None and sparse_above is not None and n_users + n_items > sparse_above:
             optimizer = switch_to_sparse([user_tower, item_tower], optimizer, sparse_optimizer, weight_decay,
                                          n_users + n_items, sparse_above)
-        self.user_tower = build_tower(user_tower, n_users, dim, n_items=n_items)
+        self.user_tower = build_tower(user_tower, "user", n_users, dim, n_items)
         # Parts side by side in a user vector (a history tower with user ids), each met by its own item part.
-        self.blocks: int = getattr(self.user_tower, "blocks", 1)
-        self.item_tower = build_tower(item_tower, n_items, dim * self.blocks)
+        self.parts = self.user_tower.parts
+        self.item_tower = build_tower(item_tower, "item", n_items, dim * self.parts, n_items)
         self.loss_fn = build_loss(dict(loss or {}))
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
@@ -99,88 +99,74 @@ class TwoTowerModel(L.LightningModule):
         self.test_metrics = RankingMetrics(n_items, ks)
         self._catalogue: torch.Tensor | None = None
 
+    def attach(self, data: TrainingData) -> None:
+        """Give the towers what they read from the data the model now trains on (features, histories)."""
+        self.user_tower.attach(data, "user")
+        self.item_tower.attach(data, "item")
+
     def user_vectors(self, users: torch.Tensor) -> torch.Tensor:
-        return project(self.user_tower(users), self.hparams.score, self.blocks)
+        return project(self.user_tower(users), self.hparams.score, self.parts)
 
     def item_vectors(self, items: torch.Tensor) -> torch.Tensor:
-        return project(self.item_tower(items), self.hparams.score, self.blocks)
+        return project(self.item_tower(items), self.hparams.score, self.parts)
 
     def all_user_vectors(self) -> torch.Tensor:
-        """(n_users, blocks * dim): vectors whose dot product with ``all_item_vectors`` ranks like the model."""
-        return project(self.user_tower.all(), self.hparams.score, self.blocks)
+        """(n_users, parts * dim): vectors whose dot product with ``all_item_vectors`` ranks like the model."""
+        return project(self.user_tower.all(), self.hparams.score, self.parts)
 
     def all_item_vectors(self) -> torch.Tensor:
-        return project(self.item_tower.all(), self.hparams.score, self.blocks)
+        return project(self.item_tower.all(), self.hparams.score, self.parts)
 
     def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """Scores of (user, item) pairs: (batch,)."""
         return (self.user_vectors(users) * self.item_vectors(items)).sum(-1)
 
-    def loss(self, batch: Batch) -> torch.Tensor:
-        """The training loss of one batch (the whole training math, without Lightning)."""
-        if self.loss_fn.examples == "users":
+    def loss(self, batch: PairBatch | UserBatch) -> torch.Tensor:
+        """The training loss of one batch (the whole training math, without Lightning), by its kind."""
+        if isinstance(batch, UserBatch):
             return self._user_loss(batch)
-        if isinstance(self.user_tower, HistoryTower):  # each pair's user without that pair's item
-            raw = self.user_tower.leave_item_out(batch["users"], batch["items"])
-        else:
-            raw = self.user_tower(batch["users"])
-        users = project(raw, self.hparams.score, self.blocks) / self.hparams.temperature  # (batch, dim)
-        items = self.item_vectors(batch["items"])  # (batch, dim)
-        negatives = self.item_vectors(batch["negatives"])  # (batch, n, dim)
+        raw = self.user_tower.for_pairs(batch.users, batch.items)  # e.g. each pair's user without its item
+        users = project(raw, self.hparams.score, self.parts) / self.hparams.temperature  # (batch, dim)
+        items = self.item_vectors(batch.items)  # (batch, dim)
+        negatives = self.item_vectors(batch.negatives)  # (batch, n, dim)
         return self.loss_fn(users, items, negatives, batch)
 
-    def _user_loss(self, batch: Batch) -> torch.Tensor:
-        """A loss over users with all their positives; a history tower's user leaves out, for each positive,
-        that positive's own share of the user's history part (its ``own`` logit, taken off that logit). With
-        parts side by side, each part has its own logits and softmax, and the loss is their sum."""
-        rows, items = batch["rows"], batch["items"]
-        if isinstance(self.user_tower, HistoryTower):
-            raw, _, weights = self.user_tower.leave_own_out(batch["users"], rows, items, batch.get("draws"))
-        else:
-            raw, weights = self.user_tower(batch["users"]), None
-        sampled = "candidates" in batch
-        if sampled:  # one lookup for both: a sparse table then gets one gradient, not two to add up
-            n_candidates = len(batch["candidates"])
-            vectors = self.item_vectors(torch.cat([batch["candidates"], items]))
+    def _user_loss(self, batch: UserBatch) -> torch.Tensor:
+        """A loss over users with all their positives. With parts side by side, each part has its own logits and
+        softmax, and the loss is their sum; a tower that builds users from their positives says how much of
+        each positive's logit comes from its own presence (``own_logits``, the last part's), taken off."""
+        users = self.user_tower.for_users(batch)
+        if batch.candidates is not None:  # one lookup for both: a sparse table then gets one gradient, not two
+            n_candidates = len(batch.candidates.items)
+            vectors = self.item_vectors(torch.cat([batch.candidates.items, batch.items]))
             # split, not two slices: its backward is one concatenation, where each slice's writes its
             # gradient into a zeroed copy of the whole and autograd adds the two
-            catalogue, positives = vectors.split([n_candidates, len(items)])
+            catalogue, positives = vectors.split([n_candidates, len(batch.items)])
         else:  # the loss reads the positives' logits off the whole catalogue's
             catalogue, positives = self.all_item_vectors(), None
         losses = []
-        parts = zip(self._parts(raw), self._parts(catalogue), self._parts(positives), strict=True)
-        for block, (user_part, catalogue_part, positive_part) in enumerate(parts):
+        parts = zip(self._parts(users.vectors), self._parts(catalogue), self._parts(positives), strict=True)
+        for part, (user_part, catalogue_part, positive_part) in enumerate(parts):
             scale = projection_scale(user_part, self.hparams.score) / self.hparams.temperature  # (users, 1)
             own = None
-            if weights is not None and block == self.blocks - 1:  # the history part is the last
-                own = self._own_logits(items, weights, catalogue_part, positive_part) * scale[rows, 0]
+            if users.own_logits is not None and part == self.parts - 1:  # the history part is the last
+                own = users.own_logits(catalogue_part, positive_part) * scale[batch.rows, 0]
             # user_part * scale is project(user_part) / temperature: logits are dot products
-            losses.append(self.loss_fn(user_part * scale, catalogue_part, batch,
-                                       positives=positive_part if sampled else None, own=own))
+            losses.append(self.loss_fn(user_part * scale, catalogue_part, batch, positives=positive_part, own=own))
         return sum(losses)
-
-    def _own_logits(self, items: torch.Tensor, weights: torch.Tensor, catalogue: torch.Tensor,
-                    positives: torch.Tensor | None) -> torch.Tensor:
-        """(P,): what each positive's own history vector adds to its logit, ``weights[p] * h_i . v_i`` (before
-        the user's norm and the temperature). With the whole catalogue, ``h_i . v_i`` is taken once per item
-        and gathered, rather than gathering (positives, dim) vectors; a sampled catalogue has the positives'."""
-        history = self.user_tower.history
-        if positives is None:
-            return torch.linalg.vecdot(history.weight, catalogue).index_select(0, items) * weights
-        return torch.linalg.vecdot(history(items), positives) * weights
 
     def _parts(self, vectors: torch.Tensor | None) -> Sequence[torch.Tensor | None]:
         """The side-by-side parts of vectors (one: the vectors themselves, without a copy in backward)."""
         if vectors is None:
-            return [None] * self.blocks
-        return [vectors] if self.blocks == 1 else vectors.split(self.hparams.dim, dim=-1)
+            return [None] * self.parts
+        return [vectors] if self.parts == 1 else vectors.split(self.hparams.dim, dim=-1)
 
-    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: PairBatch | UserBatch, batch_idx: int) -> torch.Tensor:
         loss = self.loss(batch)
         # A self.log call costs a noticeable share of a small batch's step on a CPU: the step loss goes to the
         # progress bar every PROGRESS_EVERY steps and at each epoch's start (a superset of the steps the logger
         # writes, so its file is unchanged), the epoch mean is accumulated by a metric.
-        self.epoch_loss.update(loss.detach(), weight=len(batch["items"]))  # the positives it averages over
+        self.epoch_loss.update(loss.detach(), weight=batch.positives)  # the positives it averages over
         step = self.global_step
         if batch_idx == 0 or step % PROGRESS_EVERY == 0 or step % self.trainer.log_every_n_steps == 0:
             self.log("train/loss_step", loss, prog_bar=True)
@@ -190,23 +176,23 @@ class TwoTowerModel(L.LightningModule):
         self.log("train/loss_epoch", self.epoch_loss.compute())  # compute() averages over DDP processes
         self.epoch_loss.reset()
 
-    def _rank(self, metrics: RankingMetrics, batch: Batch) -> None:
+    def _rank(self, metrics: RankingMetrics, batch: RankingBatch) -> None:
         if self._catalogue is None:  # once per evaluation pass: the items do not change within it
             self._catalogue = self.all_item_vectors()
-        metrics.update(self.user_vectors(batch["users"]) @ self._catalogue.T, batch)
+        metrics.update(self.user_vectors(batch.users) @ self._catalogue.T, batch)
 
     def _publish(self, metrics: RankingMetrics, stage: str) -> None:
         self.log_dict({f"{stage}/{name}": value for name, value in metrics.compute().items()})
         metrics.reset()
         self._catalogue = None
 
-    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+    def validation_step(self, batch: RankingBatch, batch_idx: int) -> None:
         self._rank(self.val_metrics, batch)
 
     def on_validation_epoch_end(self) -> None:
         self._publish(self.val_metrics, "val")
 
-    def test_step(self, batch: Batch, batch_idx: int) -> None:
+    def test_step(self, batch: RankingBatch, batch_idx: int) -> None:
         self._rank(self.test_metrics, batch)
 
     def on_test_epoch_end(self) -> None:
@@ -226,12 +212,12 @@ class TwoTowerModel(L.LightningModule):
         try:
             optimizer = factory(self.parameters(), **options)
         except TypeError as error:  # an argument the optimizer lacks: SparseAdam has no weight decay, RMSprop no fused
-            raise TwoTowerError(
+            raise ConfigError(
                 f"model.optimizer cannot be built ({error}): set model.weight_decay=0 for an optimizer without "
                 "weight decay, and drop what it does not take (e.g. ~model.optimizer.fused)") from error
         sparse = [name for name, module in self.named_modules() if getattr(module, "sparse", False)]
         if sparse and not isinstance(optimizer, SPARSE_OPTIMIZERS):
-            raise TwoTowerError(
+            raise ConfigError(
                 f"sparse embeddings ({', '.join(sparse)}) need an optimizer that takes sparse gradients "
                 f"({', '.join(kind.__name__ for kind in SPARSE_OPTIMIZERS)}), not {type(optimizer).__name__}; "
                 "model=sparse pairs them with model.sparse_optimizer, row-wise Adagrad")

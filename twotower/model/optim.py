@@ -18,11 +18,15 @@ from collections.abc import Callable, Iterable
 
 import torch
 
-from twotower.errors import TwoTowerError
+from twotower.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 OptimizerFactory = Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer]
+# The towers the switch to sparse gradients knows, by their specs' targets (not imported: towers import nothing
+# of the optimizers, and the specs are plain values).
+ID_TOWER = "twotower.model.towers.IdTower"
+HISTORY_TOWER = "twotower.model.towers.HistoryTower"
 
 
 class LazyAdam(torch.optim.Optimizer):
@@ -146,9 +150,9 @@ def switch_to_sparse(towers: list[dict], optimizer: OptimizerFactory, sparse_opt
     was asked for at any size (``model=sparse``, a limit of 0), an error."""
     base = getattr(optimizer, "func", optimizer)
     user, item = towers
-    default_history = user.get("kind") == "history" and user.get("use_id", True) and \
-        set(user) <= {"kind", "use_id", "dropout"}
-    if (user.get("kind", "id") != "id" and not default_history) or item.get("kind", "id") != "id" or \
+    default_history = user.get("_target_") == HISTORY_TOWER and user.get("use_id", True) and \
+        set(user) <= {"_target_", "use_id", "dropout"}
+    if (user.get("_target_") != ID_TOWER and not default_history) or item.get("_target_") != ID_TOWER or \
             any(tower.get("sparse") is not None for tower in towers):
         reason = "towers other than plain ID towers"
     elif base is not torch.optim.Adam:
@@ -166,10 +170,10 @@ def switch_to_sparse(towers: list[dict], optimizer: OptimizerFactory, sparse_opt
         if default_history:
             user.clear()
         for tower in towers:
-            tower.update(kind="id", sparse=True)
+            tower.update(_target_=ID_TOWER, sparse=True)
         return sparse_optimizer
     if limit == 0:
-        raise TwoTowerError(f"model=sparse needs plain ID towers, Adam and no weight decay to switch from; "
+        raise ConfigError(f"model=sparse needs plain ID towers, Adam and no weight decay to switch from; "
                             f"this configuration has {reason}")
     log.warning("%d users and items, beyond model.sparse_above=%d, but %s: training as configured, where "
                 "every step updates every row", n_ids, limit, reason)

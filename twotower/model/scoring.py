@@ -33,16 +33,16 @@ class UnitRows(torch.autograd.Function):
         return (grad - unit * along).mul_(inverse)
 
 
-def project(vectors: torch.Tensor, score: str, blocks: int = 1) -> torch.Tensor:
-    """Vectors in the space where the dot product is the model's score. Vectors made of ``blocks`` parts side
+def project(vectors: torch.Tensor, score: str, parts: int = 1) -> torch.Tensor:
+    """Vectors in the space where the dot product is the model's score. Vectors made of ``parts`` parts side
     by side (a history tower with user ids) have each part normalised on its own: their cosine score is the
     sum of the parts' cosines."""
     if score != "cosine":
         return vectors
-    if blocks == 1:
+    if parts == 1:
         return UnitRows.apply(vectors)
     shape = vectors.shape
-    return UnitRows.apply(vectors.reshape(*shape[:-1], blocks, shape[-1] // blocks)).reshape(shape)
+    return UnitRows.apply(vectors.reshape(*shape[:-1], parts, shape[-1] // parts)).reshape(shape)
 
 
 def projection_scale(vectors: torch.Tensor, score: str) -> torch.Tensor:

@@ -7,19 +7,78 @@
 - ``HistoryTower`` (users only): the mean of learned vectors of the items the user interacted with,
   optionally beside a learned vector per user. A new user is embedded from a list of items, without retraining.
 
-Towers are built from plain-value specs (``build_tower``) so checkpoints load without the data.
+Every tower is a ``Tower``: besides its vectors it says how it makes the user vectors of a training batch
+(``for_pairs``, ``for_users``: a history tower leaves each positive out of its own user's vector), what it
+reads from the training data (``attach``) and what it exports beside the vectors (``exports``), so that the
+model and training never ask which tower they hold. Towers are built from plain-value ``_target_`` specs
+(``build_tower``) so checkpoints load without the data, and ``load_tower`` rebuilds one tower of a
+checkpoint alone (serving embeds new users and items with it, without the LightningModule).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from twotower import checks
+from twotower.data.batches import UserBatch
 from twotower.data.features import FeatureSpec
-from twotower.errors import TwoTowerError
+from twotower.data.user_items import UserItems
+from twotower.errors import ConfigError
+
+
+class TrainingData(Protocol):
+    """What a tower may read from the data it trains on (``InteractionDataModule`` is one)."""
+
+    def side_features(self, side: str, specs: list[FeatureSpec]) -> tuple[dict[str, torch.Tensor], torch.Tensor]: ...
+
+    def training_user_items(self) -> UserItems: ...
+
+
+@dataclass(frozen=True)
+class TrainingUsers:
+    """The user vectors of a batch of users, as a loss over users trains them.
+
+    ``own_logits``, for a tower that builds users from their positives: given the last part's vectors of the
+    items scored (the catalogue, or the batch's sample of it) and of the positives (None when the whole
+    catalogue is scored), what each positive's own presence in its user's history adds to its logit (P,),
+    before the user's norm and the temperature: the loss takes it off, so that no positive predicts itself.
+    """
+
+    vectors: torch.Tensor  # (users, parts * dim)
+    own_logits: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor] | None = None
+
+
+class Tower(nn.Module):
+    """What every tower is: vectors of ids (``forward``, ``all``), ``parts`` side by side in each vector, and
+    the hooks through which training uses it without knowing its kind."""
+
+    parts = 1  # parts side by side in each vector, each scored and normalised on its own
+    embeds_users_from_items = False  # a user tower only, built with the catalogue's size (n_items)
+
+    def all(self) -> torch.Tensor:
+        """Vectors of every id, in index order: (n, parts * dim)."""
+        raise NotImplementedError
+
+    def for_pairs(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """The user vectors of (user, positive item) training pairs: (pairs, parts * dim)."""
+        return self(users)
+
+    def for_users(self, batch: UserBatch) -> TrainingUsers:
+        """The user vectors of a batch of users with all their positives."""
+        return TrainingUsers(self(batch.users))
+
+    def attach(self, data: TrainingData, side: str) -> None:
+        """Read what the tower needs from the data it now trains on (``side``: user or item)."""
+
+    def exports(self) -> dict[str, torch.Tensor]:
+        """Tables written beside the exported vectors, by name (``embeddings/NAME.parquet``, one row per item)."""
+        return {}
 
 
 def in_chunks(tower: nn.Module, n: int, device: torch.device, chunk: int = 65536) -> torch.Tensor:
@@ -27,7 +86,7 @@ def in_chunks(tower: nn.Module, n: int, device: torch.device, chunk: int = 65536
     return torch.cat([tower(torch.arange(start, min(start + chunk, n), device=device)) for start in range(0, n, chunk)])
 
 
-class IdTower(nn.Module):
+class IdTower(Tower):
     """One learned vector per id: an embedding table.
 
     ``sparse=True`` makes its gradient cover only the rows a batch touched, so that with a sparse-aware
@@ -53,7 +112,7 @@ class IdTower(nn.Module):
         return self.embedding.weight
 
 
-class FeatureTower(nn.Module):
+class FeatureTower(Tower):
     """MLP(side features) + id vector; ids without training interactions use the features only.
 
     Feature tables live in buffers (``feature_<name>``: one row per id) so they travel with the
@@ -64,7 +123,8 @@ class FeatureTower(nn.Module):
                  hidden: Sequence[int] = (128,), feature_dim: int = 16, init_std: float = 0.1) -> None:
         super().__init__()
         if not features:
-            raise TwoTowerError("a feature tower needs at least one feature (model.*_tower.features=[...])")
+            raise ConfigError("a feature tower needs at least one feature (model.user_tower.features=[...] or "
+                              "model.item_tower.features=[...])")
         self.specs = [dict(spec) for spec in features]
         self.tables = nn.ModuleDict()
         width = 0
@@ -92,6 +152,9 @@ class FeatureTower(nn.Module):
         if self.embedding is not None:
             nn.init.normal_(self.embedding.weight, std=init_std)
         self.register_buffer("known", torch.ones(n, dtype=torch.bool))
+
+    def attach(self, data: TrainingData, side: str) -> None:
+        self.load_features(*data.side_features(side, self.specs))
 
     def load_features(self, tensors: dict[str, torch.Tensor], known: torch.Tensor | None = None) -> None:
         """Fill the feature tables (from ``data.features.encode_features``) and the ids seen in training."""
@@ -121,11 +184,11 @@ class FeatureTower(nn.Module):
         return in_chunks(self, len(self.known), self.known.device)
 
 
-class HistoryTower(nn.Module):
+class HistoryTower(Tower):
     """A user is the mean of the vectors of the items they interacted with (their history), and, with
     ``use_id``, also a learned vector of their own.
 
-    - With ``use_id`` the user vector is two parts side by side (``blocks = 2``): the ID vector, then the
+    - With ``use_id`` the user vector is two parts side by side (``parts = 2``): the ID vector, then the
       history mean, each of ``dim`` values; the item tower is twice as wide to match, and each part is scored
       and trained as a model of its own (``TwoTowerModel``), the score being their sum: each part keeps
       what it is good at (the ID part a user's own taste, the history part what their items share), where
@@ -142,13 +205,13 @@ class HistoryTower(nn.Module):
     - Histories are not capped: a batch's history is its users' positives, which the loss scores anyway.
     """
 
+    embeds_users_from_items = True
+
     def __init__(self, n: int, dim: int, n_items: int, use_id: bool = True, dropout: float = 0.5,
                  init_std: float = 0.1) -> None:
         super().__init__()
-        if not 0 <= dropout < 1:
-            raise TwoTowerError(f"the history tower's dropout must be in [0, 1), got {dropout}")
-        self.dropout = dropout
-        self.blocks = 2 if use_id else 1
+        self.dropout = checks.number("model.user_tower.dropout", dropout, at_least=0, below=1)
+        self.parts = 2 if checks.flag("model.user_tower.use_id", use_id) else 1
         self.history = nn.Embedding(n_items, dim)
         nn.init.normal_(self.history.weight, std=init_std)
         self.embedding = nn.Embedding(n, dim) if use_id else None
@@ -160,7 +223,7 @@ class HistoryTower(nn.Module):
     def load_history(self, indptr: torch.Tensor, items: torch.Tensor) -> None:
         """Each user's items as compressed rows: ``items[indptr[u]:indptr[u + 1]]``."""
         if len(indptr) != len(self.history_indptr):
-            raise TwoTowerError(f"a history for {len(indptr) - 1} users given to a tower of "
+            raise ValueError(f"a history for {len(indptr) - 1} users given to a tower of "
                                 f"{len(self.history_indptr) - 1}")
         # Copies: loading a checkpoint writes into these buffers, which must not alias the caller's arrays.
         self.history_indptr = indptr.to(self.history_indptr, copy=True)
@@ -187,10 +250,34 @@ class HistoryTower(nn.Module):
                                                                                                    lengths)
         return self.history_items[positions], offsets, lengths
 
+    def attach(self, data: TrainingData, side: str) -> None:
+        history = data.training_user_items()
+        self.load_history(torch.from_numpy(history.indptr), torch.from_numpy(history.items))
+
+    def exports(self) -> dict[str, torch.Tensor]:
+        return {"history": self.history.weight}  # what embeds a new user at retrieval
+
+    def for_pairs(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        return self.leave_item_out(users, items)
+
+    def for_users(self, batch: UserBatch) -> TrainingUsers:
+        vectors, _, weights = self.leave_own_out(batch.users, batch.rows, batch.items, batch.draws)
+        return TrainingUsers(vectors, lambda catalogue, positives: self.own_logits(batch.items, weights, catalogue,
+                                                                                     positives))
+
+    def own_logits(self, items: torch.Tensor, weights: torch.Tensor, catalogue: torch.Tensor,
+                   positives: torch.Tensor | None) -> torch.Tensor:
+        """(P,): what each positive's own history vector adds to its logit, ``weights[p] * h_i . v_i`` (before
+        the user's norm and the temperature). With the whole catalogue, ``h_i . v_i`` is taken once per item
+        and gathered, rather than gathering (positives, dim) vectors; a sampled catalogue has the positives'."""
+        if positives is None:
+            return torch.linalg.vecdot(self.history.weight, catalogue).index_select(0, items) * weights
+        return torch.linalg.vecdot(self.history(items), positives) * weights
+
     def leave_item_out(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """The user vectors of (user, item) training pairs (losses over pairs), each user's history part the
         mean of its history without that pair's item, so that no positive is predicted from itself:
-        (pairs, blocks * dim). (``dropout`` is for losses over users, ``leave_own_out``.)"""
+        (pairs, parts * dim). (``dropout`` is for losses over users, ``leave_own_out``.)"""
         bags, offsets, lengths = self._histories(users)
         sums = F.embedding_bag(bags, self.history.weight, offsets, mode="sum")  # (pairs, dim)
         without = (sums - self.history(items)) / (lengths - 1).clamp(min=1).unsqueeze(-1).to(sums.dtype)
@@ -203,7 +290,7 @@ class HistoryTower(nn.Module):
                       draws: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """A training batch's user vectors from their positives (``rows``: position in ``users``, ascending as
         ``UserItems.gather`` makes them; ``items``), each kept with probability 1 - dropout:
-        ``(vectors (users, blocks * dim), kept (P,) bool, weights (P,))``. A user's history part (the last
+        ``(vectors (users, parts * dim), kept (P,) bool, weights (P,))``. A user's history part (the last
         ``dim`` values) is the sum of ``weights[p] * history[items[p]]`` over their positives (``weights[p]``:
         one over the user's kept count, zero if dropped): taking positive ``p``'s term off that part before
         scoring ``p`` leaves ``p`` out of its own history. ``draws`` (P,): uniform numbers that decide which
@@ -214,7 +301,7 @@ class HistoryTower(nn.Module):
         weights = (kept / kept_counts[rows]).to(self.history.weight.dtype)
         counts = torch.bincount(rows, minlength=len(users))
         # gathered, weighted and summed per user in one pass, never as a (positives, dim) tensor: a batch of
-        # dense histories (ml-1m: about 110 items per user) has over a hundred times more positives than users
+        # dense histories has many times more positives than users
         vectors = F.embedding_bag(items, self.history.weight, torch.cumsum(counts, 0) - counts, mode="sum",
                                   per_sample_weights=weights)
         return self._beside_id(users, vectors), kept, weights
@@ -223,17 +310,40 @@ class HistoryTower(nn.Module):
         return history if self.embedding is None else torch.cat([self.embedding(users), history], dim=-1)
 
 
-def build_tower(spec: dict, n: int, dim: int, n_items: int | None = None) -> nn.Module:
-    """A tower from its plain-value spec (as stored in the checkpoint's hyperparameters); ``n_items`` sizes
-    a user history tower's table of item vectors."""
-    kind = spec.get("kind", "id")
-    options = {key: value for key, value in spec.items() if key != "kind"}
-    if kind == "id":
-        return IdTower(n, dim, **options)
-    if kind == "features":
-        return FeatureTower(n, dim, **options)
-    if kind == "history":
-        if n_items is None:
-            raise TwoTowerError("a history tower embeds users from their items; use it as model.user_tower")
-        return HistoryTower(n, dim, n_items, **options)
-    raise TwoTowerError(f"unknown tower kind '{kind}'; choose id, features or history")
+def build_tower(spec: dict[str, Any], side: str, n: int, dim: int, n_items: int) -> Tower:
+    """The ``side`` (user or item) tower from its plain-value spec, as ``conf/model/*_tower/*.yaml`` write it and
+    the checkpoint stores it: ``{"_target_": "twotower.model.towers.HistoryTower", "use_id": True}``; ``n`` ids
+    of ``dim`` per part, ``n_items`` for a tower that embeds users from their items."""
+    from hydra.utils import get_class  # a plain function: no Hydra app is needed to load a checkpoint
+
+    target = spec.get("_target_")
+    try:
+        kind = get_class(target) if isinstance(target, str) else None
+    except Exception:  # Hydra's import error, whatever its type: said as an unknown tower below
+        kind = None
+    if kind is None or not issubclass(kind, Tower):
+        raise ConfigError(f"unknown tower {target!r}; choose one of {sorted(TOWERS)} "
+                          "(model/user_tower=NAME, model/item_tower=NAME)")
+    if kind.embeds_users_from_items and side != "user":
+        raise ConfigError(f"a {kind.__name__} embeds users from their items; use it as model/user_tower")
+    options = {key: value for key, value in spec.items() if key != "_target_"}
+    try:
+        return kind(n, dim, n_items=n_items, **options) if kind.embeds_users_from_items else kind(n, dim, **options)
+    except TypeError as error:  # an option the tower does not have
+        raise ConfigError(f"{kind.__name__} cannot be built from {options}: {error}") from None
+
+
+def load_tower(checkpoint: dict[str, Any], side: str) -> Tower:
+    """One tower of a saved model (``side``: user or item), rebuilt from the checkpoint's hyperparameters and
+    weights alone, in evaluation mode: what serving embeds with, without the LightningModule."""
+    hparams = checkpoint["hyper_parameters"]
+    user = build_tower(hparams["user_tower"], "user", hparams["n_users"], hparams["dim"], hparams["n_items"])
+    tower = user if side == "user" else build_tower(hparams["item_tower"], "item", hparams["n_items"],
+                                                    hparams["dim"] * user.parts, hparams["n_items"])
+    prefix = f"{side}_tower."
+    state = {name[len(prefix):]: value for name, value in checkpoint["state_dict"].items() if name.startswith(prefix)}
+    tower.load_state_dict(state)
+    return tower.eval()
+
+
+TOWERS = {"id": IdTower, "features": FeatureTower, "history": HistoryTower}

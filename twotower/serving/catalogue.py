@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,7 @@ from twotower.errors import TwoTowerError
 from twotower.index import (
     Backend,
     ExactIndex,
+    Probe,
     build_for_run,
     load_index,
     rank_candidates,
@@ -122,6 +123,14 @@ class Catalogue:
         """Ids as the added ones are stored: read by the one rule of ``twotower.data.ids`` against the run's
         vocabulary (None where a value cannot be such an id)."""
         return query_ids(ids, self.vocab.numeric).to_list()
+
+    def allowed(self, allow: Iterable[object] | None) -> np.ndarray | None:
+        """The distinct rows of an allow list (None: no list, every item allowed)."""
+        return None if allow is None else np.unique(self.rows(list(allow)))
+
+    def denied(self, deny: Iterable[object] | None) -> np.ndarray:
+        """The distinct rows of a deny list."""
+        return np.unique(self.rows(deny))
 
     def rows(self, ids: Sequence[object] | None, missing: int | None = None) -> np.ndarray:
         """Rows of ``ids`` (added ones first: a removed run item added again is the added one); unknown ids
@@ -314,8 +323,8 @@ def rebuild_index(run_dir: str | Path, index: Backend, recall_queries: int = 100
     run = Run.open(run_dir)  # a rebuild never blesses vectors the run did not export
     added, _ = run.saved_catalogue()
     items = run.item_vectors if added is None else np.concatenate([run.item_vectors, _saved_vectors(added)])
-    return build_for_run(index, run.user_vectors, items, run.seen, run.score, run.paths.index,
-                         run.manifest.checkpoint_fingerprint, recall_queries, seed)
+    probe = Probe.sample(run.user_vectors, run.seen.row, recall_queries, seed)
+    return build_for_run(index, items, run.score, run.paths.index, probe, run.manifest.checkpoint_fingerprint)
 
 
 def _folded_rows(run: Run, n_items: int, n_added: int) -> int:

@@ -31,12 +31,11 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from twotower.data.user_items import UserItems
-from twotower.data.vocab import Vocabulary
 from twotower.errors import TwoTowerError
 from twotower.index import Backend, ExactIndex, backend_from, exact_top, read_meta
 from twotower.run import Run
 from twotower.serving.catalogue import Catalogue
+from twotower.serving.encoder import TowerEncoder
 from twotower.serving.result import Result
 
 UNKNOWN_POLICIES = ("error", "popular")
@@ -78,8 +77,7 @@ class Retriever:
         self.run = run
         self.catalogue = catalogue  # replaced whole by a change, never changed in place
         self._changing = threading.Lock()
-        self._model = None
-        self._model_lock = threading.Lock()
+        self.encoder = TowerEncoder(run)
 
     @classmethod
     def load(cls, run_dir: str | Path, index: Backend | str | None = None) -> Retriever:
@@ -106,38 +104,6 @@ class Retriever:
                 raise
             raise TwoTowerError(f"{error}{reason}") from None
 
-    @property
-    def names(self) -> dict[str, str]:
-        return self.run.names
-
-    @property
-    def user_vocab(self) -> Vocabulary:
-        return self.run.user_vocab
-
-    @property
-    def item_vocab(self) -> Vocabulary:
-        return self.run.item_vocab
-
-    @property
-    def user_vectors(self) -> np.ndarray:
-        return self.run.user_vectors
-
-    @property
-    def item_vectors(self) -> np.ndarray:
-        return self.catalogue.vectors
-
-    @property
-    def history_vectors(self) -> np.ndarray | None:
-        return self.run.history_vectors
-
-    @property
-    def seen(self) -> UserItems:
-        return self.run.seen
-
-    @property
-    def index(self) -> Backend:
-        return self.catalogue.index
-
     def recommend(self, users: object, k: int = 10, exclude_seen: bool = True, allow: Iterable | None = None,
                   deny: Iterable | None = None, unknown: str = "error") -> Result | list[Result]:
         """Top-``k`` items for a user id (or a batch of ids), without the items the user already has.
@@ -148,17 +114,17 @@ class Retriever:
         if unknown not in UNKNOWN_POLICIES:
             raise TwoTowerError(f"unknown must be one of {UNKNOWN_POLICIES}, got '{unknown}'")
         catalogue = self.catalogue  # one catalogue for the whole call
-        k = _check_k(k, len(self.item_vocab))
+        k = _check_k(k, len(self.run.item_vocab))
         batch = list(users) if _is_batch(users) else [users]
         with self._explained("user", batch):
-            rows = self.user_vocab.lookup(batch, missing=-1 if unknown == "popular" else None)
+            rows = self.run.user_vocab.lookup(batch, missing=-1 if unknown == "popular" else None)
         with self._explained("item", [*(() if deny is None else deny), *(() if allow is None else allow)]):
-            denied = np.unique(catalogue.rows(deny))
-            allowed = None if allow is None else np.unique(catalogue.rows(list(allow)))
-        exclude = [np.union1d(self.seen.row(row), denied) if exclude_seen and row >= 0 else denied for row in rows]
+            denied = catalogue.denied(deny)
+            allowed = catalogue.allowed(allow)
+        exclude = [np.union1d(self.run.seen.row(row), denied) if exclude_seen and row >= 0 else denied for row in rows]
         known = rows >= 0
         results: list[Result | None] = [None] * len(rows)
-        found = catalogue.search(self.user_vectors[rows[known]], k, [exclude[i] for i in np.flatnonzero(known)],
+        found = catalogue.search(self.run.user_vectors[rows[known]], k, [exclude[i] for i in np.flatnonzero(known)],
                                  allow=allowed)
         for position, result in zip(np.flatnonzero(known), found, strict=True):
             results[position] = result
@@ -179,23 +145,23 @@ class Retriever:
         ``unknown="skip"`` drops item ids outside the run's vocabulary (also items added after training)
         instead of raising; a history left empty gets the most popular items.
         """
-        if self.history_vectors is None:
+        if self.run.history_vectors is None:
             raise TwoTowerError(f"{self.run.root} was trained without a history tower, so it cannot embed a user "
                                 "from their items; train with a history user tower (the default, or model=history)")
         if unknown not in HISTORY_UNKNOWN_POLICIES:
             raise TwoTowerError(f"unknown must be one of {HISTORY_UNKNOWN_POLICIES}, got '{unknown}'")
         catalogue = self.catalogue
-        k = _check_k(k, len(self.item_vocab))
+        k = _check_k(k, len(self.run.item_vocab))
         histories = list(items) if _is_history_batch(items) else [items]
         rows = []
         for history in histories:
             if not _is_batch(history):
                 raise TwoTowerError(f"a history is a list of item ids, got {history!r}")
             with self._explained("item", list(history)):
-                found = self.item_vocab.lookup(list(history), missing=-1 if unknown == "skip" else None)
+                found = self.run.item_vocab.lookup(list(history), missing=-1 if unknown == "skip" else None)
             rows.append(np.unique(found[found >= 0]))
-        denied = np.unique(catalogue.rows(deny))
-        allowed = None if allow is None else np.unique(catalogue.rows(list(allow)))
+        denied = catalogue.denied(deny)
+        allowed = catalogue.allowed(allow)
         exclude = [np.union1d(given, denied) for given in rows]
         results = [None if len(given) else catalogue.popular(k, exclude=excluded, allow=allowed)
                    for given, excluded in zip(rows, exclude, strict=True)]
@@ -209,7 +175,7 @@ class Retriever:
 
     def history_queries(self, histories: Sequence[np.ndarray]) -> np.ndarray:
         """The history tower's user vectors for histories of item indices, in the space of the index."""
-        queries = np.stack([self.history_vectors[rows].mean(axis=0) for rows in histories])
+        queries = np.stack([self.run.history_vectors[rows].mean(axis=0) for rows in histories])
         if self.run.score == "cosine":
             queries /= np.maximum(np.linalg.norm(queries, axis=1, keepdims=True), 1e-12)
         # A tower with user ids puts the history part last, beside an ID part that a new user does not have.
@@ -219,42 +185,42 @@ class Retriever:
                       deny: Iterable | None = None) -> Result | list[Result]:
         """The ``k`` items closest to an item id or title (or a batch), by the model's score; not itself."""
         catalogue = self.catalogue
-        k = _check_k(k, len(self.item_vocab))
+        k = _check_k(k, len(self.run.item_vocab))
         batch = list(items) if _is_batch(items) else [items]
         with self._explained("item", batch):
             rows = np.array([catalogue.resolve(item) for item in batch], dtype=np.int64)
-        denied = np.unique(catalogue.rows(deny))
-        allowed = None if allow is None else np.unique(catalogue.rows(list(allow)))
+        denied = catalogue.denied(deny)
+        allowed = catalogue.allowed(allow)
         results = catalogue.search(catalogue.vectors_of(rows), k, [np.union1d(denied, [row]) for row in rows],
                                    allow=allowed)
         return results if _is_batch(items) else results[0]
 
     def similar_users(self, users: object, k: int = 10) -> Result | list[Result]:
         """The ``k`` users closest to a user id (or a batch), by exact search over the user vectors."""
-        k = _check_k(k, len(self.user_vocab))
+        k = _check_k(k, len(self.run.user_vocab))
         batch = list(users) if _is_batch(users) else [users]
         with self._explained("user", batch):
-            rows = np.array([self.user_vocab.resolve(user) for user in batch], dtype=np.int64)
-        indices, scores = exact_top(self.user_vectors[rows], self.user_vectors, k + 1)
+            rows = np.array([self.run.user_vocab.resolve(user) for user in batch], dtype=np.int64)
+        indices, scores = exact_top(self.run.user_vectors[rows], self.run.user_vectors, k + 1)
         results = []
         for row, found, found_scores in zip(rows, indices, scores, strict=True):
             keep = found != row
-            results.append(Result(self.user_vocab.decode(found[keep][:k]), found_scores[keep][:k]))
+            results.append(Result(self.run.user_vocab.decode(found[keep][:k]), found_scores[keep][:k]))
         return results if _is_batch(users) else results[0]
 
     def popular(self, k: int = 10, exclude: np.ndarray | None = None, allow: Iterable | None = None) -> Result:
         """The ``k`` items with the most interactions in the run's log (the fallback for unknown users);
         ``exclude`` holds item rows, ``allow`` item ids."""
         catalogue = self.catalogue
-        allowed = None if allow is None else np.unique(catalogue.rows(list(allow)))
-        return catalogue.popular(_check_k(k, len(self.item_vocab)), exclude=exclude, allow=allowed)
+        allowed = catalogue.allowed(allow)
+        return catalogue.popular(_check_k(k, len(self.run.item_vocab)), exclude=exclude, allow=allowed)
 
     def search(self, queries: np.ndarray, k: int, exclude: Sequence[np.ndarray] | None = None,
                allow: Iterable | None = None) -> list[Result]:
         """Top-``k`` items by dot product with each query vector, leaving out ``exclude[i]`` (item rows)."""
         catalogue = self.catalogue
-        allowed = None if allow is None else np.unique(catalogue.rows(list(allow)))
-        return catalogue.search(queries, _check_k(k, len(self.item_vocab)), exclude, allow=allowed)
+        allowed = catalogue.allowed(allow)
+        return catalogue.search(queries, _check_k(k, len(self.run.item_vocab)), exclude, allow=allowed)
 
     def describe_items(self, ids: Iterable[object]) -> list[str | None]:
         """Titles for item ids where the vocabulary (or the added items) have them."""
@@ -295,26 +261,13 @@ class Retriever:
     def about(self) -> dict[str, Any]:
         """What is being served: the run, its sizes, score and index, and the catalogue's changes."""
         catalogue = self.catalogue
-        return {"run_dir": str(self.run.root), "score": self.run.score, "users": len(self.user_vocab),
-                "items": len(self.item_vocab), "dim": catalogue.dim, "index": catalogue.index.backend,
+        return {"run_dir": str(self.run.root), "score": self.run.score, "users": len(self.run.user_vocab),
+                "items": len(self.run.item_vocab), "dim": catalogue.dim, "index": catalogue.index.backend,
                 **catalogue.counts()}
-
-    def model(self) -> Any:
-        """The trained ``TwoTowerModel`` (loaded on first use; needs PyTorch)."""
-        checkpoint = self.run.manifest.checkpoint
-        if not checkpoint:
-            raise TwoTowerError(f"{self.run.root} has no checkpoint, so it has no model to embed with")
-        with self._model_lock:
-            if self._model is None:
-                from twotower.model.module import TwoTowerModel
-
-                self._model = TwoTowerModel.load_from_checkpoint(self.run.root / checkpoint,
-                                                                 map_location="cpu").eval()
-            return self._model
 
     def item_features(self) -> list[str]:
         """The side features the run's item tower reads (none for an ID tower)."""
-        return [spec["name"] for spec in getattr(self.model().item_tower, "specs", [])]
+        return self.encoder.features("item")
 
     def embed(self, side: str, features: pl.DataFrame) -> np.ndarray:
         """Vectors for new users or items (``side``) from their side features alone (cold start).
@@ -322,18 +275,4 @@ class Retriever:
         Only runs whose tower for that side is a feature tower can do this; ``features`` has one row per
         new id and the feature columns the model was trained with (missing values are allowed).
         """
-        import torch
-
-        from twotower.data.features import encode_features
-        from twotower.model.scoring import project
-        from twotower.model.towers import FeatureTower
-
-        model = self.model()
-        tower = getattr(model, f"{side}_tower", None)
-        if not isinstance(tower, FeatureTower):
-            raise TwoTowerError(f"this run's {self.names.get(side, side)} tower uses no features, so new "
-                                f"{self.names.get(side, side)}s cannot be embedded; use unknown='popular'")
-        with torch.no_grad():
-            vectors = project(tower.embed_features(encode_features(features, tower.specs)), self.run.score,
-                              model.blocks)
-        return vectors.numpy()
+        return self.encoder.embed_features(side, features)

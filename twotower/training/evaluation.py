@@ -88,7 +88,7 @@ def evaluate_vectors(user_vectors: np.ndarray, item_vectors: np.ndarray, seen: U
     users, items = torch.from_numpy(user_vectors), torch.from_numpy(item_vectors)
     for chunk in range(len(chunks)):
         batch = chunks[chunk]
-        metrics.update(users[batch["users"]] @ items.T, batch)
+        metrics.update(users[batch.users] @ items.T, batch)
     results = {name: float(value) for name, value in metrics.compute().items()}
     results["users"] = len(chunks.users)
     return results

@@ -11,7 +11,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from twotower.errors import TwoTowerError
+from twotower import checks
+from twotower.errors import ConfigError
 
 log = logging.getLogger("twotower")
 
@@ -28,16 +29,17 @@ class Sizing:
     dim: int
 
     @classmethod
-    def of(cls, n_users: int, n_items: int, max_candidates: int | None, sample_above: int) -> Sizing:
-        sampled = max_candidates is not None and n_items > max(max_candidates, sample_above)
-        pairs = n_users * (max_candidates if sampled else n_items)
+    def of(cls, n_users: int, scored_per_user: int) -> Sizing:
+        """For ``n_users`` training users, each scored against ``scored_per_user`` items an epoch
+        (``BatchPlan.scored_per_user``)."""
+        pairs = n_users * scored_per_user
         return cls(pairs, WIDE if pairs <= SMALL_EPOCH else NARROW)
 
     def resolve(self, dim: object) -> int:
         """``dim`` as given, or this log's where it is ``auto``, said in the log."""
-        if dim != AUTO and (isinstance(dim, bool) or not isinstance(dim, int) or dim < 1):
-            raise TwoTowerError(f"model.dim must be auto or an integer >= 1, got {dim!r}")
         if dim != AUTO:
+            if not checks.is_integer(dim) or dim < 1:
+                raise ConfigError(f"model.dim must be auto or an integer >= 1, got {dim!r}")
             return dim
         size = "at most" if self.scored_pairs <= SMALL_EPOCH else "more than"
         log.info("an epoch scores %s (user, item) pairs, %s %s: model.dim=%d (give a value to choose otherwise)",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shlex
 
+from twotower.index import read_report
 from twotower.run import Run
 
 PHASES = {"data": "data", "selection": "selection", "evaluation": "evaluation", "final_fit": "final fit",
@@ -45,7 +46,7 @@ def summary(run: Run) -> str:
     times = " · ".join(f"{name} {seconds_text(manifest.seconds[phase])}" for phase, name in PHASES.items()
                        if phase in manifest.seconds)
     lines.append(f"time: {times}" + (f" (on {manifest.device})" if manifest.device else ""))
-    report = run.index_report()
+    report = read_report(run.paths.index)
     if report:
         qps = f" at {report['qps']:,} queries/s" if report.get("qps") else ""
         lines.append(f"index: {report['backend']}, {report.get('chosen', '')}: recall@10 "

@@ -1,6 +1,7 @@
-"""What ``twotower-train`` does, as a plain function of its composed config: select the number of epochs on
-the validation split, train the final model, test, export the vectors, build and measure the index, and
-write the run directory (``train`` returns the metrics; sweepers optimise the monitored one).
+"""What ``twotower-train`` does, as a plain function of its composed config, in named phases: **select** the
+number of epochs on the validation split, train the **final fit** on every split the user gave, **test**
+the model the test split is fair to, and **publish** the run directory (vectors, index, metrics,
+``run.json``). ``train`` returns the metrics; sweepers optimise the monitored one.
 
 Training into a finished run directory builds the new run in ``DIR/.staging`` and replaces the old one only
 once the new one is complete, so a failed re-run leaves the finished run as it was; a lock refuses a second
@@ -14,28 +15,28 @@ import math
 import os
 import shutil
 import time
+from dataclasses import dataclass, field
 from importlib.resources import files
 from pathlib import Path
 
 import lightning as L
 import numpy as np
 import torch
-from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from twotower import checks
 from twotower.data.datamodule import InteractionDataModule
-from twotower.embeddings import write_vectors
-from twotower.errors import TwoTowerError
-from twotower.files import fingerprint, write_json, write_text
-from twotower.index import Backend, build_for_run
+from twotower.data.splits import SPLIT_NAMES
+from twotower.errors import ConfigError
+from twotower.files import fingerprint, write_json, write_parquet, write_text
+from twotower.index import Backend, Probe, build_for_run
 from twotower.model.metrics import metric_names
 from twotower.model.module import TwoTowerModel
-from twotower.model.towers import FeatureTower, HistoryTower
-from twotower.run import Manifest, RunPaths, seen_items
+from twotower.run import Manifest, RunPaths, seen_items, write_vectors
+from twotower.training.build import batch_plan, build_datamodule, build_model, sizing
 from twotower.training.evaluation import popularity_metrics
 from twotower.training.progress import PhaseProgressBar
-from twotower.training.sizing import AUTO, Sizing
 from twotower.training.staging import exclusive, publish
 
 log = logging.getLogger("twotower")
@@ -48,6 +49,51 @@ def register_resolvers() -> None:
 
 
 register_resolvers()  # so that composing the train config works wherever training is imported
+
+FINAL_FITS = ("warm", "scratch")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The options of the run itself (not of its parts), checked before anything is read."""
+
+    final_fit: str | None  # warm, scratch, or None: export the selected model
+    final_fit_share: float
+    test: bool
+    seed: int
+
+    @classmethod
+    def of(cls, cfg: DictConfig) -> Settings:
+        final_fit = {True: "warm", False: None, None: None}.get(cfg.final_fit, cfg.final_fit)
+        if final_fit is not None and final_fit not in FINAL_FITS:
+            raise ConfigError(f"final_fit must be warm, scratch or false, got {cfg.final_fit!r}")
+        check_trainer_switches(cfg.trainer)
+        return cls(final_fit, checks.number("final_fit_share", cfg.final_fit_share, above=0),
+                   checks.flag("test", cfg.test), checks.integer("seed", cfg.seed))
+
+
+def check_trainer_switches(trainer: DictConfig) -> None:
+    """Stopping rules Lightning would accept but that leave no model to export."""
+    max_epochs, max_steps = trainer.get("max_epochs"), trainer.get("max_steps", -1)
+    checks.integer("trainer.max_steps", max_steps, 1, also=(-1, "no limit"))
+    unlimited = max_epochs == -1 and max_steps >= 1  # Lightning's "until max_steps"
+    if not (max_epochs is None or unlimited or (checks.is_integer(max_epochs) and max_epochs >= 1)):
+        raise ConfigError(f"trainer.max_epochs must be an integer >= 1 (or -1 with trainer.max_steps set), "
+                          f"got {max_epochs!r}")
+
+
+def checked_monitor(monitor: str, ks: list[int], n_items: int) -> str:
+    """The metric that selects checkpoints and stops early, as the validation pass logs it: a cut-off beyond a
+    small catalogue is the catalogue's size (``val/ndcg@20`` of 5 items is ``val/ndcg@5``)."""
+    logged = [f"val/{name}" for name in metric_names(ks, n_items)]
+    name, _, cut_off = monitor.partition("@")
+    if cut_off.isdigit() and int(cut_off) > n_items and f"{name}@{n_items}" in logged:
+        log.info("monitor=%s: the catalogue has %d items, so %s@%d selects the model", monitor, n_items, name,
+                 n_items)
+        return f"{name}@{n_items}"
+    if monitor not in logged:
+        raise ConfigError(f"monitor={monitor} is not a metric the run logs; choose one of {logged}")
+    return monitor
 
 
 class Stopwatch:
@@ -63,90 +109,226 @@ class Stopwatch:
         self.started = now
 
 
-def build_model(model_cfg: DictConfig, datamodule: InteractionDataModule) -> TwoTowerModel:
-    """The configured model, sized for the data, with its feature towers' tables and its history tower's
-    histories (what it now trains on) filled in."""
-    model_cfg = model_cfg.copy()
-    if model_cfg.dim == AUTO:  # as fit_and_export resolves it for the log (and says so)
-        model_cfg.dim = sizing(model_cfg, datamodule).dim
-    for side in ("user", "item"):  # assigned, not merged: a feature list becomes a list of specs
-        model_cfg[f"{side}_tower"] = datamodule.complete_tower(side, model_cfg.get(f"{side}_tower") or {})
-    # Only the optimizers and the scheduler become objects; the loss and towers stay plain specs (the loss's
-    # _target_ included), which the model stores as hyperparameters and builds itself on loading.
-    factories = {name: instantiate(model_cfg[name]) if model_cfg.get(name) else None
-                 for name in ("optimizer", "scheduler", "sparse_optimizer")}
-    try:
-        model = instantiate(model_cfg, _recursive_=False, n_users=datamodule.n_users, n_items=datamodule.n_items,
-                            **factories)
-    except InstantiationException as error:  # the model's own refusal, said as itself
-        if isinstance(error.__cause__, TwoTowerError):
-            raise error.__cause__ from None
-        raise
-    for side in ("user", "item"):
-        tower = getattr(model, f"{side}_tower")
-        if isinstance(tower, FeatureTower):
-            tower.load_features(*datamodule.side_features(side, tower.specs))
-    if isinstance(model.user_tower, HistoryTower):
-        history = datamodule.training_user_items()
-        model.user_tower.load_history(torch.from_numpy(history.indptr), torch.from_numpy(history.items))
-    return model
+def is_first_process() -> bool:
+    """Whether this is the process that started the run (not a DDP worker Lightning or torchrun started)."""
+    return all(os.environ.get(variable, "0") == "0" for variable in ("RANK", "LOCAL_RANK", "NODE_RANK"))
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Select on the validation split, train the final model, test, export and index; returns the metrics."""
+    settings = Settings.of(cfg)
+    index = instantiate(cfg.index)  # its settings are checked here, not after hours of training
+    root = RunPaths(Path(cfg.run_dir))
+    if not is_first_process():
+        return fit_and_export(staged(cfg, root), settings, index, root)
+    with exclusive(root):
+        cfg = staged(cfg, root)
+        work = RunPaths(Path(cfg.run_dir))
+        if work != root and cfg.ckpt_path in (None, "") and work.root.exists():
+            shutil.rmtree(work.root)  # an earlier re-run's leftovers: this one starts afresh
+        return fit_and_export(cfg, settings, index, root)
+
+
+def staged(cfg: DictConfig, root: RunPaths) -> DictConfig:
+    """``cfg`` with its run directory moved to ``root``'s staging folder when ``root`` holds a finished run
+    (every path of the run's config follows ``run_dir``)."""
+    if not root.manifest.exists():
+        return cfg
+    cfg = cfg.copy()
+    cfg.run_dir = str(root.staging)
+    return cfg
+
+
+def fit_and_export(cfg: DictConfig, settings: Settings, index: Backend, root: RunPaths) -> dict[str, float]:
+    """The phases of a run, each timed: prepare, select, final fit, test, publish."""
+    paths = RunPaths(Path(cfg.run_dir))
+    seconds = Stopwatch()
+    datamodule = prepare(cfg, settings, paths)
+    seconds.lap("data")
+    selection = select(cfg, datamodule, paths)
+    seconds.lap("selection")
+    final = final_fit(cfg, settings, datamodule, selection, paths) if settings.final_fit else None
+    seconds.lap("final_fit")
+    tested = test(cfg, settings, datamodule, selection, final)
+    seconds.lap("evaluation")
+    trainer = final.trainer if final else selection.trainer
+    metrics = selection.metrics | tested.metrics | {"selected_epochs": selection.epochs}
+    metrics |= {"final_fit_epochs": final.epochs} if final else {}
+    metrics = {name: float(value) for name, value in metrics.items()}
+    if trainer.world_size > 1:  # each process's view of the (synchronised) metrics, for the record
+        write_json(metrics, paths.metrics(f"rank{trainer.global_rank}"))
+    if trainer.is_global_zero:
+        publish_run(cfg, datamodule, selection, final, tested, metrics, index, paths, seconds)
+        if paths != root:
+            publish(paths.root, root.root)
+    return metrics
+
+
+def prepare(cfg: DictConfig, settings: Settings, paths: RunPaths) -> InteractionDataModule:
+    """Read and split the log, resolve what follows from it (the monitor's cut-off, ``model.dim=auto``), plan
+    the batches for the loss, and save the run's config and data (vocabularies, splits, what was dropped)."""
+    L.seed_everything(settings.seed, workers=True, verbose=False)
+    datamodule = build_datamodule(cfg)
+    datamodule.setup("fit")
+    cfg.monitor = checked_monitor(cfg.monitor, list(cfg.model.ks), datamodule.n_items)
+    cfg.model.dim = sizing(cfg, datamodule).resolve(cfg.model.dim)
+    datamodule.use(batch_plan(cfg, datamodule.n_items))
+    if is_first_process():
+        write_text(OmegaConf.to_yaml(cfg, resolve=True), paths.config)
+        save_data(datamodule, paths)
+    return datamodule
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The model selected on the validation split: its checkpoint, its epochs, its validation metrics beside
+    popularity's (and popularity's on test, which needs no model)."""
+
+    trainer: L.Trainer
+    model: TwoTowerModel
+    checkpoint: Path
+    epochs: int
+    metrics: dict[str, float]
+
+
+def select(cfg: DictConfig, datamodule: InteractionDataModule, paths: RunPaths) -> Selection:
+    """Train on the train split, validating every epoch; early stopping and the best checkpoint select."""
+    model = build_model(cfg, datamodule)
+    resume = checkpoint_to_resume(cfg.ckpt_path, paths)
+    if resume is None and (paths.root / "logs").exists():
+        shutil.rmtree(paths.root / "logs")  # a fresh start: an unfinished run's epochs are not this run's
+    callbacks = [instantiate(callback) for callback in (cfg.get("callbacks") or {}).values() if callback is not None]
+    logger = instantiate(cfg.logger) if cfg.get("logger") else False
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=[*callbacks, *progress_bar(cfg, "selection")],
+                                     logger=logger)
+    fit(trainer, model, datamodule, resume)
+    selected = Path(trainer.checkpoint_callback.best_model_path or paths.last_checkpoint)
+    epochs = torch.load(selected, map_location="cpu", weights_only=False)["epoch"] + 1
+    # The selected checkpoint's metrics, not the last epoch's, beside popularity's on the same splits.
+    metrics = trainer.validate(model, datamodule=datamodule, ckpt_path=str(selected), verbose=False)[0]
+    ks = list(cfg.model.ks)
+    metrics |= popularity(datamodule, "val", ks) | (popularity(datamodule, "test", ks) if cfg.test else {})
+    return Selection(trainer, model, selected, epochs, metrics)
+
+
+@dataclass(frozen=True)
+class FinalFit:
+    """The model to export, trained on ``trained_on`` for ``epochs`` more."""
+
+    trainer: L.Trainer
+    model: TwoTowerModel
+    checkpoint: Path
+    epochs: int
+    trained_on: tuple[str, ...]
+
+
+def final_fit(cfg: DictConfig, settings: Settings, datamodule: InteractionDataModule, selection: Selection,
+              paths: RunPaths) -> FinalFit:
+    """Train the model to export on every split the user gave (no validation: nothing is held out any more):
+    ``warm``, the selected model trained on for ``final_fit_share`` of its epochs more; ``scratch``, a new
+    model for as many epochs as were selected."""
+    L.seed_everything(settings.seed, workers=True, verbose=False)
+    datamodule.fit_on(datamodule.final_fit_splits)
+    model = build_model(cfg, datamodule)  # its towers read every split now
+    epochs = selection.epochs
+    if settings.final_fit == "warm":
+        parameters = dict(model.named_parameters())
+        state = torch.load(selection.checkpoint, map_location="cpu", weights_only=False)["state_dict"]
+        model.load_state_dict({name: value for name, value in state.items() if name in parameters}, strict=False)
+        epochs = max(1, math.ceil(epochs * settings.final_fit_share))
+    trainer = instantiate(cfg.trainer, max_epochs=epochs, limit_val_batches=0, enable_checkpointing=False,
+                          logger=False, callbacks=progress_bar(cfg, "final fit"))
+    fit(trainer, model, datamodule)
+    checkpoint = paths.checkpoints / "final.ckpt"  # written once, at the end: nothing resumes a final fit
+    trainer.save_checkpoint(checkpoint)
+    return FinalFit(trainer, model, checkpoint, epochs, datamodule.final_fit_splits)
+
+
+@dataclass(frozen=True)
+class Tested:
+    """Test metrics, and which model they are of: the exported one where it has not seen the test split, else
+    the selected one."""
+
+    metrics: dict[str, float] = field(default_factory=dict)
+    source: dict[str, object] | None = None
+
+
+def test(cfg: DictConfig, settings: Settings, datamodule: InteractionDataModule, selection: Selection,
+         final: FinalFit | None) -> Tested:
+    if not settings.test:
+        return Tested()
+    if final is None or "test" in final.trained_on:
+        found = selection.trainer.test(selection.model, datamodule=datamodule, ckpt_path=str(selection.checkpoint),
+                                       verbose=False)[0]
+        return Tested(found, {"model": "selected", "trained_on": ["train"]})
+    found = final.trainer.test(final.model, datamodule=datamodule, ckpt_path=str(final.checkpoint), verbose=False)[0]
+    return Tested(found, {"model": "exported", "trained_on": list(final.trained_on)})
+
+
+def publish_run(cfg: DictConfig, datamodule: InteractionDataModule, selection: Selection, final: FinalFit | None,
+                tested: Tested, metrics: dict[str, float], index: Backend, paths: RunPaths,
+                seconds: Stopwatch) -> None:
+    """Export the model's vectors, build and measure the index over them, and write the metrics and
+    ``run.json`` (last: it makes the directory a finished run)."""
+    exported = final.checkpoint if final else selection.checkpoint
+    model = TwoTowerModel.load_from_checkpoint(exported, map_location="cpu")
+    users, items = export(model, datamodule, paths)
+    # Seen items as retrieval will read them from the run directory, so the index is tuned on what it serves.
+    seen = seen_items(paths, datamodule.n_users)
+    checkpoint = fingerprint(exported)
+    build_for_run(index, items, model.hparams.score, paths.index, Probe.sample(users, seen.row,
+                  cfg.index_recall_queries, cfg.seed), checkpoint)
+    write_json(metrics, paths.metrics("train"))
+    seconds.lap("export_and_index")
+    sources = {"val": {"model": "selected", "trained_on": ["train"]}} | ({"test": tested.source} if tested.source
+                                                                         else {})
+    Manifest(
+        names=datamodule.names, score=model.hparams.score, dim=int(items.shape[1]), n_users=datamodule.n_users,
+        n_items=datamodule.n_items, min_rating=datamodule.min_rating,
+        checkpoint=os.path.relpath(exported, paths.root), checkpoint_fingerprint=checkpoint,
+        selected_checkpoint=os.path.relpath(selection.checkpoint, paths.root),
+        trained_on=list(final.trained_on) if final else ["train"], monitor=cfg.monitor, metrics=metrics,
+        metrics_from=sources, fingerprints=paths.fingerprints(), seconds=seconds.laps,
+        device=str((final or selection).trainer.strategy.root_device), example_item=datamodule.example_item,
+        parts=model.parts,
+    ).write(paths)
 
 
 def export(model: TwoTowerModel, datamodule: InteractionDataModule, paths: RunPaths) -> tuple[np.ndarray, np.ndarray]:
-    """Write the vectors whose dot product ranks as the model does (and a history tower's item vectors,
-    which embed a new user at retrieval); returns the user and item vectors."""
+    """Write the vectors whose dot product ranks as the model does, and the tables a tower exports beside them
+    (a history tower's item vectors, which embed a new user at retrieval); returns the user and item vectors."""
     model.eval()
     with torch.no_grad():
         users = model.all_user_vectors().float().cpu().numpy()
         items = model.all_item_vectors().float().cpu().numpy()
+        tables = {name: table.float().cpu().numpy() for name, table in model.user_tower.exports().items()}
     write_vectors(datamodule.user_vocab.ids, users, paths.embeddings("users"))
     write_vectors(datamodule.item_vocab.ids, items, paths.embeddings("items"))
-    if isinstance(model.user_tower, HistoryTower):
-        write_vectors(datamodule.item_vocab.ids, model.user_tower.history.weight.detach().float().cpu().numpy(),
-                      paths.embeddings("history"))
+    for name, table in tables.items():
+        write_vectors(datamodule.item_vocab.ids, table, paths.embeddings(name))
     return users, items
 
 
-FINAL_FITS = ("warm", "scratch")
+def save_data(datamodule: InteractionDataModule, paths: RunPaths) -> None:
+    """Vocabularies, splits and the ids left out, so evaluation and retrieval never need the raw log again."""
+    datamodule.user_vocab.save(paths.vocab("users"))
+    datamodule.item_vocab.save(paths.vocab("items"))
+    for name in SPLIT_NAMES:
+        write_parquet(datamodule.splits[name], paths.split(name))
+    for path, frame in ((paths.non_positive, datamodule.non_positive), (paths.dropped, datamodule.dropped)):
+        path.unlink(missing_ok=True)  # from an earlier run into this directory
+        if frame is not None and frame.height:
+            write_parquet(frame, path)
 
 
-def final_fit(cfg: DictConfig, datamodule: InteractionDataModule, selected: Path, epochs: int, paths: RunPaths
-              ) -> tuple[Path, L.Trainer, int]:
-    """Train the model to export on every split the user gave (no validation: nothing is held out any more):
-    ``warm``, the selected model trained on for ``final_fit_share`` of its epochs more; ``scratch``, a new
-    model for as many epochs as were selected. Returns its checkpoint, its trainer and its epochs."""
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
-    datamodule.fit_on(datamodule.final_fit_splits)
-    model = build_model(cfg.model, datamodule)  # its feature and history buffers: of every split now
-    if final_fit_mode(cfg.final_fit) == "warm":
-        parameters = dict(model.named_parameters())
-        state = torch.load(selected, map_location="cpu", weights_only=False)["state_dict"]
-        model.load_state_dict({name: value for name, value in state.items() if name in parameters}, strict=False)
-        epochs = max(1, math.ceil(epochs * cfg.final_fit_share))
-    trainer = instantiate(cfg.trainer, max_epochs=epochs, limit_val_batches=0, enable_checkpointing=False,
-                          logger=False, callbacks=progress_bar(cfg, "final fit"))
-    fit(trainer, model, datamodule)
-    exported = paths.checkpoints / "final.ckpt"  # written once, at the end: nothing resumes a final fit
-    trainer.save_checkpoint(exported)
-    return exported, trainer, epochs
-
-
-def checked_share(share: object) -> float:
-    """``final_fit_share``, refused unless it is a number above 0."""
-    if isinstance(share, bool) or not isinstance(share, (int, float)) or share <= 0:
-        raise TwoTowerError(f"final_fit_share must be a number > 0, got {share!r}")
-    return share
-
-
-def final_fit_mode(final_fit: object) -> str | None:
-    """``warm``, ``scratch`` or None (export the selected model); ``true`` is the default, ``warm``."""
-    if final_fit is True:
-        return "warm"
-    if final_fit is False or final_fit is None:
-        return None
-    if final_fit not in FINAL_FITS:
-        raise TwoTowerError(f"final_fit must be warm, scratch or false, got {final_fit!r}")
-    return final_fit
+def popularity(datamodule: InteractionDataModule, stage: str, ks: list[int]) -> dict[str, float]:
+    """``{stage}/popularity/{metric}``: the most popular training items for every user, on the same split."""
+    counts = np.bincount(datamodule.splits["train"]["item"].to_numpy(), minlength=datamodule.n_items)
+    seen, target = (("train",), "valid") if stage == "val" else (("train", "valid"), "test")
+    if datamodule.splits[target].height == 0:
+        return {}
+    found = popularity_metrics(counts, datamodule.user_items(*seen), datamodule.user_items(target), ks)
+    return {f"{stage}/popularity/{name}": value for name, value in found.items() if name != "users"}
 
 
 def progress_bar(cfg: DictConfig, phase: str) -> list[PhaseProgressBar]:
@@ -164,158 +346,10 @@ def fit(trainer: L.Trainer, model: TwoTowerModel, datamodule: InteractionDataMod
         raise
 
 
-def check_trainer_switches(trainer: DictConfig) -> None:
-    """Stopping rules Lightning would accept but that leave no model to export."""
-    max_epochs, max_steps = trainer.get("max_epochs"), trainer.get("max_steps", -1)
-    if not (isinstance(max_steps, int) and (max_steps == -1 or max_steps >= 1)):
-        raise TwoTowerError(f"trainer.max_steps must be -1 (no limit) or an integer >= 1, got {max_steps!r}")
-    unlimited = max_epochs == -1 and max_steps >= 1  # Lightning's "until max_steps"
-    if not (max_epochs is None or unlimited or (isinstance(max_epochs, int) and max_epochs >= 1)):
-        raise TwoTowerError(f"trainer.max_epochs must be an integer >= 1 (or -1 with trainer.max_steps set), "
-                            f"got {max_epochs!r}")
-
-
-def checked_monitor(monitor: str, ks: list[int], n_items: int) -> str:
-    """The metric that selects checkpoints and stops early, as the validation pass logs it: a cut-off beyond a
-    small catalogue is the catalogue's size (``val/ndcg@20`` of 5 items is ``val/ndcg@5``)."""
-    logged = [f"val/{name}" for name in metric_names(ks, n_items)]
-    name, _, cut_off = monitor.partition("@")
-    if cut_off.isdigit() and int(cut_off) > n_items and f"{name}@{n_items}" in logged:
-        log.info("monitor=%s: the catalogue has %d items, so %s@%d selects the model", monitor, n_items, name,
-                 n_items)
-        return f"{name}@{n_items}"
-    if monitor not in logged:
-        raise TwoTowerError(f"monitor={monitor} is not a metric the run logs; choose one of {logged}")
-    return monitor
-
-
-def is_first_process() -> bool:
-    """Whether this is the process that started the run (not a DDP worker Lightning or torchrun started)."""
-    return all(os.environ.get(variable, "0") == "0" for variable in ("RANK", "LOCAL_RANK", "NODE_RANK"))
-
-
 def checkpoint_to_resume(ckpt_path: str | None, paths: RunPaths) -> str | None:
     if ckpt_path in (None, ""):
         return None
     path = paths.last_checkpoint if ckpt_path == "last" else Path(ckpt_path)
     if not path.exists():
-        raise TwoTowerError(f"checkpoint to resume from not found: {path}")
+        raise ConfigError(f"ckpt_path: checkpoint to resume from not found: {path}")
     return str(path)
-
-
-def train(cfg: DictConfig) -> dict[str, float]:
-    """Select on the validation split, train the final model, test, export and index; returns the metrics."""
-    check_trainer_switches(cfg.trainer)
-    index = instantiate(cfg.index)  # its settings are checked here, not after hours of training
-    root = RunPaths(Path(cfg.run_dir))
-    if not is_first_process():
-        return fit_and_export(staged(cfg, root), index, root)
-    with exclusive(root):
-        cfg = staged(cfg, root)
-        work = RunPaths(Path(cfg.run_dir))
-        if work != root and cfg.ckpt_path in (None, "") and work.root.exists():
-            shutil.rmtree(work.root)  # an earlier re-run's leftovers: this one starts afresh
-        return fit_and_export(cfg, index, root)
-
-
-def staged(cfg: DictConfig, root: RunPaths) -> DictConfig:
-    """``cfg`` with its run directory moved to ``root``'s staging folder when ``root`` holds a finished run
-    (every path of the run's config follows ``run_dir``)."""
-    if not root.manifest.exists():
-        return cfg
-    cfg = cfg.copy()
-    cfg.run_dir = str(root.staging)
-    return cfg
-
-
-def fit_and_export(cfg: DictConfig, index: Backend, root: RunPaths) -> dict[str, float]:
-    paths = RunPaths(Path(cfg.run_dir))
-    seconds = Stopwatch()
-    mode = final_fit_mode(cfg.final_fit)  # checked before anything is read
-    checked_share(cfg.final_fit_share)
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
-    datamodule: InteractionDataModule = instantiate(cfg.datamodule)
-    datamodule.setup("fit")
-    cfg.monitor = checked_monitor(cfg.monitor, list(cfg.model.ks), datamodule.n_items)
-    cfg.model.dim = sizing(cfg.model, datamodule).resolve(cfg.model.dim)
-    model = build_model(cfg.model, datamodule)
-    resume = checkpoint_to_resume(cfg.ckpt_path, paths)
-    if resume is None and (paths.root / "logs").exists():
-        shutil.rmtree(paths.root / "logs")  # a fresh start: an unfinished run's epochs are not this run's
-    callbacks = [instantiate(callback) for callback in (cfg.get("callbacks") or {}).values() if callback is not None]
-    logger = instantiate(cfg.logger) if cfg.get("logger") else False
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=[*callbacks, *progress_bar(cfg, "selection")],
-                                     logger=logger)
-    if trainer.is_global_zero:
-        write_text(OmegaConf.to_yaml(cfg, resolve=True), paths.config)
-        datamodule.save(paths)
-    seconds.lap("data")
-
-    fit(trainer, model, datamodule, resume)
-    seconds.lap("selection")
-    selected = Path(trainer.checkpoint_callback.best_model_path or paths.last_checkpoint)
-    epochs = torch.load(selected, map_location="cpu", weights_only=False)["epoch"] + 1
-    # Metrics of the selected checkpoint, not of the last epoch, beside popularity's on the same splits.
-    metrics = trainer.validate(model, datamodule=datamodule, ckpt_path=str(selected), verbose=False)[0]
-    metrics |= popularity(datamodule, "val", list(cfg.model.ks))
-    metrics["selected_epochs"] = epochs
-    sources = {"val": {"model": "selected", "trained_on": ["train"]}}
-    exported, trained_on = selected, ["train"]
-    if cfg.test:
-        metrics |= popularity(datamodule, "test", list(cfg.model.ks))
-    if mode is not None:
-        trained_on = list(datamodule.final_fit_splits)
-        if cfg.test and "test" in trained_on:  # the final model will have seen the test split: test before
-            metrics |= trainer.test(model, datamodule=datamodule, ckpt_path=str(selected), verbose=False)[0]
-            sources["test"] = {"model": "selected", "trained_on": ["train"]}
-        seconds.lap("evaluation")
-        exported, trainer, metrics["final_fit_epochs"] = final_fit(cfg, datamodule, selected, epochs, paths)
-        seconds.lap("final_fit")
-    if cfg.test and "test" not in sources:
-        metrics |= trainer.test(model, datamodule=datamodule, ckpt_path=str(exported), verbose=False)[0]
-        sources["test"] = {"model": "exported", "trained_on": trained_on}
-    metrics = {name: float(value) for name, value in metrics.items()}
-    if trainer.world_size > 1:  # each process's view of the (synchronised) metrics, for the record
-        write_json(metrics, paths.metrics(f"rank{trainer.global_rank}"))
-    if not trainer.is_global_zero:
-        return metrics
-    seconds.lap("evaluation")
-
-    best = TwoTowerModel.load_from_checkpoint(exported, map_location="cpu")
-    users, items = export(best, datamodule, paths)
-    # Seen items as retrieval will read them from the run directory, so the index is tuned on what it serves.
-    seen = seen_items(paths, datamodule.n_users)
-    checkpoint = fingerprint(exported)
-    build_for_run(index, users, items, seen, best.hparams.score, paths.index, checkpoint, cfg.index_recall_queries,
-                  cfg.seed)
-    write_json(metrics, paths.metrics("train"))
-    seconds.lap("export_and_index")
-    Manifest(
-        names=datamodule.names, score=best.hparams.score, dim=int(items.shape[1]), n_users=datamodule.n_users,
-        n_items=datamodule.n_items, min_rating=datamodule.min_rating,
-        checkpoint=os.path.relpath(exported, paths.root), checkpoint_fingerprint=checkpoint,
-        selected_checkpoint=os.path.relpath(selected, paths.root), trained_on=trained_on, monitor=cfg.monitor,
-        metrics=metrics, metrics_from=sources, fingerprints=paths.fingerprints(), seconds=seconds.laps,
-        device=str(trainer.strategy.root_device), example_item=datamodule.example_item, parts=best.blocks,
-    ).write(paths)
-    if paths != root:
-        publish(paths.root, root.root)
-    return metrics
-
-
-def sizing(model_cfg: DictConfig, datamodule: InteractionDataModule) -> Sizing:
-    """What ``auto`` settings become for this log: the pairs an epoch of this loss scores decide."""
-    loss = model_cfg.loss or {}
-    return Sizing.of(datamodule.n_users, datamodule.n_items, loss.get("max_candidates"), loss.get("sample_above", 0))
-
-
-def popularity(datamodule: InteractionDataModule, stage: str, ks: list[int]) -> dict[str, float]:
-    """``{stage}/popularity/{metric}``: the most popular training items for every user, on the same split."""
-    counts = np.bincount(datamodule.splits["train"]["item"].to_numpy(), minlength=datamodule.n_items)
-    seen, target = (("train",), "valid") if stage == "val" else (("train", "valid"), "test")
-    if datamodule.splits[target].height == 0:
-        return {}
-    found = popularity_metrics(counts, datamodule.user_items(*seen), datamodule.user_items(target), ks)
-    return {f"{stage}/popularity/{name}": value for name, value in found.items() if name != "users"}
-
-

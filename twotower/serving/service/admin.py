@@ -48,8 +48,8 @@ def admin_routes(served: Served, settings: ServeSettings) -> APIRouter:
             loaded = served.swap(request.run_dir)
         except TwoTowerError as error:
             raise HTTPException(422, str(error)) from error
-        return {"run_dir": loaded.run_dir, "items": len(loaded.retriever.item_vocab),
-                "users": len(loaded.retriever.user_vocab), "load_seconds": loaded.load_seconds}
+        return {"run_dir": loaded.run_dir, "items": len(loaded.retriever.run.item_vocab),
+                "users": len(loaded.retriever.run.user_vocab), "load_seconds": loaded.load_seconds}
 
     @router.post("/items")
     def add_items(request: AddRequest) -> dict[str, Any]:

@@ -96,7 +96,7 @@ def run_service(settings: ServeSettings) -> None:
     """Load the run (a failure is the command's error), then serve until SIGINT or SIGTERM."""
     loaded = load_checked(settings.run_dir, settings.index)
     log.info("serving %s (%d items) on http://%s:%d (API at /docs)", Path(settings.run_dir),
-             len(loaded.retriever.item_vocab), settings.host, settings.port)
+             len(loaded.retriever.run.item_vocab), settings.host, settings.port)
     common = {"host": settings.host, "port": settings.port, "log_level": settings.log_level,
               "access_log": settings.access_log}
     if settings.workers == 1:

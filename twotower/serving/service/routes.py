@@ -85,8 +85,8 @@ def status_routes(served: Served, metrics: RequestMetrics) -> APIRouter:
     async def ready() -> dict[str, Any]:
         """A run is loaded and serving (the service starts listening only once it is)."""
         current = served.current
-        return {"ready": True, "run_dir": current.run_dir, "items": len(current.retriever.item_vocab),
-                "users": len(current.retriever.user_vocab)}
+        return {"ready": True, "run_dir": current.run_dir, "items": len(current.retriever.run.item_vocab),
+                "users": len(current.retriever.run.user_vocab)}
 
     @router.get("/metrics", response_class=Response)
     async def prometheus() -> Response:

@@ -7,7 +7,6 @@ leaves the old one serving and the reason in ``last_error``.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -15,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from twotower.errors import TwoTowerError
-from twotower.index import Backend
+from twotower.index import Backend, read_report
 from twotower.serving.retrieval import Retriever
 
 log = logging.getLogger("twotower")
@@ -36,22 +35,18 @@ def load_checked(run_dir: str, index: Backend | None) -> Loaded:
     """Load a run and answer one query of each kind with it before it may take traffic."""
     started = time.perf_counter()
     retriever = Retriever.load(run_dir, index=index)
-    if len(retriever.user_vocab) == 0 or len(retriever.item_vocab) < 2:
-        raise TwoTowerError(f"{run_dir}: nothing to serve ({len(retriever.user_vocab)} users, "
-                            f"{len(retriever.item_vocab)} items)")
-    retriever.recommend(retriever.user_vocab.ids[0], k=1)
-    retriever.similar_items(retriever.item_vocab.ids[0], k=1)
+    if len(retriever.run.user_vocab) == 0 or len(retriever.run.item_vocab) < 2:
+        raise TwoTowerError(f"{run_dir}: nothing to serve ({len(retriever.run.user_vocab)} users, "
+                            f"{len(retriever.run.item_vocab)} items)")
+    retriever.recommend(retriever.run.user_vocab.ids[0], k=1)
+    retriever.similar_items(retriever.run.item_vocab.ids[0], k=1)
     return Loaded(retriever, run_dir, time.time(), round(time.perf_counter() - started, 3),
                   index_recall(retriever.run.paths.index))
 
 
 def index_recall(folder: Path) -> float | None:
-    """The recall@10 that the index build measured, if it did (only a report, so a missing or unreadable one
-    is no reason to refuse the run)."""
-    try:
-        return json.loads((folder / "report.json").read_text()).get("recall@10_vs_exact")
-    except (OSError, ValueError, AttributeError):
-        return None
+    """The recall@10 that the index build measured, if it did."""
+    return read_report(folder).get("recall@10_vs_exact")
 
 
 class Served:
@@ -90,5 +85,5 @@ class Served:
         except TwoTowerError as error:
             log.error("reload failed: %s", error)
             return
-        log.info("now serving %s (%d items, loaded in %.1f s)", loaded.run_dir, len(loaded.retriever.item_vocab),
+        log.info("now serving %s (%d items, loaded in %.1f s)", loaded.run_dir, len(loaded.retriever.run.item_vocab),
                  loaded.load_seconds)

@@ -1,0 +1,67 @@
+"""What a run is made of, built from its composed config: the data module (with its reader, split and
+sampler), the loss's batch plan, and the model, sized for the data.
+
+Each config group is said once in the config (``data``, ``split``, ``sampler``, ``loss``, ``scheduler``): the
+objects that take one are given it here, rather than the config interpolating it into their nodes.
+"""
+
+from __future__ import annotations
+
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from twotower.data.batches import BatchPlan
+from twotower.data.datamodule import InteractionDataModule
+from twotower.errors import TwoTowerError
+from twotower.model.losses import build_loss
+from twotower.model.module import TwoTowerModel
+from twotower.training.sizing import AUTO, Sizing
+
+
+def unwrapped(error: InstantiationException) -> Exception:
+    """The package's own refusal inside Hydra's instantiation error, said as itself."""
+    return error.__cause__ if isinstance(error.__cause__, TwoTowerError) else error
+
+
+def build_datamodule(cfg: DictConfig) -> InteractionDataModule:
+    """The data module of ``cfg``, with the reader (``data``), split and sampler groups; nothing read yet."""
+    try:
+        return instantiate(cfg.datamodule, source=cfg.data, split=cfg.split, sampler=cfg.sampler)
+    except InstantiationException as error:
+        raise unwrapped(error) from None
+
+
+def batch_plan(cfg: DictConfig, n_items: int) -> BatchPlan:
+    """What each training batch holds for the configured loss over ``n_items`` items."""
+    return build_loss(OmegaConf.to_container(cfg.loss, resolve=True)).plan(n_items)
+
+
+def sizing(cfg: DictConfig, datamodule: InteractionDataModule) -> Sizing:
+    """What ``auto`` settings become for this log: the pairs an epoch of this loss scores decide."""
+    return Sizing.of(datamodule.n_users, batch_plan(cfg, datamodule.n_items).scored_per_user(datamodule.n_items))
+
+
+def build_model(cfg: DictConfig, datamodule: InteractionDataModule) -> TwoTowerModel:
+    """The configured model, sized for the data, its towers given what they read from the data it now trains
+    on (features, histories)."""
+    model_cfg = cfg.model.copy()
+    if model_cfg.dim == AUTO:  # as the run resolves it for the log (and says so)
+        model_cfg.dim = sizing(cfg, datamodule).dim
+    for side in ("user", "item"):  # a tower's feature names become their full encodings (assigned, not merged)
+        tower = OmegaConf.to_container(model_cfg[f"{side}_tower"], resolve=True)
+        if "features" in tower:
+            tower["features"] = datamodule.feature_specs(side, tower["features"])
+        model_cfg[f"{side}_tower"] = tower
+    # Only the optimizers and the scheduler become objects; the loss and the towers stay plain specs (their
+    # _target_ included), which the model stores as hyperparameters and builds itself on loading.
+    factories = {name: instantiate(model_cfg[name]) if model_cfg.get(name) else None
+                 for name in ("optimizer", "sparse_optimizer")}
+    factories["scheduler"] = instantiate(cfg.scheduler) if cfg.get("scheduler") else None
+    try:
+        model = instantiate(model_cfg, _recursive_=False, n_users=datamodule.n_users, n_items=datamodule.n_items,
+                            loss=OmegaConf.to_container(cfg.loss, resolve=True), **factories)
+    except InstantiationException as error:
+        raise unwrapped(error) from None
+    model.attach(datamodule)
+    return model
