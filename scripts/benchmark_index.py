@@ -71,7 +71,7 @@ def measure(name: str, make: Callable[[], Backend], items: np.ndarray, score: st
             truth: list[np.ndarray], folder: Path) -> dict:
     before = resident_bytes()
     index = make()
-    meta = build_index(index, items, score, folder / name, probe=tuning)
+    index, meta = build_index(index, items, score, folder / name, probe=tuning)
     single, batch = throughput(index, items, probe)
     row = {"index": name, "setting": index.describe(), "recall@10": recall(index, items, probe, truth),
            "single_qps": single, "batch_qps": batch, "build_s": meta["build_seconds"],

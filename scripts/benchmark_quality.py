@@ -114,7 +114,7 @@ def ease_metrics(matrix: sp.csr_matrix, weights: np.ndarray, seen: UserItems, ta
     metrics = RankingMetrics(matrix.shape[1], [20])
     for chunk in range(len(chunks)):
         batch = chunks[chunk]
-        metrics.update(torch.from_numpy(np.asarray(matrix[batch["users"].numpy()] @ weights)), batch)
+        metrics.update(torch.from_numpy(np.asarray(matrix[batch.users.numpy()] @ weights)), batch)
     return {name: float(value) for name, value in metrics.compute().items()}
 
 

@@ -34,13 +34,14 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from twotower.data.batches import TrainBatches
+from twotower.data.batches import PairBatches
 from twotower.data.datamodule import InteractionDataModule
 from twotower.data.readers import InteractionFileReader
 from twotower.data.sampling import NegativeSampler
 from twotower.data.splits import RandomSplit
 from twotower.data.synthetic import planted_interactions
 from twotower.model.module import TwoTowerModel
+from twotower.model.optim import ID_TOWER
 
 PREPARE = """
 import json, sys, time
@@ -85,8 +86,8 @@ def model_for(datamodule: InteractionDataModule, loss: str, variant: str) -> Two
     model_cfg = OmegaConf.load(files("twotower.conf") / "model" / "default.yaml")
     optimizer = instantiate(model_cfg.sparse_optimizer if sparse else model_cfg.optimizer)
     return TwoTowerModel(datamodule.n_users, datamodule.n_items, dim=128, score="cosine", temperature=0.15,
-                         loss=loss_spec(loss), user_tower={"kind": "id", "sparse": sparse},
-                         item_tower={"kind": "id", "sparse": sparse},
+                         loss=loss_spec(loss), user_tower={"_target_": ID_TOWER, "sparse": sparse},
+                         item_tower={"_target_": ID_TOWER, "sparse": sparse},
                          optimizer=optimizer)
 
 
@@ -94,8 +95,8 @@ def plain_loop(datamodule: InteractionDataModule, loss: str, variant: str, steps
     """Seconds for ``steps`` optimizer steps: slice a batch, compute the loss, backward, Adam."""
     model = model_for(datamodule, loss, variant)
     optimizer = model.configure_optimizers()
-    batches = TrainBatches(datamodule.train_users, datamodule.train_items, datamodule.batch_size,
-                           datamodule.sampler, seed=0)
+    batches = PairBatches(datamodule.train_users, datamodule.train_items, datamodule.batch_size,
+                          datamodule.sampler, seed=0)
     for step in range(warmup + steps):
         if step == warmup:
             started = time.perf_counter()

@@ -39,8 +39,8 @@ from results import markdown, table, write_results
 
 from twotower.data.synthetic import planted_interactions
 from twotower.run import Run
+from twotower.training.build import batch_plan, build_datamodule, build_model, sizing
 from twotower.training.evaluation import evaluate_vectors
-from twotower.training.train import build_model
 
 SHARED_SETS = {"ml-1m": "ml-1m-split", "lastfm": "lastfm-split", "sports": "amazon-sports-split",
                "beauty": "amazon-beauty-split"}
@@ -122,10 +122,12 @@ def time_to_als(scratch: Path, every: int) -> dict:
         cfg = compose("train", overrides=["data=interactions", f"data.path={log_file('ml-1m', scratch)}",
                                           f"run_dir={scratch / 'curve'}", "trainer.enable_progress_bar=false"])
     L.seed_everything(cfg.seed, verbose=False)
-    datamodule = instantiate(cfg.datamodule)
+    datamodule = build_datamodule(cfg)
     datamodule.setup("fit")
     datamodule.fit_on(datamodule.final_fit_splits)  # every interaction of the file, as the final model
-    model = build_model(cfg.model, datamodule)
+    cfg.model.dim = sizing(cfg, datamodule).resolve(cfg.model.dim)
+    datamodule.use(batch_plan(cfg, datamodule.n_items))
+    model = build_model(cfg, datamodule)
     # The model's rows follow its vocabularies; the benchmark's ids index the references' rows.
     user_rows = datamodule.user_vocab.lookup(np.arange(shape[0]), missing=-1)
     item_rows = datamodule.item_vocab.lookup(np.arange(shape[1]), missing=-1)

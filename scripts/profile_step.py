@@ -34,6 +34,7 @@ from twotower.data.batches import UserBatches
 from twotower.data.user_items import UserItems
 from twotower.model.losses import CatalogueSoftmaxLoss
 from twotower.model.module import TwoTowerModel
+from twotower.model.optim import ID_TOWER
 
 MODEL = OmegaConf.load(files("twotower.conf") / "model" / "default.yaml")
 OPTIMIZERS = {  # name: (sparse gradients, optimizer spec)
@@ -51,7 +52,8 @@ def setting(optimizer: str, n_users: int, n_items: int, candidates: int
     torch.manual_seed(0)
     model = TwoTowerModel(n_users, n_items, loss={"_target_": "twotower.model.losses.CatalogueSoftmaxLoss",
                                                   "max_candidates": candidates},
-                          user_tower={"kind": "id", "sparse": sparse}, item_tower={"kind": "id", "sparse": sparse})
+                          user_tower={"_target_": ID_TOWER, "sparse": sparse},
+                          item_tower={"_target_": ID_TOWER, "sparse": sparse})
     return model, instantiate(spec)(model.parameters())
 
 
@@ -81,8 +83,8 @@ def user_batches(log: str, batch_size: int, candidates: int) -> UserBatches:
     n_users, n_items, _ = SYNTHETIC[log]
     frame = synthetic_log(log)
     positives = UserItems.from_pairs(frame["user_id"].to_numpy(), frame["item_id"].to_numpy(), n_users)
-    return UserBatches(positives, n_items, batch_size=batch_size, seed=0, max_candidates=candidates,
-                       sample_above=CatalogueSoftmaxLoss().sample_above)
+    plan = CatalogueSoftmaxLoss(max_candidates=candidates).plan(n_items)
+    return UserBatches(positives, n_items, batch_size=batch_size, seed=0, candidates=plan.candidates)
 
 
 def main() -> None:

@@ -36,8 +36,8 @@ def train_feature_run(folder: Path) -> Path:
     planted_interactions(n_users=120, n_items=80, n_clusters=4, seed=1).write_csv(folder / "log.csv")
     pl.DataFrame({"item_id": np.arange(80), "genre": [f"g{i % 4}" for i in range(80)]}).write_csv(folder / "items.csv")
     train(compose_train(folder / "run", "data=interactions", f"data.path={folder / 'log.csv'}",
-                        f"data.item_info_path={folder / 'items.csv'}", "model.item_tower.kind=features",
-                        "+model.item_tower.features=[genre]", "trainer.max_epochs=1", "model.dim=8", "final_fit=false"))
+                        f"data.item_info_path={folder / 'items.csv'}", "model/item_tower=features",
+                        "model.item_tower.features=[genre]", "trainer.max_epochs=1", "model.dim=8", "final_fit=false"))
     return folder / "run"
 
 

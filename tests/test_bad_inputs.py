@@ -20,8 +20,7 @@ from twotower.commands import eval as eval_app
 from twotower.commands import reindex, retrieve
 from twotower.commands import train as train_app
 from twotower.data.synthetic import planted_interactions
-from twotower.run import read_vectors, write_vectors
-from twotower.run import RunPaths
+from twotower.run import RunPaths, read_vectors, write_vectors
 from twotower.training.staging import exclusive
 from twotower.training.train import train
 
@@ -138,23 +137,23 @@ TRAIN_CASES = [
     ("temporal split without timestamps", write_log(GOOD.drop("timestamp")), ["split=temporal"], r"split=temporal needs timestamps"),
     ("presplit without files", write_log(GOOD), ["split=presplit"], r"split=presplit needs separate files"),
     ("split fractions over 1", write_log(GOOD), ["split.valid_fraction=0.6", "split.test_fraction=0.5"], r"split fractions must .* sum to less than 1"),
-    ("zero negatives", write_log(GOOD), ["sampler.n_negatives=0"], r"sampler.n_negatives must be >= 1, got 0"),
-    ("unknown sampler distribution", write_log(GOOD), ["sampler.distribution=zipf"], r"unknown sampler distribution 'zipf'"),
-    ("negative temperature", write_log(GOOD), ["model.temperature=-1"], r"model.temperature must be > 0, got -1"),
-    ("unknown feature column", write_log(GOOD), ["model.item_tower.kind=features", "+model.item_tower.features=[genre]"], r"item feature\(s\) \['genre'\] not in the item metadata"),
+    ("zero negatives", write_log(GOOD), ["sampler.n_negatives=0"], r"sampler\.n_negatives must be an integer >= 1, got 0"),
+    ("unknown sampler distribution", write_log(GOOD), ["sampler.distribution=zipf"], r"sampler\.distribution must be one of uniform, popularity; got 'zipf'"),
+    ("negative temperature", write_log(GOOD), ["model.temperature=-1"], r"model\.temperature must be a number > 0, got -1"),
+    ("unknown feature column", write_log(GOOD), ["model/item_tower=features", "model.item_tower.features=[genre]"], r"item feature\(s\) \['genre'\] not in the item metadata"),
     ("resume from a missing checkpoint", write_log(GOOD), ["ckpt_path=last"], r"checkpoint to resume from not found: .*last\.ckpt"),
     ("path is not a pattern", quoted(lambda f: write_log(GOOD, "log1.csv")(f).replace("log1", "log[1]")), [], r"interaction file not found: .*log\[1\]\.csv"),
     ("file without a header line", write_text("1\t2\t5\n2\t3\t4\n", "log.tsv"), [], r"log\.tsv: missing column\(s\) .* the file seems to have no header line .*: set data\.has_header=false \(and data\.user_col / data\.item_col to column_"),
     ("header repeated mid-file", write_text("user_id,item_id\n1,2\n2,3\nuser_id,item_id\n3,4\n", "log.csv"), [], r"line 4 repeats the header \(user_id, item_id\)"),
     ("one number spelled as two ids", write_text("user_id,item_id\n5,1\n 5.0,2\nabc,3\n", "log.csv"), [], r"'user_id' writes one number as several ids, e\.g\. \['5', '5\.0'\]"),
     ("zero epochs", write_log(GOOD), ["trainer.max_epochs=0"], r"trainer\.max_epochs must be an integer >= 1"),
-    ("zero steps", write_log(GOOD), ["trainer.max_steps=0"], r"trainer\.max_steps must be -1 \(no limit\) or an integer >= 1, got 0"),
+    ("zero steps", write_log(GOOD), ["trainer.max_steps=0"], r"trainer\.max_steps must be an integer >= 1 \(or -1: no limit\), got 0"),
     ("monitor that is not logged", write_log(GOOD), ["monitor=val/ndcg@200"], r"monitor=val/ndcg@200 is not a metric the run logs; choose one of \[.*'val/ndcg@20'"),
     ("zero cut-off", write_log(GOOD), ["model.ks=[0]"], r"ranking cut-offs must be a non-empty list of integers >= 1, got \[0\]"),
     ("rating threshold that is not a number", write_log(with_rating([5, 4, 3])), ["data.min_rating=abc"], r"data\.min_rating must be a number \(or null\), got 'abc'"),
     ("trainer setting Lightning refuses", write_log(GOOD), ["trainer.limit_val_batches=0.0001"], r"trainer settings: .*limit_val_batches"),
-    ("no validation users", write_log(GOOD), ["datamodule.val_users=0"], r"datamodule\.val_users must be >= 1"),
-    ("catalogue sampled from zero items", write_log(GOOD), ["loss.sample_above=0"], r"loss\.sample_above must be >= 1"),
+    ("no validation users", write_log(GOOD), ["datamodule.val_users=0"], r"datamodule\.val_users must be an integer >= 1 \(or null: every user\)"),
+    ("catalogue sampled from zero items", write_log(GOOD), ["loss.sample_above=0"], r"loss\.sample_above must be an integer >= 1"),
 ]
 
 RUN_CASES = [
@@ -193,7 +192,7 @@ RUN_CASES = [
     ("index: zero trees", reindex, None, ["index.n_trees=0"], r"index\.n_trees must be an integer >= 1, got 0"),
     ("index: negative trees", reindex, None, ["index.n_trees=-5"], r"index\.n_trees must be an integer >= 1, got -5"),
     ("index: zero search budget", reindex, None, ["index.search_k_factor=0"], r"index\.search_k_factor must be"),
-    ("index: zero search_k", reindex, None, ["index.search_k=0"], r"index\.search_k must be null or an integer"),
+    ("index: zero search_k", reindex, None, ["index.search_k=0"], r"index\.search_k must be an integer >= 1 \(or null\)"),
     ("index: item vectors of another run", reindex, damaged_run(reversed_vectors("items")), [], r"items\.parquet does not match this run"),
 ]
 

@@ -16,8 +16,8 @@ from twotower.training.train import train
 def test_new_users_are_served_from_their_features(tmp_path: Path, shared_data: Path) -> None:
     cfg = compose_train(
         tmp_path, "data=movielens", f"data.path={shared_data / 'ml-100k'}", "trainer.max_epochs=4",
-        "+model.user_tower.features={age: numeric, gender: categorical, occupation: categorical}",
-        "model.user_tower.kind=features", "model.item_tower.kind=features", "+model.item_tower.features=[genres]",
+        "model.user_tower.features={age: numeric, gender: categorical, occupation: categorical}",
+        "model/user_tower=features", "model/item_tower=features", "model.item_tower.features=[genres]",
         "model.dim=32",
     )
     train(cfg)

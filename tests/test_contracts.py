@@ -8,7 +8,7 @@ A new implementation is checked by adding one line to a registry below, and noth
 
 Every contract test is parametrised by these registries. The contracts:
 
-- loss: a finite scalar on a batch made by ``TrainBatches`` (losses over pairs) or ``UserBatches`` (losses
+- loss: a finite scalar on a batch made by ``PairBatches`` (losses over pairs) or ``UserBatches`` (losses
   over users, with the whole or a sampled catalogue); a gradient for every vector it is given; lower when
   positives outscore the rest than the other way round; blind to invalid negatives and to the order of
   rows, of negatives and of positives; the same value after a Lightning checkpoint round trip; and a short
@@ -24,6 +24,7 @@ Every contract test is parametrised by these registries. The contracts:
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import io
 from collections.abc import Callable, Iterator
@@ -39,7 +40,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
 import twotower.model.losses
-from twotower.data.batches import Batch, EpochBatchSampler, TrainBatches, UserBatches
+from twotower.data.batches import EpochBatchSampler, PairBatch, PairBatches, UserBatch, UserBatches
 from twotower.data.features import KINDS, encode_features, feature_specs
 from twotower.data.sampling import NegativeSampler
 from twotower.data.synthetic import clustered_unit_vectors, planted_interactions
@@ -73,14 +74,15 @@ pytestmark = pytest.mark.filterwarnings("ignore:You defined a `validation_step` 
 LOSSES: dict[str, dict] = {path.stem: OmegaConf.to_container(OmegaConf.load(path), resolve=True)
                            for path in sorted((CONF / "loss").glob("*.yaml"))}
 # ... by what one training example is: a positive pair with negatives, or a user with all their positives.
-PAIR_LOSSES = [name for name, spec in LOSSES.items() if twotower.model.losses.build_loss(spec).examples == "pairs"]
-USER_LOSSES = [name for name, spec in LOSSES.items() if twotower.model.losses.build_loss(spec).examples == "users"]
+EXAMPLES = {name: twotower.model.losses.build_loss(spec).plan(n_items=0).examples for name, spec in LOSSES.items()}
+PAIR_LOSSES = [name for name, examples in EXAMPLES.items() if examples is PairBatch]
+USER_LOSSES = [name for name, examples in EXAMPLES.items() if examples is UserBatch]
 
 # Tower specs as the config writes them; a feature tower names columns of the side's metadata (side_frame).
 TOWERS: dict[str, dict] = {
-    "id": {"kind": "id"},
-    "id-sparse": {"kind": "id", "sparse": True},
-    "features": {"kind": "features", "features": ["genre", "price", "tags"]},
+    "id": {"_target_": "twotower.model.towers.IdTower"},
+    "id-sparse": {"_target_": "twotower.model.towers.IdTower", "sparse": True},
+    "features": {"_target_": "twotower.model.towers.FeatureTower", "features": ["genre", "price", "tags"]},
 }
 
 # The index contract's catalogue (N_INDEXED items) is far beyond an approximate backend's search budget
@@ -161,26 +163,26 @@ def popularity_recall(data: Planted) -> float:
 
 
 def train_batches(data: Planted, batch_size: int = BATCH_SIZE, n_negatives: int = 2,
-                  distribution: str = "uniform") -> TrainBatches:
+                  distribution: str = "uniform") -> PairBatches:
     """Batches as the data module makes them (the defaults: conf/sampler/uniform.yaml)."""
     sampler = NegativeSampler(n_negatives=n_negatives, distribution=distribution)
-    return TrainBatches(data.train_users, data.train_items, batch_size,
-                        sampler.fit(data.train_users, data.train_items, N_ITEMS), seed=0)
+    return PairBatches(data.train_users, data.train_items, batch_size,
+                       sampler.fit(data.train_users, data.train_items, N_ITEMS), seed=0)
 
 
 def user_batches(data: Planted, batch_size: int = USER_BATCH_SIZE, max_candidates: int | None = None
                  ) -> UserBatches:
     positives = UserItems.from_pairs(data.train_users.numpy(), data.train_items.numpy(), N_USERS)
-    return UserBatches(positives, N_ITEMS, batch_size, seed=0, max_candidates=max_candidates)
+    return UserBatches(positives, N_ITEMS, batch_size, seed=0, candidates=max_candidates)
 
 
-def batches_for(loss: str, data: Planted) -> TrainBatches | UserBatches:
+def batches_for(loss: str, data: Planted) -> PairBatches | UserBatches:
     """The batches the data module gives a model with this loss (``InteractionDataModule.train_dataloader``)."""
-    spec = LOSSES[loss]
-    return train_batches(data) if loss in PAIR_LOSSES else user_batches(data, max_candidates=spec["max_candidates"])
+    plan = twotower.model.losses.build_loss(LOSSES[loss]).plan(N_ITEMS)
+    return train_batches(data) if loss in PAIR_LOSSES else user_batches(data, max_candidates=plan.candidates)
 
 
-def real_batch() -> Batch:
+def real_batch() -> PairBatch:
     """One training batch; popularity negatives, so that the negatives' logQ terms differ by item too."""
     return train_batches(planted(), batch_size=64, n_negatives=4, distribution="popularity")[0, 0]
 
@@ -198,9 +200,9 @@ def side_frame(n: int, seed: int) -> pl.DataFrame:
 
 
 def complete_tower(spec: dict, frame: pl.DataFrame) -> dict:
-    """A tower spec ready for the model, as ``InteractionDataModule.complete_tower`` makes it."""
+    """A tower spec ready for the model, as ``training.build.build_model`` makes it."""
     spec = dict(spec)
-    if spec.get("kind") == "features":
+    if "features" in spec:
         spec["features"] = feature_specs(frame, spec.get("features") or [], "side")
     return spec
 
@@ -214,7 +216,7 @@ def fill_features(tower: torch.nn.Module, frame: pl.DataFrame, known: torch.Tens
 def make_tower(name: str, n: int = 50, seed: int = 0) -> torch.nn.Module:
     frame = side_frame(n, seed)
     torch.manual_seed(seed)
-    tower = build_tower(complete_tower(TOWERS[name], frame), n, DIM)
+    tower = build_tower(complete_tower(TOWERS[name], frame), "item", n, DIM, n)
     fill_features(tower, frame, known=torch.from_numpy(np.random.default_rng(seed).random(n) < 0.8))
     return tower
 
@@ -237,7 +239,7 @@ def make_model(loss: str, tower: str, data: Planted) -> TwoTowerModel:
 @functools.cache
 def planted_recall(loss: str, tower: str) -> float:
     """Recall@10 on the held-out items after a short training: the model's own training math
-    (``TwoTowerModel.loss``, its ``configure_optimizers``) in a plain loop over ``TrainBatches``."""
+    (``TwoTowerModel.loss``, its ``configure_optimizers``) in a plain loop over ``PairBatches``."""
     data = planted()
     model = make_model(loss, tower, data)
     optimizer = model.configure_optimizers()
@@ -263,7 +265,7 @@ def assert_beats_popularity(loss: str, tower: str) -> None:
 class RoundTrip:
     model: TwoTowerModel
     loaded: TwoTowerModel
-    batch: Batch
+    batch: PairBatch | UserBatch
 
 
 def checkpoint_round_trip(loss: str, tower: str, folder: Path) -> RoundTrip:
@@ -285,12 +287,11 @@ def checkpoint_round_trip(loss: str, tower: str, folder: Path) -> RoundTrip:
     return RoundTrip(model, loaded, batches[1, 0])
 
 
-def reordered(batch: Batch, rows: torch.Tensor, columns: torch.Tensor) -> Batch:
+def reordered(batch: PairBatch, rows: torch.Tensor, columns: torch.Tensor) -> PairBatch:
     """The batch with its rows, and the negatives within every row, in another order."""
-    moved = {key: value[rows] for key, value in batch.items()}
-    for key in ("negatives", "negatives_valid", "negatives_log_q"):
-        moved[key] = moved[key][:, columns]
-    return moved
+    return PairBatch(batch.users[rows], batch.items[rows], batch.negatives[rows][:, columns],
+                     batch.negatives_valid[rows][:, columns], batch.items_log_q[rows],
+                     batch.negatives_log_q[rows][:, columns])
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -315,10 +316,10 @@ def test_the_feature_tower_fixture_reads_every_feature_kind() -> None:
 # ---------------------------------------------------------------------------------------------------------
 
 
-def random_vectors(batch: Batch, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def random_vectors(batch: PairBatch, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Users (already divided by the temperature, as the model passes them), positives and negatives."""
     generator = torch.Generator().manual_seed(seed)
-    size, n = batch["negatives"].shape
+    size, n = batch.negatives.shape
     users = torch.randn(size, DIM, generator=generator) / TEMPERATURE / DIM**0.5
     items = torch.randn(size, DIM, generator=generator) / DIM**0.5
     negatives = torch.randn(size, n, DIM, generator=generator) / DIM**0.5
@@ -328,8 +329,8 @@ def random_vectors(batch: Batch, seed: int = 0) -> tuple[torch.Tensor, torch.Ten
 @pytest.mark.parametrize("loss", PAIR_LOSSES)
 def test_loss_is_a_finite_scalar_with_a_gradient_for_every_vector(loss: str) -> None:
     batch = real_batch()
-    assert set(batch) == {"users", "items", "negatives", "negatives_valid", "items_log_q", "negatives_log_q"}
-    assert batch["negatives_valid"].all()  # so every negative below must get a gradient
+    assert isinstance(batch, PairBatch)
+    assert batch.negatives_valid.all()  # so every negative below must get a gradient
     users, items, negatives = random_vectors(batch)
     value = twotower.model.losses.build_loss(LOSSES[loss])(users, items, negatives, batch)
     assert value.shape == () and value.dtype == torch.float32 and torch.isfinite(value)
@@ -342,7 +343,7 @@ def test_loss_is_a_finite_scalar_with_a_gradient_for_every_vector(loss: str) -> 
 @pytest.mark.parametrize("loss", PAIR_LOSSES)
 def test_loss_is_lower_when_positives_outscore_negatives(loss: str) -> None:
     batch = real_batch()
-    size, n = batch["negatives"].shape
+    size, n = batch.negatives.shape
     directions = torch.nn.functional.normalize(torch.randn(size, DIM, generator=torch.Generator().manual_seed(0)))
     function = twotower.model.losses.build_loss(LOSSES[loss])
 
@@ -357,11 +358,12 @@ def test_loss_is_lower_when_positives_outscore_negatives(loss: str) -> None:
 @pytest.mark.parametrize("loss", PAIR_LOSSES)
 def test_loss_ignores_invalid_negatives(loss: str) -> None:
     batch = real_batch()
-    batch["negatives_valid"] = torch.rand(batch["negatives"].shape, generator=torch.Generator().manual_seed(1)) > 0.3
-    assert not batch["negatives_valid"].all() and batch["negatives_valid"].any()
+    batch = dataclasses.replace(batch, negatives_valid=torch.rand(batch.negatives.shape,
+                                                                  generator=torch.Generator().manual_seed(1)) > 0.3)
+    assert not batch.negatives_valid.all() and batch.negatives_valid.any()
     users, items, negatives = (vectors.detach() for vectors in random_vectors(batch))
     moved = negatives.clone()
-    moved[~batch["negatives_valid"]] = 50.0 * torch.randn(int((~batch["negatives_valid"]).sum()), DIM)
+    moved[~batch.negatives_valid] = 50.0 * torch.randn(int((~batch.negatives_valid).sum()), DIM)
     function = twotower.model.losses.build_loss(LOSSES[loss])
     torch.testing.assert_close(function(users, items, moved, batch), function(users, items, negatives, batch))
 
@@ -397,14 +399,15 @@ def test_loss_recovers_planted_structure_better_than_popularity(loss: str) -> No
 # scores them against the whole catalogue, or against a sampled one with the positives' vectors given.
 
 
-def user_loss_inputs(sampled: bool, seed: int = 0) -> tuple[Batch, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+def user_loss_inputs(sampled: bool, seed: int = 0
+                     ) -> tuple[UserBatch, torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """A real user batch (whole or sampled catalogue) with random vectors: users (divided by the
     temperature), catalogue and, when sampled, positives."""
     batch = user_batches(planted(), max_candidates=40 if sampled else None)[0, 0]
     generator = torch.Generator().manual_seed(seed)
-    users = torch.randn(len(batch["users"]), DIM, generator=generator) / TEMPERATURE / DIM**0.5
-    catalogue = torch.randn(len(batch.get("candidates", range(N_ITEMS))), DIM, generator=generator) / DIM**0.5
-    positives = torch.randn(len(batch["items"]), DIM, generator=generator) / DIM**0.5 if sampled else None
+    users = torch.randn(len(batch.users), DIM, generator=generator) / TEMPERATURE / DIM**0.5
+    catalogue = torch.randn(len(batch.candidates.items) if sampled else N_ITEMS, DIM, generator=generator) / DIM**0.5
+    positives = torch.randn(len(batch.items), DIM, generator=generator) / DIM**0.5 if sampled else None
     return batch, users, catalogue, positives
 
 
@@ -412,8 +415,7 @@ def user_loss_inputs(sampled: bool, seed: int = 0) -> tuple[Batch, torch.Tensor,
 @pytest.mark.parametrize("loss", USER_LOSSES)
 def test_user_loss_is_a_finite_scalar_with_a_gradient_for_every_vector(loss: str, sampled: bool) -> None:
     batch, users, catalogue, positives = user_loss_inputs(sampled)
-    assert set(batch) == {"users", "rows", "items", "draws"} | (
-        {"candidates", "candidates_log_q", "positives_sampled"} if sampled else set())
+    assert isinstance(batch, UserBatch) and (batch.candidates is not None) == sampled
     vectors = {"users": users, "catalogue": catalogue} | ({"positives": positives} if sampled else {})
     for tensor in vectors.values():
         tensor.requires_grad_()
@@ -431,11 +433,11 @@ def test_user_loss_is_lower_when_positives_outscore_the_catalogue(loss: str, sam
     batch, users, catalogue, _ = user_loss_inputs(sampled)
     function = twotower.model.losses.build_loss(LOSSES[loss])
     if sampled:
-        right = function(users, catalogue, batch, positives=3 * users[batch["rows"]] * TEMPERATURE)
-        wrong = function(users, catalogue, batch, positives=-3 * users[batch["rows"]] * TEMPERATURE)
+        right = function(users, catalogue, batch, positives=3 * users[batch.rows] * TEMPERATURE)
+        wrong = function(users, catalogue, batch, positives=-3 * users[batch.rows] * TEMPERATURE)
     else:  # each user's positives point along it (or against it), every other item is random
         aligned = catalogue.clone()
-        aligned[batch["items"]] = users[batch["rows"]] * TEMPERATURE
+        aligned[batch.items] = users[batch.rows] * TEMPERATURE
         right = function(users, aligned, batch)
         wrong = function(-users, aligned, batch)
     assert right < wrong, (right, wrong)
@@ -448,8 +450,8 @@ def test_user_loss_ignores_the_order_of_users_and_of_their_positives(loss: str) 
     order = torch.randperm(len(users), generator=generator)  # new row r holds old user order[r]
     position = torch.empty_like(order)
     position[order] = torch.arange(len(order))
-    pairs = torch.randperm(len(batch["items"]), generator=generator)
-    shuffled = {"users": batch["users"][order], "rows": position[batch["rows"]][pairs], "items": batch["items"][pairs]}
+    pairs = torch.randperm(len(batch.items), generator=generator)
+    shuffled = UserBatch(batch.users[order], position[batch.rows][pairs], batch.items[pairs], batch.draws[pairs])
     function = twotower.model.losses.build_loss(LOSSES[loss])
     torch.testing.assert_close(function(users[order], catalogue, shuffled), function(users, catalogue, batch))
 
@@ -458,7 +460,7 @@ def test_user_loss_ignores_the_order_of_users_and_of_their_positives(loss: str) 
 def test_user_loss_over_the_whole_catalogue_is_softmax_cross_entropy(loss: str) -> None:
     """The whole-catalogue value is the mean, over the batch's positives, of cross-entropy against every item."""
     batch, users, catalogue, _ = user_loss_inputs(sampled=False)
-    expected = torch.nn.functional.cross_entropy((users @ catalogue.T)[batch["rows"]], batch["items"])
+    expected = torch.nn.functional.cross_entropy((users @ catalogue.T)[batch.rows], batch.items)
     torch.testing.assert_close(twotower.model.losses.build_loss(LOSSES[loss])(users, catalogue, batch), expected)
 
 
@@ -469,7 +471,7 @@ def test_user_batches_cover_every_training_pair_once_per_epoch(loss: str) -> Non
     seen = []
     for index in range(len(batches)):
         batch = batches[3, index]
-        seen += [(int(batch["users"][row]), int(item)) for row, item in zip(batch["rows"], batch["items"], strict=True)]
+        seen += [(int(batch.users[row]), int(item)) for row, item in zip(batch.rows, batch.items, strict=True)]
     expected = sorted(zip(data.train_users.tolist(), data.train_items.tolist(), strict=True))
     assert sorted(seen) == expected
 
@@ -508,7 +510,7 @@ def test_tower_state_dict_round_trip_reproduces_its_outputs(tower: str) -> None:
     buffer = io.BytesIO()
     torch.save(original.state_dict(), buffer)
     torch.manual_seed(1)  # other initial weights, and no feature tables filled in: all must come from the file
-    copy = build_tower(complete_tower(TOWERS[tower], side_frame(50, 0)), 50, DIM)
+    copy = build_tower(complete_tower(TOWERS[tower], side_frame(50, 0)), "item", 50, DIM, 50)
     assert not torch.equal(copy.all(), original.all())
     buffer.seek(0)
     copy.load_state_dict(torch.load(buffer, weights_only=True))
@@ -525,7 +527,7 @@ def test_tower_survives_a_model_checkpoint_round_trip(tower: str, tmp_path: Path
         for side in ("user_tower", "item_tower"):
             loaded, trained = getattr(trip.loaded, side), getattr(trip.model, side)
             assert torch.equal(loaded.all(), trained.all()), side
-            ids = trip.batch["items"][:8].reshape(4, 2)  # a (batch, n) shape, as negatives come
+            ids = trip.batch.items[:8].reshape(4, 2)  # a (batch, n) shape, as negatives come
             assert torch.equal(loaded(ids), trained(ids)), side
         assert torch.equal(trip.loaded.loss(trip.batch), trip.model.loss(trip.batch))
 
@@ -565,8 +567,7 @@ def built(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
     top = exact_top(queries, items, N_EXCLUDED - 5)[0]
     exclude = [np.unique(np.concatenate([row, rng.choice(N_INDEXED, 5, replace=False)])) for row in top]
     folder = tmp_path_factory.mktemp(f"index-{name}-{score}")
-    index = INDEXES[name]()
-    build_index(index, items, score, folder)
+    index, _ = build_index(INDEXES[name](), items, score, folder)
     return Built(index, folder, score, items, queries, exclude)
 
 

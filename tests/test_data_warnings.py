@@ -24,6 +24,7 @@ from twotower.data.sampling import NegativeSampler
 from twotower.data.splits import PresplitSplit, RandomSplit
 from twotower.errors import TwoTowerError
 from twotower.run import RunPaths
+from twotower.training.train import save_data
 
 
 @pytest.fixture(autouse=True)
@@ -165,13 +166,13 @@ def test_a_row_count_but_no_line_when_every_row_is_a_positive(tmp_path: Path, ca
 
 def test_the_dropped_ids_are_saved_and_a_stale_file_removed(tmp_path: Path) -> None:
     paths = RunPaths(tmp_path / "run")
-    datamodule(InteractionFileReader(str(rated_log(tmp_path)), min_rating=4)).save(paths)
+    save_data(datamodule(InteractionFileReader(str(rated_log(tmp_path)), min_rating=4)), paths)
     assert paths.dropped == tmp_path / "run" / "vocab" / "dropped.parquet"
     saved = pl.read_parquet(paths.dropped)
     assert saved.schema == pl.Schema(DROPPED_SCHEMA)
     assert saved.filter(pl.col("side") == "user").rows() == [("user", "685", "ratings below data.min_rating=4")]
 
-    datamodule(InteractionFileReader(str(rated_log(tmp_path)))).save(paths)  # every row a positive now
+    save_data(datamodule(InteractionFileReader(str(rated_log(tmp_path)))), paths)  # every row a positive now
     assert not paths.dropped.exists()
 
 

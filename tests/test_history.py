@@ -11,6 +11,7 @@ import torch
 
 from tests.conftest import compose_train
 from twotower.commands.retrieve import run as retrieve
+from twotower.data.batches import SampledCatalogue, UserBatch
 from twotower.data.synthetic import planted_interactions
 from twotower.errors import TwoTowerError
 from twotower.model.module import TwoTowerModel
@@ -24,7 +25,8 @@ CATALOGUE = {"_target_": "twotower.model.losses.CatalogueSoftmaxLoss"}
 def history_model(score: str, use_id: bool = False, dropout: float = 0.0) -> TwoTowerModel:
     torch.manual_seed(0)
     return TwoTowerModel(n_users=3, n_items=7, dim=5, score=score, temperature=0.5, loss=CATALOGUE,
-                         user_tower={"kind": "history", "use_id": use_id, "dropout": dropout})
+                         user_tower={"_target_": "twotower.model.towers.HistoryTower", "use_id": use_id,
+                                     "dropout": dropout})
 
 
 # Three users' positives (each user's history is exactly its positives, as in training).
@@ -67,15 +69,15 @@ def loss_with_explicit_histories(model: TwoTowerModel) -> torch.Tensor:
 @pytest.mark.parametrize("use_id", [False, True])
 def test_training_never_scores_a_positive_with_itself_in_the_history(score: str, use_id: bool) -> None:
     model = history_model(score, use_id)
-    batch = {"users": USERS, "rows": ROWS, "items": ITEMS}
+    batch = UserBatch(USERS, ROWS, ITEMS, draws=torch.rand(len(ITEMS)))  # no dropout: the draws keep every item
     assert torch.allclose(model.loss(batch), loss_with_explicit_histories(model), atol=1e-5)
 
 
 def test_a_sampled_catalogue_leaves_the_positive_out_of_its_own_logit() -> None:
     model = history_model("cosine")
     candidates = torch.tensor([2, 5])
-    batch = {"users": USERS, "rows": ROWS, "items": ITEMS, "candidates": candidates,
-             "candidates_log_q": torch.tensor(0.0), "positives_sampled": torch.zeros(len(ITEMS), dtype=torch.bool)}
+    batch = UserBatch(USERS, ROWS, ITEMS, draws=torch.rand(len(ITEMS)), candidates=SampledCatalogue(
+        candidates, torch.tensor(0.0), torch.zeros(len(ITEMS), dtype=torch.bool)))
     tower, temperature = model.user_tower, model.hparams.temperature
     terms = []
     for row in range(3):
@@ -107,7 +109,7 @@ def test_a_loss_over_pairs_scores_each_pair_without_its_item_in_the_history(use_
     """For a (user, item) pair the user's history part is the mean of the user's other items."""
     torch.manual_seed(0)
     model = TwoTowerModel(n_users=3, n_items=7, dim=5, loss={"_target_": "twotower.model.losses.BPRLoss"},
-                          user_tower={"kind": "history", "use_id": use_id})
+                          user_tower={"_target_": "twotower.model.towers.HistoryTower", "use_id": use_id})
     model.user_tower.load_history(torch.tensor([0, 3, 5, 6]), ITEMS)
     users, items = USERS[ROWS], ITEMS  # every training pair
     vectors = model.user_tower.leave_item_out(users, items)
@@ -243,10 +245,11 @@ def test_the_yaml_defaults_are_the_towers(tmp_path: Path) -> None:
     import inspect
 
     defaults = inspect.signature(HistoryTower).parameters
-    assert dict(compose_train(tmp_path).model.user_tower) == {"kind": "history"}  # the Python defaults:
-    assert defaults["use_id"].default is True  # an ID part beside the history part
+    spec = compose_train(tmp_path).model.user_tower  # the Python defaults: an ID part beside the history part
+    assert spec._target_ == "twotower.model.towers.HistoryTower"
+    assert spec.use_id is defaults["use_id"].default is True and spec.dropout == defaults["dropout"].default
     spec = compose_train(tmp_path, "model=history").model.user_tower  # the history alone
-    assert spec.kind == "history" and spec.use_id is False and spec.dropout == defaults["dropout"].default
+    assert spec._target_ == "twotower.model.towers.HistoryTower" and spec.use_id is False
 
 
 def test_retrieve_refuses_a_history_that_is_not_a_list(planted_history_run: tuple) -> None:

@@ -44,7 +44,7 @@ def test_annoy_recall_against_exact_search(tmp_path: Path, score: str) -> None:
         items /= np.linalg.norm(items, axis=1, keepdims=True)
         queries /= np.linalg.norm(queries, axis=1, keepdims=True)
     index = AnnoyIndex()  # the defaults: 50 trees, search_k 5,000 for 10 results, below the 20,000 items
-    meta = build_index(index, items, score, tmp_path)
+    index, meta = build_index(index, items, score, tmp_path)
     assert meta["metric"] == "angular"
     assert meta["transform"] == ("dot_to_angular" if score == "dot" else "unit_vectors")
     recall = recall_against_exact(index, queries, items, k=10)
@@ -56,7 +56,7 @@ def test_annoy_recall_against_exact_search(tmp_path: Path, score: str) -> None:
 def test_annoy_answers_exactly_when_it_would_visit_the_whole_catalogue(tmp_path: Path) -> None:
     items = clustered(800, 8, seed=6)
     index = AnnoyIndex(n_trees=2, search_k=800)
-    build_index(index, items, "dot", tmp_path)
+    index, _ = build_index(index, items, "dot", tmp_path)
     assert np.array_equal(index.search(items[:30], 10), exact_top(items[:30], items, 10)[0])
 
 
@@ -77,7 +77,7 @@ def test_loading_refuses_an_index_built_for_other_vectors_or_score(tmp_path: Pat
 def test_exact_backend_is_ground_truth(tmp_path: Path) -> None:
     items = clustered(400, 8, seed=5)
     index = ExactIndex()
-    build_index(index, items, "dot", tmp_path)
+    index, _ = build_index(index, items, "dot", tmp_path)
     assert recall_against_exact(index, items[:50], items, k=10) == 1.0
 
 
@@ -95,7 +95,7 @@ def hard_probe(n_items: int = 20_000, dim: int = 32, spread: float = 1.5) -> tup
                          ids=["annoy", "hnsw"])
 def test_a_build_raises_its_budget_until_the_target_is_met(make: Callable[[], Backend], tmp_path: Path) -> None:
     index, (items, probe) = make(), hard_probe()
-    meta = build_index(index, items, "cosine", tmp_path, probe=probe)
+    index, meta = build_index(index, items, "cosine", tmp_path, probe=probe)
     steps = meta["measured"]["tuning"]
     assert steps[0]["recall@10"] < 0.9 and steps[-1]["recall@10"] >= 0.95 and len(steps) >= 3
     assert not index.exact and steps[-1]["setting"] == index.describe()
@@ -109,7 +109,7 @@ def test_a_build_raises_its_budget_until_the_target_is_met(make: Callable[[], Ba
                                   lambda: HnswIndex(m=4, ef=4, target_recall=1.0)], ids=["annoy", "hnsw"])
 def test_a_target_out_of_reach_serves_exactly(make: Callable[[], Backend], tmp_path: Path) -> None:
     index, (items, probe) = make(), hard_probe(n_items=3_000, spread=2.0)
-    meta = build_index(index, items, "cosine", tmp_path, probe=probe)
+    index, meta = build_index(index, items, "cosine", tmp_path, probe=probe)
     assert index.exact and meta["params"]["exact"] and meta["measured"]["tuning"][-1]["setting"] == "exact search"
     loaded, _ = load_index(tmp_path, items, "cosine")
     assert loaded.searches_exactly(10)
@@ -122,13 +122,14 @@ def test_an_index_slower_than_exact_search_at_its_target_serves_exactly(tmp_path
     serves exactly (both faster and exact) and says why; the clock is faked here, the rule is not."""
     from twotower.index import tuning
 
-    monkeypatch.setattr(tuning, "queries_per_second", lambda index, *args: 1000.0 if index.exact else 100.0)
+    monkeypatch.setattr(tuning, "queries_per_second",
+                        lambda index, *args: 1000.0 if index.searches_exactly(10) else 100.0)
     items, probe = hard_probe(n_items=5_000, spread=1.0)
     index = AnnoyIndex(n_trees=10)
-    meta = build_index(index, items, "cosine", tmp_path, probe=probe)
+    index, meta = build_index(index, items, "cosine", tmp_path, probe=probe)
     measured = meta["measured"]
     assert index.exact and meta["params"]["exact"] and measured["qps"] == measured["exact_qps"] == 1000
     assert "fewer than exact search's 1000" in measured["why_exact"]
     kept = AnnoyIndex(n_trees=10, exact_when_faster=False)
-    build_index(kept, items, "cosine", tmp_path / "kept", probe=probe)
+    kept, _ = build_index(kept, items, "cosine", tmp_path / "kept", probe=probe)
     assert not kept.exact  # a build that keeps its index whatever the clock says

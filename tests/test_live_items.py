@@ -35,7 +35,7 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def retriever(run_dir: Path) -> Retriever:
     loaded = Retriever.load(run_dir)
-    assert not loaded.index.searches_exactly(20)  # k=10 with up to 10 seen items
+    assert not loaded.catalogue.index.searches_exactly(20)  # k=10 with up to 10 seen items
     return loaded
 
 
@@ -247,10 +247,10 @@ def test_a_rebuild_folds_saved_items_into_the_index(own_run: Path) -> None:
 
     folded = Retriever.load(own_run)
     assert folded.catalogue.indexed == len(folded.catalogue.added_ids) == len(new)  # nothing left to search exactly
-    assert not folded.index.searches_exactly(20)  # and the index searches through its trees
+    assert not folded.catalogue.index.searches_exactly(20)  # and the index searches through its trees
     assert_same(folded.recommend(users, k=10), expected)
     assert_same(folded.similar_items(new[:5], k=5), similar)
-    found = folded.index.search(folded.user_vectors, 10)
+    found = folded.catalogue.index.search(folded.run.user_vectors, 10)
     assert (found >= N_ITEMS).any()  # the added items come from the index
     answered = {item for ids, _ in folded.recommend(users, k=30) for item in ids.tolist()}
     assert not {first[0], new[-1]} & answered

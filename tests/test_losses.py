@@ -1,3 +1,4 @@
+import dataclasses
 import itertools
 import math
 
@@ -6,20 +7,23 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from twotower.data.batches import BatchPlan, PairBatch, SampledCatalogue
 from twotower.errors import TwoTowerError
 from twotower.model.losses import BPRLoss, PointwiseLoss, SampledSoftmaxLoss, build_loss
 from twotower.model.towers import IdTower, build_tower
 
 
-def batch_of(items: list[int], negatives: list[list[int]], log_q_items=None, log_q_negatives=None) -> dict:
+def batch_of(items: list[int], negatives: list[list[int]], log_q_items=None, log_q_negatives=None,
+             valid: list[list[bool]] | None = None) -> PairBatch:
     negatives_t = torch.tensor(negatives)
-    return {
-        "items": torch.tensor(items),
-        "negatives": negatives_t,
-        "negatives_valid": torch.ones_like(negatives_t, dtype=torch.bool),
-        "items_log_q": torch.zeros(len(items)) if log_q_items is None else torch.tensor(log_q_items),
-        "negatives_log_q": torch.zeros(negatives_t.shape) if log_q_negatives is None else torch.tensor(log_q_negatives),
-    }
+    return PairBatch(
+        users=torch.zeros(len(items), dtype=torch.long),
+        items=torch.tensor(items),
+        negatives=negatives_t,
+        negatives_valid=torch.ones_like(negatives_t, dtype=torch.bool) if valid is None else torch.tensor(valid),
+        items_log_q=torch.zeros(len(items)) if log_q_items is None else torch.tensor(log_q_items),
+        negatives_log_q=torch.zeros(negatives_t.shape) if log_q_negatives is None else torch.tensor(log_q_negatives),
+    )
 
 
 def one_dim(values: list[float]) -> torch.Tensor:
@@ -46,8 +50,7 @@ def test_mse_uses_plus_minus_one_labels() -> None:
 def test_invalid_negatives_do_not_count() -> None:
     users, items = one_dim([1.0]), one_dim([2.0])
     negatives = torch.tensor([[[-1.0], [100.0]]])
-    batch = batch_of([0], [[1, 2]])
-    batch["negatives_valid"] = torch.tensor([[True, False]])
+    batch = batch_of([0], [[1, 2]], valid=[[True, False]])
     masked = BPRLoss()(users, items, negatives, batch)
     assert masked.item() == pytest.approx(-F.logsigmoid(torch.tensor(3.0)).item(), rel=1e-6)
 
@@ -90,7 +93,7 @@ def test_build_loss_and_tower_from_specs() -> None:
     assert softmax.logq_correction is False
     with pytest.raises(TwoTowerError, match="unknown loss"):
         build_loss({"_target_": "torch.nn.HingeEmbeddingLoss"})
-    tower = build_tower({"kind": "id"}, n=10, dim=4)
+    tower = build_tower({"_target_": "twotower.model.towers.IdTower"}, "item", n=10, dim=4, n_items=10)
     assert isinstance(tower, IdTower)
     assert tower(torch.tensor([1, 2])).shape == (2, 4)
     assert tower.all().shape == (10, 4)
@@ -106,12 +109,12 @@ def test_a_sample_of_every_item_gives_the_whole_catalogue_loss() -> None:
     positives = UserItems.from_pairs(np.array([0, 0, 1, 2, 2, 2]), np.array([3, 5, 0, 1, 3, 7]), 3)
     whole = UserBatches(positives, 8, batch_size=3, seed=0)[0, 0]
     candidates = torch.randperm(8, generator=torch.Generator().manual_seed(1))
-    sampled = {**whole, "candidates": candidates, "candidates_log_q": torch.tensor(0.0),  # log(8 / 8)
-               "positives_sampled": torch.ones(len(whole["items"]), dtype=torch.bool)}
+    sampled = dataclasses.replace(whole, candidates=SampledCatalogue(
+        candidates, torch.tensor(0.0), torch.ones(len(whole.items), dtype=torch.bool)))  # log q = log(8 / 8)
     generator = torch.Generator().manual_seed(0)
     users, items = torch.randn(3, 4, generator=generator), torch.randn(8, 4, generator=generator)
     exact = CatalogueSoftmaxLoss()(users, items, whole)
-    estimate = CatalogueSoftmaxLoss()(users, items[candidates], sampled, positives=items[whole["items"]])
+    estimate = CatalogueSoftmaxLoss()(users, items[candidates], sampled, positives=items[whole.items])
     assert torch.allclose(exact, estimate, atol=1e-5)
 
 
@@ -120,15 +123,15 @@ def test_sampled_candidates_are_distinct_and_say_which_positives_they_hold() -> 
     from twotower.data.user_items import UserItems
 
     positives = UserItems.from_pairs(np.repeat(np.arange(50), 4), np.arange(200) % 97, 50)
-    batch = UserBatches(positives, 97, batch_size=50, seed=0, max_candidates=30)[0, 0]
-    assert len(batch["candidates"]) == len(set(batch["candidates"].tolist())) == 30
-    assert torch.isclose(batch["candidates_log_q"], torch.tensor(math.log(30 / 97)))
+    batch = UserBatches(positives, 97, batch_size=50, seed=0, candidates=30)[0, 0]
+    assert len(batch.candidates.items) == len(set(batch.candidates.items.tolist())) == 30
+    assert torch.isclose(batch.candidates.log_q, torch.tensor(math.log(30 / 97)))
     # Over many batches, windows that wrap around the end of the epoch's order included.
-    batches = UserBatches(positives, 97, batch_size=5, seed=0, max_candidates=30)
+    batches = UserBatches(positives, 97, batch_size=5, seed=0, candidates=30)
     for epoch, index in itertools.product(range(3), range(len(batches))):
         batch = batches[epoch, index]
-        assert len(set(batch["candidates"].tolist())) == 30
-        assert torch.equal(batch["positives_sampled"], torch.isin(batch["items"], batch["candidates"]))
+        assert len(set(batch.candidates.items.tolist())) == 30
+        assert torch.equal(batch.candidates.has_positive, torch.isin(batch.items, batch.candidates.items))
 
 
 def test_sampled_candidates_are_uniform_over_the_catalogue_and_a_function_of_epoch_and_batch() -> None:
@@ -138,16 +141,16 @@ def test_sampled_candidates_are_uniform_over_the_catalogue_and_a_function_of_epo
     from twotower.data.user_items import UserItems
 
     positives = UserItems.from_pairs(np.arange(400), np.arange(400) % 97, 400)
-    batches = UserBatches(positives, 97, batch_size=1, seed=0, max_candidates=30)
+    batches = UserBatches(positives, 97, batch_size=1, seed=0, candidates=30)
     counts = torch.zeros(97)
     for epoch in range(5):
         for index in range(len(batches)):
-            counts[batches[epoch, index]["candidates"]] += 1
+            counts[batches[epoch, index].candidates.items] += 1
     expected = 5 * len(batches) * 30 / 97  # about 618 draws of each item; binomial sd about 21
     assert (counts - expected).abs().max() < 6 * expected**0.5
-    fresh = UserBatches(positives, 97, batch_size=1, seed=0, max_candidates=30)
-    assert torch.equal(fresh[3, 17]["candidates"], batches[3, 17]["candidates"])
-    assert not torch.equal(batches[3, 18]["candidates"], batches[3, 17]["candidates"])
+    fresh = UserBatches(positives, 97, batch_size=1, seed=0, candidates=30)
+    assert torch.equal(fresh[3, 17].candidates.items, batches[3, 17].candidates.items)
+    assert not torch.equal(batches[3, 18].candidates.items, batches[3, 17].candidates.items)
 
 
 @pytest.mark.parametrize(("sample_above", "sampled"), [(0, True), (96, True), (97, False), (500, False)])
@@ -156,10 +159,11 @@ def test_catalogues_up_to_sample_above_are_scored_whole(sample_above: int, sampl
     from twotower.data.user_items import UserItems
 
     positives = UserItems.from_pairs(np.repeat(np.arange(50), 4), np.arange(200) % 97, 50)
-    batch = UserBatches(positives, 97, batch_size=50, seed=0, max_candidates=30, sample_above=sample_above)[0, 0]
-    assert ("candidates" in batch) is sampled
+    plan = BatchPlan.users(97, 30, sample_above)
+    batch = UserBatches(positives, 97, batch_size=50, seed=0, candidates=plan.candidates)[0, 0]
+    assert (batch.candidates is not None) is sampled
     if sampled:
-        assert len(batch["candidates"]) == 30
+        assert len(batch.candidates.items) == 30
 
 
 def test_row_logsumexp_matches_torch_in_value_and_gradient() -> None:

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from twotower.data.batches import RankingBatches
+from twotower.data.batches import RankingBatch, RankingBatches
 from twotower.data.user_items import UserItems
 from twotower.model.metrics import RankingMetrics, ranking_metrics
 
@@ -23,10 +23,9 @@ def test_metrics_on_a_hand_ranked_list() -> None:
 
 def test_seen_items_are_excluded_and_coverage_counts_distinct_items() -> None:
     scores = torch.tensor([[5.0, 4.0, 3.0, 2.0], [5.0, 4.0, 3.0, 2.0]])
-    batch = {
-        "seen_rows": torch.tensor([0]), "seen_items": torch.tensor([0]),  # user 0 has seen item 0
-        "target_rows": torch.tensor([0, 1]), "target_items": torch.tensor([1, 3]),
-    }
+    batch = RankingBatch(users=torch.tensor([0, 1]),
+                         seen_rows=torch.tensor([0]), seen_items=torch.tensor([0]),  # user 0 has seen item 0
+                         target_rows=torch.tensor([0, 1]), target_items=torch.tensor([1, 3]))
     metrics = RankingMetrics(n_items=4, ks=[1])
     metrics.update(scores, batch)
     results = metrics.compute()
@@ -39,7 +38,7 @@ def evaluate(chunk_size: int, users: torch.Tensor, items: torch.Tensor, seen: Us
     metrics = RankingMetrics(len(items), ks=[5, 10])
     for index in range(len(chunks)):
         batch = chunks[index]
-        metrics.update(users[batch["users"]] @ items.T, batch)
+        metrics.update(users[batch.users] @ items.T, batch)
     return {name: value.item() for name, value in metrics.compute().items()}
 
 

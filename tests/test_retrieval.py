@@ -93,5 +93,5 @@ def test_any_k_and_mixed_id_types_are_answered(retriever: Retriever) -> None:
     with pytest.raises(TwoTowerError, match=r"unknown user id\(s\) \['001'\]"):
         retriever.recommend(["001"], k=3)
     for missing in (None, ""):
-        with pytest.raises(TwoTowerError, match="a run directory must be a path"):
+        with pytest.raises(TwoTowerError, match="run_dir must be a path"):
             Retriever.load(missing)

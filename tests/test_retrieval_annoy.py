@@ -8,10 +8,9 @@ import polars as pl
 import pytest
 
 from twotower.data.vocab import Vocabulary
-from twotower.run import write_vectors
 from twotower.files import write_parquet
-from twotower.index import AnnoyIndex, build_for_run, build_index
-from twotower.run import Manifest, RunPaths, seen_items
+from twotower.index import AnnoyIndex, Probe, build_for_run, build_index
+from twotower.run import Manifest, RunPaths, seen_items, write_vectors
 from twotower.serving.retrieval import Retriever
 
 N_ITEMS, N_USERS, DIM, K = 30_000, 300, 16, 10
@@ -69,12 +68,12 @@ def recall(found: list, truth: list) -> float:
 
 
 def test_the_catalogue_is_beyond_the_search_budget(annoy: Retriever) -> None:
-    longest = int(np.diff(annoy.seen.indptr).max())
-    assert not annoy.index.searches_exactly(K + longest)  # every query below goes through the trees
+    longest = int(np.diff(annoy.run.seen.indptr).max())
+    assert not annoy.catalogue.index.searches_exactly(K + longest)  # every query below goes through the trees
 
 
 def test_recommend_through_annoy_matches_exact_search_without_seen_items(annoy: Retriever, exact: Retriever) -> None:
-    users = annoy.user_vocab.ids.to_list()
+    users = annoy.run.user_vocab.ids.to_list()
     found, truth = annoy.recommend(users, k=K), exact.recommend(users, k=K)
     for row, (ids, scores) in enumerate(found):
         assert len(ids) == K and len(set(ids.tolist())) == K
@@ -87,7 +86,7 @@ def test_recommend_through_annoy_matches_exact_search_without_seen_items(annoy: 
 
 
 def test_batches_searched_on_threads_equal_single_queries(annoy: Retriever) -> None:
-    users = annoy.user_vocab.ids.to_list()[:100]  # >= 64 queries: the index searches them on a thread pool
+    users = annoy.run.user_vocab.ids.to_list()[:100]  # >= 64 queries: the index searches them on a thread pool
     batch = annoy.recommend(users, k=K)
     for user, (ids, scores) in list(zip(users, batch, strict=True))[::10]:
         single_ids, single_scores = annoy.recommend(user, k=K)
@@ -95,24 +94,24 @@ def test_batches_searched_on_threads_equal_single_queries(annoy: Retriever) -> N
 
 
 def test_similar_items_allow_and_deny_through_annoy(annoy: Retriever, exact: Retriever) -> None:
-    anchors = annoy.item_vocab.ids.to_list()[:200]
+    anchors = annoy.run.item_vocab.ids.to_list()[:200]
     found, truth = annoy.similar_items(anchors, k=K), exact.similar_items(anchors, k=K)
     assert all(len(ids) == K and anchor not in ids.tolist() for anchor, (ids, _) in zip(anchors, found, strict=True))
     assert recall([ids.tolist() for ids, _ in found], [ids.tolist() for ids, _ in truth]) >= 0.9
-    user = annoy.user_vocab.ids[0]
+    user = annoy.run.user_vocab.ids[0]
     top, _ = annoy.recommend(user, k=K)
     denied, _ = annoy.recommend(user, k=K, deny=top[:3].tolist())
     assert len(denied) == K and not set(denied.tolist()) & set(top[:3].tolist())
     assert set(top[3:].tolist()) <= set(denied.tolist())  # the rest stays
-    pool = annoy.item_vocab.ids.to_list()[:500]
+    pool = annoy.run.item_vocab.ids.to_list()[:500]
     allowed, _ = annoy.recommend(user, k=K, allow=pool)
     assert len(allowed) == K and set(allowed.tolist()) <= set(pool) - seen_ids(annoy, 0)
 
 
 def test_index_report_measures_the_filtered_task(run_dir: Path, annoy: Retriever, tmp_path: Path) -> None:
-    seen = seen_items(RunPaths(run_dir), len(annoy.user_vocab))
-    report = build_for_run(AnnoyIndex(), annoy.user_vectors, annoy.item_vectors, seen, "cosine", tmp_path / "index",
-                           n_queries=200)
+    seen = seen_items(RunPaths(run_dir), len(annoy.run.user_vocab))
+    probe = Probe.sample(annoy.run.user_vectors, seen.row, 200)
+    report = build_for_run(AnnoyIndex(), annoy.catalogue.vectors, "cosine", tmp_path / "index", probe)
     assert report["seen_filtered"] and report["queries"] == 200
     assert report["target_recall"] <= report["recall@10_vs_exact"] <= 1.0
     # What the run serves beats brute force at the target recall, or is brute force, saying why.

@@ -137,13 +137,13 @@ def test_python_defaults_equal_the_yaml() -> None:
 
 
 def test_recommend_answers_as_the_python_api(server: Server, api: Retriever) -> None:
-    users = api.user_vocab.ids.to_list()[:8]
+    users = api.run.user_vocab.ids.to_list()[:8]
     for user in users:
         answer = server.client.get("/recommend", params={"user": user, "k": 10})
         assert answer.status_code == 200 and answer.json() == rows(api, api.recommend(user, k=10))
     user = users[0]
     top, _ = api.recommend(user, k=5)
-    pool = api.item_vocab.ids.to_list()[:40]
+    pool = api.run.item_vocab.ids.to_list()[:40]
     for params, expected in [
         ({"exclude_seen": "false"}, api.recommend(user, k=5, exclude_seen=False)),
         ({"deny": [str(i) for i in top[:2]]}, api.recommend(user, k=5, deny=top[:2].tolist())),
@@ -160,7 +160,7 @@ def test_recommend_answers_as_the_python_api(server: Server, api: Retriever) -> 
 
 
 def test_similar_answers_as_the_python_api(server: Server, api: Retriever) -> None:
-    items = api.item_vocab.ids.to_list()[:5]
+    items = api.run.item_vocab.ids.to_list()[:5]
     for item in items:
         assert server.client.get("/similar", params={"item": item, "k": 10}).json() == \
             rows(api, api.similar_items(item, k=10))
@@ -256,7 +256,7 @@ def test_chunked_oversized_body_and_no_server_errors(server: Server) -> None:
 def test_added_items_are_returned_and_removed_items_never(server: Server, run_a: Path) -> None:
     local = Retriever.load(run_a)  # the same changes in process: the answers must agree
     user = "u3"
-    user_vector = local.user_vectors[local.user_vocab.lookup([user])[0]]
+    user_vector = local.run.user_vectors[local.run.user_vocab.lookup([user])[0]]
     # A new item pointing where the user does (scaled: a cosine run stores it as a unit vector) comes first.
     new = [{"id": 5, "vector": (3 * user_vector).tolist(), "title": "Fresh arrival"},
            {"id": 12, "vector": (-user_vector).tolist()}]
@@ -293,7 +293,7 @@ def test_saved_items_survive_a_reload_and_a_fold(start, run_a: Path, tmp_path: P
     run = Path(shutil.copytree(run_a, tmp_path / "run"))
     live = start(run)
     local = Retriever.load(run)
-    user_vector = local.user_vectors[local.user_vocab.lookup(["u3"])[0]]
+    user_vector = local.run.user_vectors[local.run.user_vocab.lookup(["u3"])[0]]
     top = live.client.get("/recommend", params={"user": "u3", "k": 1}).json()[0]["id"]
     new = {"items": [{"id": 5, "vector": user_vector.tolist(), "title": "Fresh arrival"}]}
     assert live.client.post("/admin/items", json=new, headers=ADMIN).status_code == 200
@@ -323,7 +323,7 @@ def test_items_added_from_features_over_http(start, tmp_path: Path) -> None:
     assert live.client.post("/admin/items", json=new, headers=ADMIN).status_code == 200
     local = Retriever.load(run_dir)
     local.add_items([1000, 1001], features=pl.DataFrame({"genre": ["g1", None]}), titles=["new g1", None])
-    user, pool = local.user_vocab.ids[0], [1000, 1001, *local.item_vocab.ids.to_list()[:10]]
+    user, pool = local.run.user_vocab.ids[0], [1000, 1001, *local.run.item_vocab.ids.to_list()[:10]]
     answer = live.client.get("/recommend", params={"user": user, "k": 6, "allow": pool}).json()
     assert answer == local.recommend(user, k=6, allow=pool).records()
     assert {1000, 1001} <= {row["id"] for row in live.client.get("/recommend", params={

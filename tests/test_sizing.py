@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import compose_train
+from twotower.data.batches import BatchPlan
 from twotower.data.synthetic import planted_interactions
 from twotower.errors import TwoTowerError
 from twotower.training.sizing import Sizing
@@ -22,14 +23,14 @@ SHAPES = {"ml-1m": (6_039, 3_628), "lastfm": (1_885, 17_388), "citeulike": (5_55
                                            ("amazon-sports", False), ("amazon-beauty", False), ("gowalla", False)])
 def test_the_pairs_an_epoch_scores_decide_the_width(log: str, wide: bool) -> None:
     users, items = SHAPES[log]
-    sizing = Sizing.of(users, items, max_candidates=8192, sample_above=32768)
+    sizing = Sizing.of(users, BatchPlan.users(items, max_candidates=8192, sample_above=32768).scored_per_user(items))
     scored = items if items <= 32768 else 8192  # a catalogue beyond sample_above is sampled
     assert sizing.scored_pairs == users * scored
     assert sizing.dim == (96 if wide else 64)
 
 
 def test_given_values_are_kept_and_bad_ones_refused(caplog: pytest.LogCaptureFixture) -> None:
-    sizing = Sizing.of(1_000, 1_000, 8192, 32768)
+    sizing = Sizing.of(1_000, 1_000)
     with caplog.at_level(logging.INFO, logger="twotower"):
         assert sizing.resolve(32) == 32
     assert "model.dim" not in caplog.text

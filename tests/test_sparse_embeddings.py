@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from tests.conftest import compose_train
+from twotower.data.batches import PairBatch
 from twotower.data.synthetic import planted_interactions
 from twotower.errors import TwoTowerError
 from twotower.model.module import TwoTowerModel
@@ -17,7 +18,8 @@ from twotower.training.train import train
 def sparse_model(optimizer: type[torch.optim.Optimizer] = RowWiseAdagrad) -> TwoTowerModel:
     torch.manual_seed(0)
     return TwoTowerModel(50, 40, dim=8, loss={"_target_": "twotower.model.losses.BPRLoss"},
-                         user_tower={"kind": "id", "sparse": True}, item_tower={"kind": "id", "sparse": True},
+                         user_tower={"_target_": "twotower.model.towers.IdTower", "sparse": True},
+                         item_tower={"_target_": "twotower.model.towers.IdTower", "sparse": True},
                          optimizer=lambda params: optimizer(params, lr=0.01))
 
 
@@ -25,8 +27,9 @@ def sparse_model(optimizer: type[torch.optim.Optimizer] = RowWiseAdagrad) -> Two
 def test_a_step_updates_only_the_rows_in_the_batch(optimizer: type[torch.optim.Optimizer]) -> None:
     model = sparse_model(optimizer)
     optimizer = model.configure_optimizers()
-    batch = {"users": torch.tensor([3, 7]), "items": torch.tensor([1, 2]), "negatives": torch.tensor([[5], [6]]),
-             "negatives_valid": torch.ones(2, 1, dtype=torch.bool)}
+    batch = PairBatch(users=torch.tensor([3, 7]), items=torch.tensor([1, 2]), negatives=torch.tensor([[5], [6]]),
+                      negatives_valid=torch.ones(2, 1, dtype=torch.bool), items_log_q=torch.zeros(2),
+                      negatives_log_q=torch.zeros(2, 1))
     users_before, items_before = model.user_tower.all().detach().clone(), model.item_tower.all().detach().clone()
     model.loss(batch).backward()
     optimizer.step()
@@ -131,17 +134,14 @@ def test_model_sparse_recovers_planted_structure(tmp_path: Path) -> None:
     (["model.sparse_optimizer.lr=0.3"], True),
 ])
 def test_vocabularies_beyond_sparse_above_train_sparse(overrides: list[str], switched: bool, tmp_path: Path) -> None:
-    from hydra.utils import instantiate
-
-    from twotower.data.datamodule import InteractionDataModule
-    from twotower.training.train import build_model
+    from twotower.training.build import build_datamodule, build_model
 
     planted_interactions(n_users=60, n_items=40, n_clusters=4, seed=0).write_csv(tmp_path / "log.csv")
     cfg = compose_train(tmp_path / "run", "data=interactions", f"data.path={tmp_path / 'log.csv'}",
                         "model.sparse_above=50", *overrides)
-    datamodule: InteractionDataModule = instantiate(cfg.datamodule)
+    datamodule = build_datamodule(cfg)
     datamodule.setup("fit")
-    model = build_model(cfg.model, datamodule)
+    model = build_model(cfg, datamodule)
     optimizer = model.configure_optimizers()
     assert isinstance(optimizer, RowWiseAdagrad) is switched
     assert model.user_tower.embedding.sparse is switched
@@ -150,15 +150,13 @@ def test_vocabularies_beyond_sparse_above_train_sparse(overrides: list[str], swi
 
 
 def built_model(tmp_path: Path, *overrides: str) -> TwoTowerModel:
-    from hydra.utils import instantiate
-
-    from twotower.training.train import build_model
+    from twotower.training.build import build_datamodule, build_model
 
     planted_interactions(n_users=60, n_items=40, n_clusters=4, seed=0).write_csv(tmp_path / "log.csv")
     cfg = compose_train(tmp_path / "run", "data=interactions", f"data.path={tmp_path / 'log.csv'}", *overrides)
-    datamodule = instantiate(cfg.datamodule)
+    datamodule = build_datamodule(cfg)
     datamodule.setup("fit")
-    return build_model(cfg.model, datamodule)
+    return build_model(cfg, datamodule)
 
 
 def test_model_sparse_switches_at_any_size(tmp_path: Path) -> None:

@@ -116,8 +116,8 @@ def test_validation_ranks_a_seeded_sample_of_val_users_and_test_ranks_every_user
     def targets(loader: object) -> dict[int, list[int]]:
         found: dict[int, list[int]] = {}
         for batch in loader:
-            for row, item in zip(batch["target_rows"].tolist(), batch["target_items"].tolist(), strict=True):
-                found.setdefault(int(batch["users"][row]), []).append(item)
+            for row, item in zip(batch.target_rows.tolist(), batch.target_items.tolist(), strict=True):
+                found.setdefault(int(batch.users[row]), []).append(item)
         return found
 
     every, capped = datamodule(None), datamodule(100)
@@ -126,5 +126,5 @@ def test_validation_ranks_a_seeded_sample_of_val_users_and_test_ranks_every_user
     assert all(all_targets[user] == items for user, items in sampled.items())  # each user whole
     assert sampled == targets(capped.val_dataloader())  # the same users every epoch
     assert targets(capped.test_dataloader()) == targets(every.test_dataloader())
-    with pytest.raises(TwoTowerError, match="val_users must be >= 1"):
+    with pytest.raises(TwoTowerError, match="val_users must be an integer >= 1"):
         datamodule(0)

@@ -19,15 +19,19 @@ def is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def integer(option: str, value: object, minimum: int | None = None, *, optional: bool = False,
-            meaning_of_null: str = "", also: tuple[int, str] | None = None) -> int | None:
-    """An integer of at least ``minimum``; None where ``optional`` (``meaning_of_null`` says what null does);
-    ``also``: one more value allowed below the minimum and what it means (``(-1, "every core")``)."""
+def integer(option: str, value: object, minimum: int | None = None, maximum: int | None = None, *,
+            optional: bool = False, meaning_of_null: str = "", also: tuple[int, str] | None = None) -> int | None:
+    """An integer of at least ``minimum`` and at most ``maximum``; None where ``optional`` (``meaning_of_null``
+    says what null does); ``also``: one more value allowed outside the bounds and what it means
+    (``(-1, "every core")``)."""
     if value is None and optional:
         return None
-    if is_integer(value) and ((minimum is None or value >= minimum) or (also is not None and value == also[0])):
+    within = (minimum is None or value >= minimum) and (maximum is None or value <= maximum) if is_integer(value) \
+        else False
+    if is_integer(value) and (within or (also is not None and value == also[0])):
         return value
-    wanted = "an integer" + (f" >= {minimum}" if minimum is not None else "")
+    wanted = "an integer" + (f" between {minimum} and {maximum}" if minimum is not None and maximum is not None
+                             else f" >= {minimum}" if minimum is not None else "")
     extras = [f"{also[0]}: {also[1]}"] if also else []
     extras += [f"null: {meaning_of_null}" if meaning_of_null else "null"] if optional else []
     raise ConfigError(f"{option} must be {wanted}" + (f" (or {', or '.join(extras)})" if extras else "")

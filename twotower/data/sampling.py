@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from twotower.errors import TwoTowerError
+from twotower import checks
 
 DISTRIBUTIONS = ("uniform", "popularity")
 
@@ -18,14 +18,10 @@ DISTRIBUTIONS = ("uniform", "popularity")
 class NegativeSampler:
     def __init__(self, n_negatives: int = 2, distribution: str = "uniform", alpha: float = 0.75,
                  max_rounds: int = 20) -> None:
-        if distribution not in DISTRIBUTIONS:
-            raise TwoTowerError(f"unknown sampler distribution '{distribution}'; choose one of {DISTRIBUTIONS}")
-        if n_negatives < 1:
-            raise TwoTowerError(f"sampler.n_negatives must be >= 1, got {n_negatives}")
-        self.n_negatives = n_negatives
-        self.distribution = distribution
-        self.alpha = alpha
-        self.max_rounds = max_rounds
+        self.n_negatives = checks.integer("sampler.n_negatives", n_negatives, 1)
+        self.distribution = checks.choice("sampler.distribution", distribution, DISTRIBUTIONS)
+        self.alpha = checks.number("sampler.alpha", alpha, at_least=0)
+        self.max_rounds = checks.integer("sampler.max_rounds", max_rounds, 1)
 
     def fit(self, users: torch.Tensor, items: torch.Tensor, n_items: int) -> NegativeSampler:
         """Remember the known positives and the item distribution of the training data."""

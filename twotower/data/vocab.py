@@ -11,7 +11,7 @@ import numpy as np
 import polars as pl
 
 from twotower.data.ids import as_kind, query_ids
-from twotower.errors import TwoTowerError
+from twotower.errors import DataError, UnknownIdError
 from twotower.files import read_parquet, write_parquet
 
 
@@ -93,7 +93,7 @@ class Vocabulary:
             unknown = encoded[alias].is_null()
         if unknown.any():
             examples = encoded.filter(unknown)[column].unique().sort().head(5).to_list()
-            raise TwoTowerError(f"{int(unknown.sum())} interaction(s) have a {self.name} id outside the "
+            raise DataError(f"{int(unknown.sum())} interaction(s) have a {self.name} id outside the "
                                 f"vocabulary, e.g. {examples}")
         return encoded.drop(column)
 
@@ -135,7 +135,7 @@ class Vocabulary:
             return np.where(unknown, missing, indices)
         if unknown.any():
             bad = [ids[i] for i in np.flatnonzero(unknown)[:5]]
-            raise TwoTowerError(f"unknown {self.name} id(s) {bad}: not in the vocabulary of {len(self)} "
+            raise UnknownIdError(f"unknown {self.name} id(s) {bad}: not in the vocabulary of {len(self)} "
                                 f"{self.name}s (e.g. {self.ids.head(3).to_list()})")
         return indices
 
@@ -153,7 +153,7 @@ class Vocabulary:
         """The index of an id or, when the vocabulary has titles, of a title (exact, any case, or unique part)."""
         try:
             return int(self.lookup([key])[0])
-        except TwoTowerError:
+        except UnknownIdError:
             if not self.has_titles:
                 raise
         titles = self.frame.select("index", "title").drop_nulls()
@@ -169,11 +169,11 @@ class Vocabulary:
             if matches.height > 1:
                 shown = ", ".join(f"{title!r} [{id_}]" for title, id_ in zip(
                     matches["title"].head(5).to_list(), self.decode(matches["index"].head(5).to_numpy()), strict=True))
-                raise TwoTowerError(f"'{text}' matches {matches.height} {self.name}s: {shown}; give the id of the "
+                raise UnknownIdError(f"'{text}' matches {matches.height} {self.name}s: {shown}; give the id of the "
                                     "one you mean")
         close = difflib.get_close_matches(text, titles["title"].to_list(), n=3, cutoff=0.5)
         hint = f"; did you mean {close}?" if close else ""
-        raise TwoTowerError(f"unknown {self.name} '{text}': neither an id nor a title{hint}")
+        raise UnknownIdError(f"unknown {self.name} '{text}': neither an id nor a title{hint}")
 
     def keep(self, indices: np.ndarray) -> tuple[Vocabulary, np.ndarray]:
         """A vocabulary of the sorted ``indices`` only, and the map from each old index to its new one

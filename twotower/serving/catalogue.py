@@ -27,7 +27,7 @@ import polars as pl
 
 from twotower.data.ids import query_ids
 from twotower.data.vocab import Vocabulary
-from twotower.errors import TwoTowerError
+from twotower.errors import DataError, UnknownIdError
 from twotower.index import (
     Backend,
     ExactIndex,
@@ -154,7 +154,7 @@ class Catalogue:
         if row is None:
             row = self.vocab.resolve(key)
         if self.is_removed(row):
-            raise TwoTowerError(f"{self.vocab.name} {key!r} was removed from the catalogue")
+            raise UnknownIdError(f"{self.vocab.name} {key!r} was removed from the catalogue")
         return row
 
     def is_removed(self, row: int) -> bool:
@@ -251,7 +251,7 @@ class Catalogue:
         vectors = self._checked_vectors(vectors, len(keys))
         titles = [None] * len(keys) if titles is None else list(titles)
         if len(titles) != len(keys):
-            raise TwoTowerError(f"{len(keys)} new {self.vocab.name}s but {len(titles)} titles")
+            raise DataError(f"{len(keys)} new {self.vocab.name}s but {len(titles)} titles")
         first = self.base + len(self.added_ids)
         return dataclasses.replace(
             self, added_vectors=np.vstack([self.added_vectors, vectors]), added_ids=self.added_ids + keys,
@@ -265,19 +265,19 @@ class Catalogue:
     def _new_keys(self, ids: Sequence[object]) -> list[object]:
         ids = list(ids)
         if not ids:
-            raise TwoTowerError(f"no new {self.vocab.name}s given")
+            raise DataError(f"no new {self.vocab.name}s given")
         keys = self._keys(ids)
         if None in keys:
             kind = "whole numbers" if self.vocab.numeric else "text"
             bad = [id_ for id_, key in zip(ids, keys, strict=True) if key is None]
-            raise TwoTowerError(f"new {self.vocab.name} ids must be {kind}, as this run's are; got {bad[:5]}")
+            raise DataError(f"new {self.vocab.name} ids must be {kind}, as this run's are; got {bad[:5]}")
         repeated = [key for key, count in Counter(keys).items() if count > 1]
         if repeated:
-            raise TwoTowerError(f"new {self.vocab.name} ids repeat: {repeated[:5]}")
+            raise DataError(f"new {self.vocab.name} ids repeat: {repeated[:5]}")
         present = [key for key, row in zip(keys, self.rows(keys, missing=-1), strict=True)
                    if row >= 0 and not self.is_removed(row)]
         if present:
-            raise TwoTowerError(f"{self.vocab.name} id(s) {present[:5]} are in the catalogue already; "
+            raise DataError(f"{self.vocab.name} id(s) {present[:5]} are in the catalogue already; "
                                 "remove them first to replace them")
         return keys
 
@@ -285,20 +285,20 @@ class Catalogue:
         try:
             vectors = np.asarray(vectors, dtype=np.float32)
         except (TypeError, ValueError) as error:
-            raise TwoTowerError(f"new {self.vocab.name} vectors must be numbers of {self.dim} each ({error})") \
+            raise DataError(f"new {self.vocab.name} vectors must be numbers of {self.dim} each ({error})") \
                 from error
         if vectors.shape != (n, self.dim):
-            raise TwoTowerError(f"expected {n} new {self.vocab.name} vector(s) of dimension {self.dim} (the run's), "
+            raise DataError(f"expected {n} new {self.vocab.name} vector(s) of dimension {self.dim} (the run's), "
                                 f"got an array of shape {vectors.shape}")
         if not np.isfinite(vectors).all():
-            raise TwoTowerError(f"new {self.vocab.name} vectors must be finite (no NaN or infinity)")
+            raise DataError(f"new {self.vocab.name} vectors must be finite (no NaN or infinity)")
         if self.score != "cosine":
             return vectors
         # The exported vectors of a cosine run are unit vectors, part by part (an ID and a history part).
         parts = vectors.reshape(len(vectors), self.parts, -1)
         norms = np.linalg.norm(parts, axis=2, keepdims=True)
         if (norms == 0).any():
-            raise TwoTowerError("a cosine run cannot score a zero vector (or a zero part of one): it has no direction")
+            raise DataError("a cosine run cannot score a zero vector (or a zero part of one): it has no direction")
         return (parts / norms).reshape(vectors.shape).astype(np.float32)
 
     def frames(self) -> tuple[pl.DataFrame, pl.DataFrame]:

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from twotower import checks
 from twotower.errors import TwoTowerError
 from twotower.files import atomic_path, write_text
 from twotower.run import Run
@@ -23,8 +24,7 @@ METHODS = ("auto", "umap", "tsne", "pca")
 
 
 def available_method(method: str) -> str:
-    if method not in METHODS:
-        raise TwoTowerError(f"method must be one of {METHODS}, got '{method}'")
+    checks.choice("method", method, METHODS)
     if method != "auto":
         module, package = {"umap": ("umap", "umap-learn"), "tsne": ("sklearn", "scikit-learn"),
                            "pca": ("numpy", "numpy")}[method]
@@ -138,8 +138,7 @@ def export_projector(vectors: np.ndarray, frame: pl.DataFrame, folder: Path) -> 
 def plot_run(run_dir: str | Path, side: str = "items", color: str | None = "auto", method: str = "auto",
              labels: int = 12, top_groups: int = 8, output_file: str | None = None, projector: bool = False,
              seed: int = 0) -> Path:
-    if side not in ("items", "users"):
-        raise TwoTowerError(f"side must be 'items' or 'users', got '{side}'")
+    checks.choice("side", side, ("items", "users"))
     run = Run.open(run_dir)
     paths = run.paths
     name = run.names["item" if side == "items" else "user"]

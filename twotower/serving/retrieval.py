@@ -12,7 +12,7 @@ Each answer is a ``Result``: it unpacks as ``(ids, scores)`` and also carries th
 scores are always recomputed exactly from the exported vectors. Every item a user has anywhere in the run's
 log (whichever split it fell into), and any ``deny`` list, is filtered out after over-fetching, so ``k``
 results come back whenever the catalogue has ``k`` items left; an ``allow`` list restricts the answer to
-those items. Unknown ids raise ``TwoTowerError`` naming them, or, with ``unknown="popular"``, get the most
+those items. Unknown ids raise ``UnknownIdError`` naming them, or, with ``unknown="popular"``, get the most
 popular items of the run's log. A loaded retriever only reads its arrays, so threads may share it.
 
 Items can join or leave the catalogue without a rebuild: ``add_items(ids, vectors)`` (or ``features=`` for
@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from twotower.errors import TwoTowerError
+from twotower.errors import ConfigError, DataError, RunError, UnknownIdError
 from twotower.index import Backend, ExactIndex, backend_from, exact_top, read_meta
 from twotower.run import Run
 from twotower.serving.catalogue import Catalogue
@@ -55,7 +55,7 @@ def _check_k(k: object, available: int) -> int:
     """``k`` as asked, capped at the ``available`` candidates (a larger k cannot return more, and a huge one
     would overflow the index's search budget)."""
     if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k <= 0:
-        raise TwoTowerError(f"k must be a positive integer, got {k!r}")
+        raise ConfigError(f"k must be a positive integer, got {k!r}")
     return int(min(k, max(available, 1)))
 
 
@@ -98,11 +98,11 @@ class Retriever:
         """An unknown-id error that also says why those ids are not in the run, where the run knows."""
         try:
             yield
-        except TwoTowerError as error:
+        except UnknownIdError as error:
             reason = self.why_unknown(side, ids)
             if not reason:
                 raise
-            raise TwoTowerError(f"{error}{reason}") from None
+            raise UnknownIdError(f"{error}{reason}") from None
 
     def recommend(self, users: object, k: int = 10, exclude_seen: bool = True, allow: Iterable | None = None,
                   deny: Iterable | None = None, unknown: str = "error") -> Result | list[Result]:
@@ -112,7 +112,7 @@ class Retriever:
         outside the vocabulary with the most popular items of the run's log instead of raising.
         """
         if unknown not in UNKNOWN_POLICIES:
-            raise TwoTowerError(f"unknown must be one of {UNKNOWN_POLICIES}, got '{unknown}'")
+            raise ConfigError(f"unknown must be one of {UNKNOWN_POLICIES}, got '{unknown}'")
         catalogue = self.catalogue  # one catalogue for the whole call
         k = _check_k(k, len(self.run.item_vocab))
         batch = list(users) if _is_batch(users) else [users]
@@ -146,17 +146,17 @@ class Retriever:
         instead of raising; a history left empty gets the most popular items.
         """
         if self.run.history_vectors is None:
-            raise TwoTowerError(f"{self.run.root} was trained without a history tower, so it cannot embed a user "
+            raise ConfigError(f"{self.run.root} was trained without a history tower, so it cannot embed a user "
                                 "from their items; train with a history user tower (the default, or model=history)")
         if unknown not in HISTORY_UNKNOWN_POLICIES:
-            raise TwoTowerError(f"unknown must be one of {HISTORY_UNKNOWN_POLICIES}, got '{unknown}'")
+            raise ConfigError(f"unknown must be one of {HISTORY_UNKNOWN_POLICIES}, got '{unknown}'")
         catalogue = self.catalogue
         k = _check_k(k, len(self.run.item_vocab))
         histories = list(items) if _is_history_batch(items) else [items]
         rows = []
         for history in histories:
             if not _is_batch(history):
-                raise TwoTowerError(f"a history is a list of item ids, got {history!r}")
+                raise DataError(f"a history is a list of item ids, got {history!r}")
             with self._explained("item", list(history)):
                 found = self.run.item_vocab.lookup(list(history), missing=-1 if unknown == "skip" else None)
             rows.append(np.unique(found[found >= 0]))
@@ -233,7 +233,7 @@ class Retriever:
         """Put new items in the catalogue without rebuilding the index: their ``vectors`` (one per id, in the
         run's space), or their ``features`` (one row per id) for the run's item feature tower to embed."""
         if (vectors is None) == (features is None):
-            raise TwoTowerError("give the new items' vectors or their features (one of the two)")
+            raise DataError("give the new items' vectors or their features (one of the two)")
         if features is not None:
             vectors = self.embed("item", features)
         with self._changing:  # one writer at a time; readers keep the catalogue they took
@@ -255,7 +255,7 @@ class Retriever:
             try:
                 self.run.record({paths.catalogue("added"): added, paths.catalogue("removed"): removed})
             except OSError as error:
-                raise TwoTowerError(f"cannot save the catalogue into {self.run.root}: {error}") from error
+                raise RunError(f"cannot save the catalogue into {self.run.root}: {error}") from error
         return {**catalogue.counts(), "saved_rows": len(catalogue.added_ids), "indexed_rows": catalogue.indexed}
 
     def about(self) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from twotower.errors import TwoTowerError
+from twotower.errors import ConfigError, DataError, RunError, TwoTowerError, UnknownIdError
 from twotower.serving.service.admin import admin_routes
 from twotower.serving.service.metrics import RequestMetrics
 from twotower.serving.service.middleware import Guard, json_error
@@ -37,13 +37,23 @@ def validation_message(errors: list[dict[str, Any]]) -> str:
     return "; ".join(parts) + more
 
 
+# The status of each kind of error (``twotower.errors``): an id the run does not know is not found; a value the
+# package cannot use is unprocessable; a served run that is damaged is the service's own fault.
+STATUS = {UnknownIdError: 404, ConfigError: 422, DataError: 422, RunError: 500}
+
+
+def status_of(error: TwoTowerError) -> int:
+    return next((status for kind, status in STATUS.items() if isinstance(error, kind)), 422)
+
+
 def add_error_handlers(app: FastAPI) -> None:
     """Bad requests get a 4xx ``{"error": "..."}`` naming the problem: 404 for ids the run does not know, 422
-    for values out of range, 400 for a body that is not JSON (413, oversized, comes from ``Guard``)."""
+    for values out of range, 400 for a body that is not JSON (413, oversized, comes from ``Guard``); a damaged
+    run gets a 500 that says what is damaged."""
 
     @app.exception_handler(TwoTowerError)
-    async def unknown_id(request: Request, error: TwoTowerError) -> JSONResponse:
-        return json_error(404, str(error))  # from a query, a TwoTowerError is an id or title the run lacks
+    async def refused(request: Request, error: TwoTowerError) -> JSONResponse:
+        return json_error(status_of(error), str(error))
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, error: RequestValidationError) -> JSONResponse:

@@ -8,7 +8,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from twotower.errors import TwoTowerError
+from twotower import checks
+from twotower.errors import ConfigError
 from twotower.index import Backend, backend_from
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
@@ -45,26 +46,26 @@ class ServeSettings:
         """Settings from plain values (the composed config), refusing a bad one with ``TwoTowerError``."""
         run_dir = values.get("run_dir")
         if not isinstance(run_dir, str) or not run_dir.strip() or run_dir == "???":
-            raise TwoTowerError("give the run to serve: twotower-serve run_dir=DIR")
+            raise ConfigError("give the run to serve: twotower-serve run_dir=DIR")
         host, log_level, access_log = values.get("host"), values.get("log_level"), values.get("access_log")
         if not isinstance(host, str) or not host:
-            raise TwoTowerError(f"host must be a host name or address, got {host!r}")
-        if log_level not in LOG_LEVELS:
-            raise TwoTowerError(f"log_level must be one of {LOG_LEVELS}, got {log_level!r}")
-        if not isinstance(access_log, bool):
-            raise TwoTowerError(f"access_log must be true or false, got {access_log!r}")
+            raise ConfigError(f"host must be a host name or address, got {host!r}")
+        checks.choice("log_level", log_level, LOG_LEVELS)
+        checks.flag("access_log", access_log)
         token = values.get("admin_token")
         if token is not None and (not isinstance(token, str) or len(token) < 8):
-            raise TwoTowerError(f"admin_token must be a string of at least 8 characters (or null: no admin "
-                                f"endpoints); set it with {ADMIN_TOKEN_VARIABLE}")
-        workers = _whole(values.get("workers"), "workers", 1, 64)
+            raise ConfigError(f"admin_token must be a string of at least 8 characters (or null: no admin "
+                              f"endpoints); set it with {ADMIN_TOKEN_VARIABLE}")
+        workers = checks.integer("workers", values.get("workers"), 1, 64)
         if workers > 1 and token is not None:
-            raise TwoTowerError("the admin endpoints would change one worker of several: use workers=1 with "
-                                "admin_token, or SIGHUP the main process to reload every worker")
+            raise ConfigError("the admin endpoints would change one worker of several: use workers=1 with "
+                              "admin_token, or SIGHUP the main process to reload every worker")
         limits = values.get("limits") or {}
-        limits = Limits(**{name: _whole(limits.get(name), f"limits.{name}", 1) for name in Limits.__dataclass_fields__})
-        return cls(run_dir=run_dir, host=host, port=_whole(values.get("port"), "port", 1, 65535), workers=workers,
-                   index=index, admin_token=token, limits=limits, log_level=log_level, access_log=access_log)
+        limits = Limits(**{name: checks.integer(f"limits.{name}", limits.get(name), 1)
+                           for name in Limits.__dataclass_fields__})
+        return cls(run_dir=run_dir, host=host, port=checks.integer("port", values.get("port"), 1, 65535),
+                   workers=workers, index=index, admin_token=token, limits=limits, log_level=log_level,
+                   access_log=access_log)
 
     def as_dict(self) -> dict[str, Any]:
         """The settings as plain values (what worker processes are handed)."""
@@ -77,13 +78,6 @@ class ServeSettings:
         return cls(**{**values, "limits": Limits(**values["limits"]), "index": index})
 
 
-def _whole(value: object, name: str, low: int, high: int | None = None) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < low or (high is not None and value > high):
-        bound = f"between {low} and {high}" if high is not None else f">= {low}"
-        raise TwoTowerError(f"{name} must be an integer {bound}, got {value!r}")
-    return value
-
-
 def check_port(host: str, port: int) -> None:
     """Fail now, in one line, if the address cannot be listened on (taken, or not this machine's)."""
     try:
@@ -93,4 +87,4 @@ def check_port(host: str, port: int) -> None:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
             probe.bind(address)
     except OSError as error:
-        raise TwoTowerError(f"cannot listen on {host}:{port}: {error.strerror or error}") from error
+        raise ConfigError(f"cannot listen on {host}:{port}: {error.strerror or error}") from error
