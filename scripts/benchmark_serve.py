@@ -3,7 +3,7 @@
     python scripts/benchmark_serve.py                          # 100k items, 8 s per measurement
     python scripts/benchmark_serve.py --items 200000 --seconds 5 --clients 1,8
 
-Writes a synthetic run (clustered unit vectors, ``twotower.data.synthetic.write_vector_run``) with its Annoy index
+Writes a synthetic run (clustered unit vectors, ``twotower.training.vector_run.write_vector_run``) with its Annoy index
 into a temporary folder, measures ``Retriever.recommend`` in this process (one user per call, then batches),
 starts ``twotower-serve`` on a free loopback port, and drives ``GET /recommend`` (one user) and
 ``POST /recommend`` (a batch of users) from client threads, each on its own keep-alive connection. Every
@@ -29,10 +29,10 @@ from pathlib import Path
 import numpy as np
 from results import table, write_results
 
-from twotower.data.synthetic import write_vector_run
 from twotower.index import AnnoyIndex
 from twotower.serving.catalogue import rebuild_index
 from twotower.serving.retrieval import Retriever
+from twotower.training.vector_run import write_vector_run
 
 
 def free_port() -> int:

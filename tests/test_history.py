@@ -206,9 +206,21 @@ def test_retrieve_command_takes_a_history(planted_history_run: tuple, capsys: py
     assert f'"id": {ids[0]}' in capsys.readouterr().out
 
 
+def test_the_command_skips_unknown_history_items_as_python_does(planted_history_run: tuple,
+                                                               capsys: pytest.CaptureFixture) -> None:
+    run_dir, _ = planted_history_run
+    retrieve(compose_retrieve(run_dir, "history=[120,121,99999]", "unknown=skip", "k=3"))
+    out = capsys.readouterr().out
+    assert "with 2 known item(s) of 3:" in out
+    ids, _ = Retriever.load(run_dir).recommend_from_history([120, 121, 99999], k=3, unknown="skip")
+    assert all(str(id_) in out for id_ in ids.tolist())
+    with pytest.raises(TwoTowerError, match=r"unknown item id\(s\) \[99999\]"):
+        retrieve(compose_retrieve(run_dir, "history=[120,121,99999]", "k=3"))
+
+
 def test_a_run_without_history_tower_says_so(tmp_path: Path) -> None:
-    from twotower.data.synthetic import write_vector_run
     from twotower.index import ExactIndex
+    from twotower.training.vector_run import write_vector_run
 
     retriever = Retriever.load(write_vector_run(tmp_path / "run", ExactIndex()))
     with pytest.raises(TwoTowerError, match="history user tower"):

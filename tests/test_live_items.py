@@ -16,11 +16,11 @@ import pytest
 
 from tests.conftest import train_feature_run
 from twotower.commands import reindex
-from twotower.data.synthetic import write_vector_run
 from twotower.errors import TwoTowerError
 from twotower.index import AnnoyIndex, read_meta
 from twotower.serving.catalogue import Result, rebuild_index
 from twotower.serving.retrieval import Retriever
+from twotower.training.vector_run import write_vector_run
 
 N_ITEMS = 12_000
 

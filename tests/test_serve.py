@@ -22,11 +22,11 @@ from hydra import compose, initialize_config_module
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import train_feature_run
-from twotower.data.synthetic import write_vector_run
 from twotower.index import AnnoyIndex, ExactIndex
 from twotower.serving.catalogue import rebuild_index
 from twotower.serving.retrieval import Retriever
 from twotower.serving.service.settings import Limits, ServeSettings
+from twotower.training.vector_run import write_vector_run
 
 TOKEN = "test-admin-token"
 ADMIN = {"Authorization": f"Bearer {TOKEN}"}

@@ -29,7 +29,7 @@ def test_the_pairs_an_epoch_scores_decide_the_width(log: str, wide: bool) -> Non
     assert sizing.dim == (96 if wide else 64)
 
 
-def test_given_values_are_kept_and_bad_ones_refused(caplog: pytest.LogCaptureFixture) -> None:
+def test_given_values_are_kept_and_bad_ones_refused(caplog: pytest.LogCaptureFixture, tmp_path: Path) -> None:
     sizing = Sizing.of(1_000, 1_000)
     with caplog.at_level(logging.INFO, logger="twotower"):
         assert sizing.resolve(32) == 32
@@ -37,8 +37,11 @@ def test_given_values_are_kept_and_bad_ones_refused(caplog: pytest.LogCaptureFix
     with caplog.at_level(logging.INFO, logger="twotower"):
         assert sizing.resolve("auto") == 96
     assert "model.dim=96" in caplog.text
-    with pytest.raises(TwoTowerError, match=r"model\.dim must be auto or an integer >= 1"):
-        sizing.resolve("wide")
+    planted_interactions(n_users=100, n_items=50, n_clusters=4, seed=1).write_csv(tmp_path / "log.csv")
+    with pytest.raises(TwoTowerError, match=r"model\.dim must be auto or an integer >= 1, got 'wide'"):
+        train(compose_train(tmp_path / "run", "data=interactions", f"data.path={tmp_path / 'log.csv'}",
+                            "model.dim=wide", "show_similar_to=null"))
+    assert not (tmp_path / "run" / "checkpoints").exists()
 
 
 def test_a_bad_final_fit_share_is_refused_before_training(tmp_path: Path) -> None:

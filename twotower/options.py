@@ -100,14 +100,21 @@ def configs() -> list[str]:
 
 
 def groups() -> dict[str, list[str]]:
-    """Config group -> its choices (the YAML files in its folder), without Hydra's own groups."""
+    """Config group -> its choices (the YAML files in its folder), without Hydra's own groups; a folder inside a
+    group's folder is a group of its own (``model/user_tower``)."""
     found = {}
-    for entry in _conf().iterdir():
-        if not entry.is_dir() or entry.name in SKIPPED_GROUPS or entry.name.startswith(("_", ".")):
-            continue
-        choices = sorted(item.name.removesuffix(".yaml") for item in entry.iterdir() if item.name.endswith(".yaml"))
+
+    def walk(folder: Traversable, group: str) -> None:
+        choices = sorted(item.name.removesuffix(".yaml") for item in folder.iterdir() if item.name.endswith(".yaml"))
         if choices:
-            found[entry.name] = choices
+            found[group] = choices
+        for entry in folder.iterdir():
+            if entry.is_dir() and not entry.name.startswith(("_", ".")):
+                walk(entry, f"{group}/{entry.name}")
+
+    for entry in _conf().iterdir():
+        if entry.is_dir() and entry.name not in SKIPPED_GROUPS and not entry.name.startswith(("_", ".")):
+            walk(entry, entry.name)
     return dict(sorted(found.items()))
 
 

@@ -132,7 +132,7 @@ class RunPaths:
 
 @dataclass
 class Manifest:
-    """``run.json``: what a finished run is. Written by ``write`` (training, ``synthetic.write_vector_run``),
+    """``run.json``: what a finished run is. Written by ``write`` (training, ``vector_run.write_vector_run``),
     read by ``Run.open``; nothing else reads the file."""
 
     names: dict[str, str]  # what a user and an item are called ({"user": "link", "item": "book"})

@@ -25,13 +25,14 @@ import polars as pl
 from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig
 
+from twotower import checks
 from twotower.commands.cli import answer_help, check_options, reported_errors
 from twotower.data.ids import query_ids
 from twotower.data.tables import collect, detect_format, existing_path, reading, scan_table
 from twotower.errors import TwoTowerError
 from twotower.files import table_format, write_table
 from twotower.serving.result import Result
-from twotower.serving.retrieval import Retriever
+from twotower.serving.retrieval import UNKNOWN, Retriever
 
 log = logging.getLogger("twotower")
 OUTPUTS = ("table", "json", "csv", "parquet")
@@ -110,9 +111,11 @@ def answer(retriever: Retriever, cfg: DictConfig) -> tuple[str, pl.DataFrame]:
     if cfg.history is not None:
         if not isinstance(cfg.history, ListConfig):
             raise TwoTowerError(f"history must be a list of item ids, e.g. history='[1,2,3]', got {cfg.history!r}")
-        result = retriever.recommend_from_history(list(cfg.history), k=k, unknown=cfg.unknown_items, **lists)
-        return f"Top {k} {names['item']}s for a {names['user']} with {len(cfg.history)} {names['item']}(s):", \
-            table([result])
+        history = list(cfg.history)
+        result = retriever.recommend_from_history(history, k=k, unknown=cfg.unknown, **lists)
+        known = int((retriever.run.item_vocab.lookup(history, missing=-1) >= 0).sum())
+        said = f"{known} known {names['item']}(s)" + (f" of {len(history)}" if known < len(history) else "")
+        return f"Top {k} {names['item']}s for a {names['user']} with {said}:", table([result])
     result = retriever.similar_items(cfg.item, k=k, **lists)
     anchor = retriever.run.item_vocab.resolve(cfg.item)
     title = retriever.run.item_vocab.column("title", [anchor])[0] or retriever.run.item_vocab.ids[anchor]
@@ -150,8 +153,7 @@ def run(cfg: DictConfig) -> None:
     if len(given) != 1:
         raise TwoTowerError("give exactly one of user=ID, item=ID_OR_TITLE, users_file=FILE, similar_user=ID "
                             f"or history='[ID,...]'{f' (got {given})' if given else ''}")
-    if cfg.unknown not in ("error", "popular", "skip"):
-        raise TwoTowerError(f"unknown must be error, popular or skip, got '{cfg.unknown}'")
+    checks.choice("unknown", cfg.unknown, UNKNOWN)
     retriever = Retriever.load(cfg.run_dir, index=instantiate(cfg.index) if cfg.get("index") else None)
     heading, rows = answer(retriever, cfg)
     if cfg.output_file is not None:

@@ -22,8 +22,6 @@ import yaml
 from twotower.files import atomic_path, write_text
 from twotower.run import RunPaths
 
-STATUS = ("ok", "failed", "unfinished")
-
 
 def read_overrides(folder: Path) -> dict[str, str]:
     overrides = yaml.safe_load((folder / ".hydra" / "overrides.yaml").read_text()) or []

@@ -21,7 +21,6 @@ log = logging.getLogger(__name__)
 
 ID_COLUMNS = ("user_id", "item_id")
 DEFAULT_NAMES = {"user": "user", "item": "item"}
-SPLITS = ("train", "valid", "test")
 # Users and items of the source that a filter removed, kept so that retrieval can say why an id is unknown.
 DROPPED_SCHEMA = {"side": pl.String, "id": pl.String, "reason": pl.String}
 EXAMPLES = 5  # ids shown in a log line

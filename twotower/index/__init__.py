@@ -7,7 +7,7 @@ Every backend answers "which items have the largest dot product with this query 
   catalogues.
 - ``AnnoyIndex`` (``annoy``, the default): a forest of random-projection trees; memory-mapped, so worker
   processes share its pages.
-- ``HnswIndex`` (``hnsw``): a graph index; several times Annoy's throughput at the same recall on trained
+- ``HnswIndex`` (``hnsw``): a graph index; more queries per second than Annoy at the same recall on trained
   vectors, loaded into each process's memory.
 
 Approximate backends are tuned at build to a target recall against exact search (``tuning``); an index

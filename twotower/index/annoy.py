@@ -1,6 +1,6 @@
 """Annoy over the angular metric: approximate, memory-mapped, shareable between processes.
 
-Annoy's own ``dot`` metric has a tree-building bug in the released 1.17.3 that can crush recall, so
+Annoy's own ``dot`` metric has a tree-building bug in its released versions that can crush recall, so
 dot-product search is mapped onto ``angular`` (``twotower.index.angular``).
 """
 
@@ -19,10 +19,11 @@ from twotower import checks
 from twotower.errors import RunError
 from twotower.files import atomic_path
 from twotower.index.angular import angular_items, angular_queries
+from twotower.index.approximate import ApproximateIndex
 from twotower.index.exact import exact_top
 
 
-class AnnoyIndex:
+class AnnoyIndex(ApproximateIndex):
     """Annoy over the angular metric (see the module docstring for how dot products get there).
 
     ``n_trees`` trades build time and size for recall; ``search_k`` (nodes inspected per query, default
@@ -47,20 +48,13 @@ class AnnoyIndex:
         self.n_trees = checks.integer("index.n_trees", n_trees, 1)
         self.search_k = checks.integer("index.search_k", search_k, 1, optional=True)
         self.search_k_factor = checks.integer("index.search_k_factor", search_k_factor, 1)
-        self.seed = checks.integer("index.seed", seed)
-        self.build_threads = checks.integer("index.build_threads", build_threads, 1, also=(-1, "every core"))
-        self.target_recall = checks.number("index.target_recall", target_recall, above=0, at_most=1, optional=True,
-                                           meaning_of_null="no tuning")
-        self.exact_when_faster = checks.flag("index.exact_when_faster", exact_when_faster)
-        self.exact = checks.flag("index.exact", exact)
+        super().__init__(seed, build_threads, target_recall, exact_when_faster, exact)
         self._configured = (n_trees, search_k, search_k_factor)  # where the tuning starts from
         self._annoy: _Annoy | None = None
 
     def params(self) -> dict[str, Any]:
         return {"n_trees": self.n_trees, "search_k": self.search_k, "search_k_factor": self.search_k_factor,
-                "seed": self.seed, "build_threads": self.build_threads, "target_recall": self.target_recall,
-                "exact_when_faster": self.exact_when_faster,
-                "exact": self.exact}
+                **self.shared_params()}
 
     def describe(self) -> str:
         budget = f"search_k {self.search_k}" if self.search_k else f"search_k_factor {self.search_k_factor}"
@@ -86,11 +80,6 @@ class AnnoyIndex:
         deeper.n_trees, deeper.search_k, deeper.search_k_factor, deeper._annoy = self.n_trees * 2, search_k, \
             search_k_factor, None
         return deeper
-
-    def served_exactly(self) -> AnnoyIndex:
-        exact = copy.copy(self)
-        exact.exact = True
-        return exact
 
     def build(self, vectors: np.ndarray, score: str, folder: Path) -> dict[str, Any]:
         items, transform, max_norm = angular_items(vectors, score)

@@ -1,7 +1,7 @@
 """A graph index (HNSW, Hierarchical Navigable Small World) on Spotify's ``voyager``, Annoy's successor.
 
 The graph links each item to its ``m`` nearest neighbours on a few layers; a search walks it greedily,
-keeping the ``ef`` best candidates seen. It reaches a given recall at several times a forest's throughput on
+keeping the ``ef`` best candidates seen. It reaches a given recall at a higher throughput than a forest on
 trained vectors, which a random-projection forest like Annoy splits poorly. Scores follow the model as in
 Annoy: cosine models index their unit vectors, dot-product ones go through ``twotower.index.angular``.
 """
@@ -20,10 +20,11 @@ from twotower import checks
 from twotower.errors import RunError
 from twotower.files import atomic_path
 from twotower.index.angular import angular_items, angular_queries
+from twotower.index.approximate import ApproximateIndex
 from twotower.index.exact import exact_top
 
 
-class HnswIndex:
+class HnswIndex(ApproximateIndex):
     """``m`` links per item and ``ef_construction`` candidates while building set the graph's quality (and
     its size and build time); ``ef`` candidates per query trades query time for recall. ``target_recall``:
     the recall@10 the build makes sure of (``twotower.index.tuning``), raising ``ef``, then ``m``, or serving
@@ -39,19 +40,12 @@ class HnswIndex:
         self.m = checks.integer("index.m", m, 2)
         self.ef_construction = checks.integer("index.ef_construction", ef_construction, 2)
         self.ef = checks.integer("index.ef", ef, 2)
-        self.seed = checks.integer("index.seed", seed)
-        self.build_threads = checks.integer("index.build_threads", build_threads, 1, also=(-1, "every core"))
-        self.target_recall = checks.number("index.target_recall", target_recall, above=0, at_most=1, optional=True,
-                                           meaning_of_null="no tuning")
-        self.exact_when_faster = checks.flag("index.exact_when_faster", exact_when_faster)
-        self.exact = checks.flag("index.exact", exact)
+        super().__init__(seed, build_threads, target_recall, exact_when_faster, exact)
         self._configured = (m, ef)  # where the tuning starts from
         self._graph: voyager.Index | None = None
 
     def params(self) -> dict[str, Any]:
-        return {"m": self.m, "ef_construction": self.ef_construction, "ef": self.ef, "seed": self.seed,
-                "build_threads": self.build_threads, "target_recall": self.target_recall,
-                "exact_when_faster": self.exact_when_faster, "exact": self.exact}
+        return {"m": self.m, "ef_construction": self.ef_construction, "ef": self.ef, **self.shared_params()}
 
     def describe(self) -> str:
         return "exact search" if self.exact else f"m {self.m}, ef {self.ef}"
@@ -71,10 +65,6 @@ class HnswIndex:
         deeper.m, deeper.ef, deeper._graph = self.m * 2, ef, None
         return deeper
 
-    def served_exactly(self) -> HnswIndex:
-        exact = copy.copy(self)
-        exact.exact = True
-        return exact
 
     def build(self, vectors: np.ndarray, score: str, folder: Path) -> dict[str, Any]:
         items, transform, max_norm = angular_items(vectors, score)

@@ -78,7 +78,8 @@ class TwoTowerModel(L.LightningModule):
         super().__init__()
         checks.choice("model.score", score, SCORES)
         checks.number("model.temperature", temperature, above=0)
-        checks.integer("model.dim", dim, 1)
+        if not (checks.is_integer(dim) and dim >= 1):
+            raise ConfigError(f"model.dim must be auto or an integer >= 1, got {dim!r}")
         checks.number("model.weight_decay", weight_decay, at_least=0)
         checks.integer("model.sparse_above", sparse_above, 0, optional=True, meaning_of_null="never switch")
         self.save_hyperparameters(ignore=["optimizer", "scheduler", "sparse_optimizer"])

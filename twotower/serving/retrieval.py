@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from twotower import checks
 from twotower.errors import ConfigError, DataError, RunError, UnknownIdError
 from twotower.index import Backend, ExactIndex, backend_from, exact_top, read_meta
 from twotower.run import Run
@@ -38,8 +39,11 @@ from twotower.serving.catalogue import Catalogue
 from twotower.serving.encoder import TowerEncoder
 from twotower.serving.result import Result
 
-UNKNOWN_POLICIES = ("error", "popular")
-HISTORY_UNKNOWN_POLICIES = ("error", "skip")
+# What to do with ids the run does not know: refuse them (error), leave them out (skip), or answer with the most
+# popular items (popular). A user is answered or refused (error, popular); a history's items are left out or
+# refused, and a history with no known item is answered with popular items (error, skip, popular).
+UNKNOWN = ("error", "skip", "popular")
+USER_UNKNOWN = tuple(word for word in UNKNOWN if word != "skip")  # a single answer per user: no skipping
 
 
 def _is_batch(query: object) -> bool:
@@ -111,8 +115,7 @@ class Retriever:
         ``allow``/``deny`` are item ids to restrict to / leave out. ``unknown="popular"`` answers ids
         outside the vocabulary with the most popular items of the run's log instead of raising.
         """
-        if unknown not in UNKNOWN_POLICIES:
-            raise ConfigError(f"unknown must be one of {UNKNOWN_POLICIES}, got '{unknown}'")
+        checks.choice("unknown", unknown, USER_UNKNOWN)
         catalogue = self.catalogue  # one catalogue for the whole call
         k = _check_k(k, len(self.run.item_vocab))
         batch = list(users) if _is_batch(users) else [users]
@@ -142,14 +145,13 @@ class Retriever:
         is the history part alone. A known user's whole training
         history gives that user's own vector when the tower has no user ids (``use_id=false``), so the same
         ranking as ``recommend(user)``, which also leaves out what else the user has (e.g. low ratings).
-        ``unknown="skip"`` drops item ids outside the run's vocabulary (also items added after training)
-        instead of raising; a history left empty gets the most popular items.
+        ``unknown="skip"`` (or ``"popular"``) drops item ids outside the run's vocabulary (also items added
+        after training) instead of raising; a history left empty gets the most popular items.
         """
         if self.run.history_vectors is None:
             raise ConfigError(f"{self.run.root} was trained without a history tower, so it cannot embed a user "
                                 "from their items; train with a history user tower (the default, or model=history)")
-        if unknown not in HISTORY_UNKNOWN_POLICIES:
-            raise ConfigError(f"unknown must be one of {HISTORY_UNKNOWN_POLICIES}, got '{unknown}'")
+        checks.choice("unknown", unknown, UNKNOWN)
         catalogue = self.catalogue
         k = _check_k(k, len(self.run.item_vocab))
         histories = list(items) if _is_history_batch(items) else [items]
@@ -158,7 +160,7 @@ class Retriever:
             if not _is_batch(history):
                 raise DataError(f"a history is a list of item ids, got {history!r}")
             with self._explained("item", list(history)):
-                found = self.run.item_vocab.lookup(list(history), missing=-1 if unknown == "skip" else None)
+                found = self.run.item_vocab.lookup(list(history), missing=None if unknown == "error" else -1)
             rows.append(np.unique(found[found >= 0]))
         denied = catalogue.denied(deny)
         allowed = catalogue.allowed(allow)

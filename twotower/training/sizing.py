@@ -11,9 +11,6 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from twotower import checks
-from twotower.errors import ConfigError
-
 log = logging.getLogger("twotower")
 
 AUTO = "auto"
@@ -35,11 +32,9 @@ class Sizing:
         pairs = n_users * scored_per_user
         return cls(pairs, WIDE if pairs <= SMALL_EPOCH else NARROW)
 
-    def resolve(self, dim: object) -> int:
-        """``dim`` as given, or this log's where it is ``auto``, said in the log."""
+    def resolve(self, dim: object) -> object:
+        """``dim`` as given (the model checks it), or this log's where it is ``auto``, said in the log."""
         if dim != AUTO:
-            if not checks.is_integer(dim) or dim < 1:
-                raise ConfigError(f"model.dim must be auto or an integer >= 1, got {dim!r}")
             return dim
         size = "at most" if self.scored_pairs <= SMALL_EPOCH else "more than"
         log.info("an epoch scores %s (user, item) pairs, %s %s: model.dim=%d (give a value to choose otherwise)",

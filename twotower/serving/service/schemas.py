@@ -7,14 +7,14 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
-from twotower.serving.retrieval import HISTORY_UNKNOWN_POLICIES, UNKNOWN_POLICIES
+from twotower.serving.retrieval import UNKNOWN, USER_UNKNOWN
 from twotower.serving.service.settings import Limits
 
 # Ids as JSON gives them: integers that fit the vocabularies' Int64, or strings. Floats and booleans are
 # refused rather than read as ids.
 ItemId = Annotated[StrictInt, Field(ge=-(2**63), le=2**63 - 1)] | StrictStr
-Unknown = Literal[UNKNOWN_POLICIES]
-HistoryUnknown = Literal[HISTORY_UNKNOWN_POLICIES]
+Unknown = Literal[USER_UNKNOWN]
+HistoryUnknown = Literal[UNKNOWN]
 
 
 class ItemScore(BaseModel):
