@@ -258,7 +258,9 @@ def test_a_second_training_into_a_directory_in_use_is_refused(tmp_path: Path, ca
         code, stderr = invoke(train_app, ["data=interactions", f"data.path={tmp_path / 'log.csv'}",
                                           f"hydra.run.dir={tmp_path / 'run'}", "logger=none"], capsys, monkeypatch)
     assert_one_clean_error(code, stderr, r"run is in use by another training \(pid \d+\)")
-    assert sorted(path.name for path in (tmp_path / "run").iterdir()) == [".hydra", ".lock", "train.log"]
+    # the first training's lock goes with it; the refused attempt is in the log
+    assert sorted(path.name for path in (tmp_path / "run").iterdir()) == [".hydra", "train.log"]
+    assert "error: " in (tmp_path / "run" / "train.log").read_text()
 
 
 def test_config_typos_are_reported_by_hydra_without_a_traceback(tmp_path: Path, capsys: pytest.CaptureFixture,

@@ -206,9 +206,15 @@ def test_ctrl_c_exits_130_naming_the_resume_command_and_the_resume_keeps_the_log
     completed = subprocess.run([sys.executable, "-m", "twotower.commands.train", *resumed],
                                capture_output=True, text=True, timeout=600)
     assert completed.returncode == 0, completed.stderr
-    logged = pl.read_csv(tmp_path / "run" / "logs" / "metrics.csv")["epoch"].drop_nulls().unique().sort().to_list()
-    # the earlier epochs are kept
+    metrics = pl.read_csv(tmp_path / "run" / "logs" / "metrics.csv")
+    logged = metrics["epoch"].drop_nulls().unique().sort().to_list()
+    # the earlier epochs are kept, and the epoch the interrupt cut short stands once, as trained again
     assert logged[: len(epochs)] == sorted(epochs) and max(logged) > max(epochs), (epochs, logged, completed.stderr)
+    steps = metrics.filter(pl.col("train/loss_step").is_not_null()).select("epoch", "step")
+    assert steps.height == steps.unique().height, steps
+    log = (tmp_path / "run" / "train.log").read_text()  # both attempts, the interrupted one saying how to go on
+    assert log.count("===== ") == 2 and "interrupted; continue with: twotower-train" in log
+    assert log.count("Run finished:") == 1
 
 
 def test_a_sweep_summary_refuses_a_metric_no_job_reports(shop_run: Path, tmp_path: Path,
@@ -297,6 +303,8 @@ def test_progress_bars_name_their_phase_and_count_epochs_from_one(tmp_path: Path
     output = completed.stdout + completed.stderr
     assert "selection, epoch 1/2" in output and "selection, epoch 2/2" in output and "final fit, epoch 1/" in output
     assert "epoch 0" not in output
+    # sent to a pipe: one line per epoch, no bars redrawn with carriage returns
+    assert "\r" not in output and output.count("selection, epoch 1/2: loss ") == 1
 
 
 @pytest.mark.slow

@@ -149,11 +149,15 @@ def test_a_failed_rerun_leaves_the_finished_run_and_a_good_one_replaces_it(tmp_p
     with pytest.raises(RuntimeError, match="failed on cue"):
         train(overrides("seed=1", "+callbacks.boom._target_=tests.conftest.RaiseAtStep", "+callbacks.boom.step=3"))
     assert {path: path.read_bytes() for path in before} == before  # every file of the finished run as it was
+    assert "error: RuntimeError: failed on cue" in (tmp_path / "run" / ".staging" / "train.log").read_text()
     kept = Retriever.load(tmp_path / "run").recommend(0, k=5)
     assert list(kept[0]) == list(answer[0])
 
     train(overrides("seed=1"))
     assert not (tmp_path / "run" / ".staging").exists()
+    log = (tmp_path / "run" / "train.log").read_text()  # the first run's attempt, then the good re-run's
+    assert log.startswith(before[tmp_path / "run" / "train.log"].decode()) and log.count("\n===== ") == 1
+    assert "holds a finished run: this one replaces it" in log and log.count("Run finished:") == 2
     manifest = json.loads((tmp_path / "run" / "run.json").read_text())
     assert manifest["fingerprints"] != json.loads(before[tmp_path / "run" / "run.json"])["fingerprints"]
     assert not [path for path in (tmp_path / "run").iterdir() if path.name.startswith(".retired")]

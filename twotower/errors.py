@@ -4,6 +4,10 @@ Each says what kind of thing went wrong, so that a caller (the HTTP service, a s
 its own way; all are ``TwoTowerError``, which is what a caller that only reports the message catches.
 """
 
+from __future__ import annotations
+
+import sys
+
 
 class TwoTowerError(Exception):
     """A problem with the user's input (data, config, ids, artifacts), described in plain words."""
@@ -23,3 +27,18 @@ class RunError(TwoTowerError):
 
 class UnknownIdError(TwoTowerError):
     """Ids or titles that the run does not know."""
+
+
+def user_error(error: BaseException) -> TwoTowerError | None:
+    """The ``TwoTowerError`` behind ``error``, if any (Hydra wraps errors raised while instantiating);
+    Lightning's refusal of a trainer setting (``trainer.limit_val_batches`` below one batch, say) is one."""
+    # Looked up, not imported: the commands that never load Lightning (eval, retrieve) stay light.
+    lightning_refusal = getattr(sys.modules.get("lightning.fabric.utilities.exceptions"),
+                                "MisconfigurationException", ())
+    while error is not None:
+        if isinstance(error, TwoTowerError):
+            return error
+        if isinstance(error, lightning_refusal):
+            return TwoTowerError(f"trainer settings: {error}")
+        error = error.__cause__
+    return None

@@ -153,6 +153,7 @@ class Manifest:
     device: str | None = None  # what it trained on (cpu, cuda:0 ...)
     example_item: str | None = None  # one the data is known for, whose neighbours training shows
     parts: int = 1  # parts side by side in a vector (an ID and a history part: 2), each unit for cosine
+    chosen: dict[str, dict] = field(default_factory=dict)  # options left to the run: what each became, and why
 
     REQUIRED = ("names", "score", "dim", "n_users", "n_items", "checkpoint", "trained_on", "min_rating",
                 "fingerprints")

@@ -12,7 +12,7 @@ from importlib.resources import files
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
-from twotower.errors import TwoTowerError
+from twotower.errors import TwoTowerError, user_error
 from twotower.options import help_text
 
 log = logging.getLogger("twotower")
@@ -60,21 +60,6 @@ def check_options(cfg: DictConfig, config: str) -> None:
     unknown = sorted(set(cfg) - known)
     if unknown:
         raise TwoTowerError(f"unknown option(s) {unknown}; this command's options are {sorted(known - {'hydra'})}")
-
-
-def user_error(error: BaseException) -> TwoTowerError | None:
-    """The ``TwoTowerError`` behind ``error``, if any (Hydra wraps errors raised while instantiating);
-    Lightning's refusal of a trainer setting (``trainer.limit_val_batches`` below one batch, say) is one."""
-    # Looked up, not imported: the commands that never load Lightning (eval, retrieve) stay light.
-    lightning_refusal = getattr(sys.modules.get("lightning.fabric.utilities.exceptions"),
-                                "MisconfigurationException", ())
-    while error is not None:
-        if isinstance(error, TwoTowerError):
-            return error
-        if isinstance(error, lightning_refusal):
-            return TwoTowerError(f"trainer settings: {error}")
-        error = error.__cause__
-    return None
 
 
 @contextmanager

@@ -21,8 +21,9 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from twotower.commands.cli import answer_help, quiet_framework_notices, reported_errors, user_error
+from twotower.commands.cli import answer_help, quiet_framework_notices, reported_errors
 from twotower.data.batches import UserBatch
+from twotower.errors import user_error
 from twotower.files import write_json
 from twotower.model.losses import build_loss
 from twotower.run import Run, RunPaths
@@ -98,13 +99,13 @@ def run(cfg: DictConfig) -> float:
     if HydraConfig.get().mode == RunMode.MULTIRUN:
         return sweep_job(cfg)
     overrides = list(HydraConfig.get().overrides.task)
+    resume = resume_command(cfg, overrides)
     with reported_errors(cfg.get("debug", False)):
         warn_unused(cfg, overrides)
         try:
-            metrics = train(cfg)
+            metrics = train(cfg, resume)
         except KeyboardInterrupt:
-            print(f"\ninterrupted; continue from the last finished epoch with:\n  {resume_command(cfg, overrides)}",
-                  file=sys.stderr)
+            print(f"\ninterrupted; continue from the last finished epoch with:\n  {resume}", file=sys.stderr)
             sys.exit(130)
         finished = Run.open(cfg.run_dir)
         print(summary(finished))

@@ -1,16 +1,23 @@
-"""What a run shows and keeps while it trains: progress bars that name their phase and count epochs from 1,
-and a CSV log that a resumed run appends to."""
+"""What a run shows and keeps while it trains: progress bars that name their phase and count epochs from 1 on a
+terminal, one line per epoch anywhere else (and in ``train.log`` always), and a CSV log that a resumed run
+continues."""
 
 from __future__ import annotations
 
 import csv
+import logging
+import time
+from pathlib import Path
 from typing import Any
 
 import lightning as L
-from lightning.pytorch.callbacks import TQDMProgressBar
+import torch
+from lightning.pytorch.callbacks import Callback, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
+
+from twotower.files import atomic_path
 
 
 class PhaseProgressBar(TQDMProgressBar):
@@ -34,13 +41,66 @@ class PhaseProgressBar(TQDMProgressBar):
                 bar.close()
 
 
+class EpochLines(Callback):
+    """One line per epoch, to ``sink``: the phase, the epoch, the mean training loss, the validation metrics
+    at the largest cut-off, and the seconds the epoch took; no carriage returns, so that a file, a pipe or a
+    scheduler's log reads as a list of epochs."""
+
+    def __init__(self, phase: str, sink: logging.Logger) -> None:
+        self.phase = phase
+        self.sink = sink
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.started = time.perf_counter()
+        self.loss_sum, self.weight = 0.0, 0
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        weight = getattr(batch, "positives", 1)
+        self.loss_sum += float(loss.detach()) * weight
+        self.weight += weight
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        epochs = f"/{trainer.max_epochs}" if trainer.max_epochs and trainer.max_epochs > 0 else ""
+        parts = [f"{self.phase}, epoch {trainer.current_epoch + 1}{epochs}:"]
+        if self.weight:
+            parts.append(f"loss {self.loss_sum / self.weight:.4f}")
+        validated = {name: value for name, value in trainer.callback_metrics.items()
+                     if name.startswith("val/") and "/popularity/" not in name and "@" in name}
+        if validated:
+            k = max(int(name.rpartition("@")[2]) for name in validated)
+            parts += [f"{name} {float(validated[name]):.4f}" for name in (f"val/recall@{k}", f"val/ndcg@{k}")
+                      if name in validated and isinstance(validated[name], torch.Tensor | float)]
+        parts.append(f"{time.perf_counter() - self.started:.1f} s")
+        self.sink.info("%s %s", parts[0], " · ".join(parts[1:]))
+
+
 class KeptExperimentWriter(ExperimentWriter):
     def _check_log_dir_exists(self) -> None:
-        """Keep the metrics file and its columns: a resumed run appends its epochs to the earlier ones (a fresh
-        run starts without one, as training clears the folder first)."""
+        """Keep the metrics file and its columns: a resumed run continues it (a fresh run starts without one, as
+        training clears the folder first)."""
         if self._fs.isfile(self.metrics_file_path):
             with self._fs.open(self.metrics_file_path, "r", newline="") as file:
                 self.metrics_keys = next(csv.reader(file), [])
+
+
+def forget_epochs_after(metrics_file: Path, epoch: int) -> None:
+    """Drop the rows of epochs after ``epoch`` from a metrics CSV: a run resumed from the end of that epoch
+    trains the next one again, and its rows would otherwise stand twice."""
+    if not metrics_file.exists():
+        return
+    with metrics_file.open(newline="") as file:
+        rows = list(csv.reader(file))
+    if not rows or "epoch" not in rows[0]:
+        return
+    column = rows[0].index("epoch")
+    kept = [rows[0], *(row for row in rows[1:] if row[column] == "" or int(row[column]) <= epoch)]
+    if len(kept) < len(rows):
+        with atomic_path(metrics_file) as temporary, temporary.open("w", newline="") as file:
+            csv.writer(file, lineterminator="\n").writerows(kept)
 
 
 class ResumableCSVLogger(CSVLogger):

@@ -4,6 +4,7 @@ replaces it only once the new run is complete (it is built in ``DIR/.staging``, 
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import shutil
 import uuid
@@ -15,10 +16,13 @@ from typing import IO
 from twotower.errors import TwoTowerError
 from twotower.run import RUN_ENTRIES, RunPaths
 
+log = logging.getLogger("twotower")
+
 
 @contextmanager
 def exclusive(paths: RunPaths) -> Iterator[None]:
-    """Hold the run directory's lock: a second training into the same directory is refused, not raced."""
+    """Hold the run directory's lock: a second training into the same directory is refused, not raced. The
+    lock file goes when the training ends; one left by a process that was killed is recognised and said."""
     paths.root.mkdir(parents=True, exist_ok=True)
     handle: IO[str] = paths.lock.open("a+")
     try:
@@ -30,11 +34,16 @@ def exclusive(paths: RunPaths) -> Iterator[None]:
             raise TwoTowerError(f"{paths.root} is in use by another training ({holder}); wait for it, or "
                                 "choose another directory with hydra.run.dir=...") from error
         handle.seek(0)
+        stale = handle.read().strip()
+        if stale:  # the lock is free, so its holder is gone: it ended without removing its file
+            log.info("%s held a stale lock (%s, no longer running); taking it over", paths.root, stale)
+        handle.seek(0)
         handle.truncate()
         handle.write(f"pid {os.getpid()}")
         handle.flush()
         yield
     finally:
+        paths.lock.unlink(missing_ok=True)  # while still held: no other training can be between the two
         handle.close()  # closing releases the lock, as does the process ending in any way
 
 

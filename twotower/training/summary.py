@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import shlex
 
+from omegaconf import DictConfig
+
 from twotower.index import read_report
 from twotower.run import Run
 
@@ -58,3 +60,18 @@ def summary(run: Run) -> str:
               f"  twotower-eval run_dir={root} path=LATER_LOG.csv   # score it on later interactions",
               f"  twotower-serve run_dir={root}                     # the HTTP API"]
     return "\n".join(lines)
+
+
+def configuration(cfg: DictConfig) -> str:
+    """What a run was asked to do, in one line (the whole of it is in ``DIR/config.yaml``)."""
+    def target(node: DictConfig) -> str:
+        return str(node.get("_target_", "?")).rpartition(".")[2]
+
+    data = cfg.data
+    source = data.get("path") or target(data)
+    model = cfg.model
+    return (f"configuration: data {source} ({target(data)}), split {target(cfg.split)}; model dim {model.dim}, "
+            f"score {model.score}, temperature {model.temperature}, user tower {target(model.user_tower)}, "
+            f"item tower {target(model.item_tower)}; loss {target(cfg.loss)}; at most {cfg.trainer.max_epochs} "
+            f"epochs, batches of {cfg.datamodule.batch_size}, seed {cfg.seed}; index {target(cfg.index)} "
+            f"(the whole configuration: {cfg.run_dir}/config.yaml)")

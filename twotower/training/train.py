@@ -33,11 +33,15 @@ from twotower.files import fingerprint, write_json, write_parquet, write_text
 from twotower.index import Backend, Probe, build_for_run
 from twotower.model.metrics import metric_names
 from twotower.model.module import TwoTowerModel
-from twotower.run import Manifest, RunPaths, seen_items, write_vectors
+from twotower.run import Manifest, Run, RunPaths, seen_items, write_vectors
 from twotower.training.build import batch_plan, build_datamodule, build_model, sizing
 from twotower.training.evaluation import popularity_metrics
-from twotower.training.progress import PhaseProgressBar
+from twotower.training.fitting import fit, make_trainer
+from twotower.training.progress import forget_epochs_after
+from twotower.training.race import AUTO, Outcome, choose_temperature
+from twotower.training.runlog import RECORD, RunLog
 from twotower.training.staging import exclusive, publish
+from twotower.training.summary import configuration, summary
 
 log = logging.getLogger("twotower")
 
@@ -114,19 +118,26 @@ def is_first_process() -> bool:
     return all(os.environ.get(variable, "0") == "0" for variable in ("RANK", "LOCAL_RANK", "NODE_RANK"))
 
 
-def train(cfg: DictConfig) -> dict[str, float]:
-    """Select on the validation split, train the final model, test, export and index; returns the metrics."""
-    settings = Settings.of(cfg)
-    index = instantiate(cfg.index)  # its settings are checked here, not after hours of training
+def train(cfg: DictConfig, resume: str | None = None) -> dict[str, float]:
+    """Select on the validation split, train the final model, test, export and index; returns the metrics.
+    The attempt, its summary or its error go into the run's ``train.log`` (``resume``: the command that
+    continues an interrupted attempt, said there)."""
     root = RunPaths(Path(cfg.run_dir))
     if not is_first_process():
-        return fit_and_export(staged(cfg, root), settings, index, root)
-    with exclusive(root):
+        return fit_and_export(staged(cfg, root), Settings.of(cfg), instantiate(cfg.index), root)
+    with exclusive(root), RunLog(root.root, resume) as run_log:
+        settings = Settings.of(cfg)
+        index = instantiate(cfg.index)  # its settings are checked here, not after hours of training
+        if root.manifest.exists():
+            log.info("%s holds a finished run: this one replaces it once it is complete, and leaves it as it is "
+                     "if it fails", root.root)
         cfg = staged(cfg, root)
         work = RunPaths(Path(cfg.run_dir))
         if work != root and cfg.ckpt_path in (None, "") and work.root.exists():
             shutil.rmtree(work.root)  # an earlier re-run's leftovers: this one starts afresh
-        return fit_and_export(cfg, settings, index, root)
+        metrics = fit_and_export(cfg, settings, index, root)
+        run_log.note(summary(Run.open(root.root)))
+        return metrics
 
 
 def staged(cfg: DictConfig, root: RunPaths) -> DictConfig:
@@ -175,6 +186,7 @@ def prepare(cfg: DictConfig, settings: Settings, paths: RunPaths) -> Interaction
     datamodule.use(batch_plan(cfg, datamodule.n_items))
     if is_first_process():
         write_text(OmegaConf.to_yaml(cfg, resolve=True), paths.config)
+        RECORD.info(configuration(cfg))
         save_data(datamodule, paths)
     return datamodule
 
@@ -182,33 +194,45 @@ def prepare(cfg: DictConfig, settings: Settings, paths: RunPaths) -> Interaction
 @dataclass(frozen=True)
 class Selection:
     """The model selected on the validation split: its checkpoint, its epochs, its validation metrics beside
-    popularity's (and popularity's on test, which needs no model)."""
+    popularity's (and popularity's on test, which needs no model), and what was chosen for it on the way."""
 
     trainer: L.Trainer
     model: TwoTowerModel
     checkpoint: Path
     epochs: int
     metrics: dict[str, float]
+    chosen: dict[str, dict[str, object]]
 
 
 def select(cfg: DictConfig, datamodule: InteractionDataModule, paths: RunPaths) -> Selection:
-    """Train on the train split, validating every epoch; early stopping and the best checkpoint select."""
-    model = build_model(cfg, datamodule)
+    """Train on the train split, validating every epoch; early stopping and the best checkpoint select. A
+    temperature left at ``auto`` is raced first, and the winner goes on (``twotower.training.race``)."""
     resume = checkpoint_to_resume(cfg.ckpt_path, paths)
     if resume is None and (paths.root / "logs").exists():
         shutil.rmtree(paths.root / "logs")  # a fresh start: an unfinished run's epochs are not this run's
+    if resume is not None:
+        saved = torch.load(resume, map_location="cpu", weights_only=False)
+        forget_epochs_after(paths.root / "logs" / "metrics.csv", saved["epoch"])
+    if resume is not None and cfg.model.temperature == AUTO:  # the interrupted run raced already
+        outcome = Outcome(saved["hyper_parameters"]["temperature"], f"chosen before the run was interrupted, kept "
+                          f"from {resume}")
+    else:
+        outcome = choose_temperature(cfg, datamodule, paths)
+    cfg.model.temperature = outcome.temperature
+    model = build_model(cfg, datamodule)
     callbacks = [instantiate(callback) for callback in (cfg.get("callbacks") or {}).values() if callback is not None]
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=[*callbacks, *progress_bar(cfg, "selection")],
-                                     logger=logger)
-    fit(trainer, model, datamodule, resume)
+    trainer = make_trainer(cfg, "selection", callbacks, logger=logger)
+    fit(trainer, model, datamodule, resume or (str(outcome.checkpoint) if outcome.checkpoint else None))
+    if outcome.checkpoint is not None:
+        outcome.checkpoint.unlink(missing_ok=True)  # the winner's start, now part of the selection's epochs
     selected = Path(trainer.checkpoint_callback.best_model_path or paths.last_checkpoint)
     epochs = torch.load(selected, map_location="cpu", weights_only=False)["epoch"] + 1
     # The selected checkpoint's metrics, not the last epoch's, beside popularity's on the same splits.
     metrics = trainer.validate(model, datamodule=datamodule, ckpt_path=str(selected), verbose=False)[0]
     ks = list(cfg.model.ks)
     metrics |= popularity(datamodule, "val", ks) | (popularity(datamodule, "test", ks) if cfg.test else {})
-    return Selection(trainer, model, selected, epochs, metrics)
+    return Selection(trainer, model, selected, epochs, metrics, {"model.temperature": outcome.record()})
 
 
 @dataclass(frozen=True)
@@ -236,8 +260,8 @@ def final_fit(cfg: DictConfig, settings: Settings, datamodule: InteractionDataMo
         state = torch.load(selection.checkpoint, map_location="cpu", weights_only=False)["state_dict"]
         model.load_state_dict({name: value for name, value in state.items() if name in parameters}, strict=False)
         epochs = max(1, math.ceil(epochs * settings.final_fit_share))
-    trainer = instantiate(cfg.trainer, max_epochs=epochs, limit_val_batches=0, enable_checkpointing=False,
-                          logger=False, callbacks=progress_bar(cfg, "final fit"))
+    trainer = make_trainer(cfg, "final fit", max_epochs=epochs, limit_val_batches=0, enable_checkpointing=False,
+                           logger=False)
     fit(trainer, model, datamodule)
     checkpoint = paths.checkpoints / "final.ckpt"  # written once, at the end: nothing resumes a final fit
     trainer.save_checkpoint(checkpoint)
@@ -290,7 +314,7 @@ def publish_run(cfg: DictConfig, datamodule: InteractionDataModule, selection: S
         trained_on=list(final.trained_on) if final else ["train"], monitor=cfg.monitor, metrics=metrics,
         metrics_from=sources, fingerprints=paths.fingerprints(), seconds=seconds.laps,
         device=str((final or selection).trainer.strategy.root_device), example_item=datamodule.example_item,
-        parts=model.parts,
+        parts=model.parts, chosen=selection.chosen,
     ).write(paths)
 
 
@@ -329,21 +353,6 @@ def popularity(datamodule: InteractionDataModule, stage: str, ks: list[int]) -> 
         return {}
     found = popularity_metrics(counts, datamodule.user_items(*seen), datamodule.user_items(target), ks)
     return {f"{stage}/popularity/{name}": value for name, value in found.items() if name != "users"}
-
-
-def progress_bar(cfg: DictConfig, phase: str) -> list[PhaseProgressBar]:
-    return [PhaseProgressBar(phase, refresh_rate=1)] if cfg.trainer.get("enable_progress_bar", True) else []
-
-
-def fit(trainer: L.Trainer, model: TwoTowerModel, datamodule: InteractionDataModule, ckpt_path: str | None = None
-        ) -> None:
-    """``trainer.fit``, where Ctrl-C is a ``KeyboardInterrupt`` again (Lightning turns it into exit status 1)."""
-    try:
-        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
-    except SystemExit as exit:
-        if trainer.interrupted:
-            raise KeyboardInterrupt from exit
-        raise
 
 
 def checkpoint_to_resume(ckpt_path: str | None, paths: RunPaths) -> str | None:
