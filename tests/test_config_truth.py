@@ -112,7 +112,7 @@ def test_progress_bar_loss_moves_within_a_short_epoch(tmp_path: Path, monkeypatc
             kwargs["callbacks"] = [*kwargs["callbacks"], watcher]
         return real(config, *args, **kwargs)
 
-    monkeypatch.setattr("twotower.training.train.instantiate", with_watcher)
+    monkeypatch.setattr("twotower.training.fitting.instantiate", with_watcher)
     train(compose_train(tmp_path / "run", "data=interactions", f"data.path={tmp_path / 'log.csv'}",
                         "trainer.max_epochs=1", "final_fit=false", "loss=softmax", "datamodule.batch_size=64"))
     # ~40 steps in the epoch (of pairs), fewer than the logger's interval of 50: the bar still shows a new

@@ -116,6 +116,10 @@ def test_the_readme_quick_start_runs(tmp_path: Path) -> None:
     retrieved = subprocess.run([str(bin_dir / retrieve[0]), *retrieve[1:]], cwd=tmp_path, capture_output=True,
                                text=True, timeout=300)
     assert retrieved.returncode == 0 and "Top 10 items for user 196" in retrieved.stdout, retrieved.stderr
+    readme = (ROOT / "README.md").read_text()
+    snippet = re.findall(r"```python\n(.*?)```", readme, re.DOTALL)[0]  # the Python beside the quick start
+    ran = subprocess.run([sys.executable, "-c", snippet], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert ran.returncode == 0, ran.stderr
     port = free_port()
     serve = shlex.split(quick[2])
     server = subprocess.Popen([str(bin_dir / serve[0]), *serve[1:], f"port={port}"], cwd=tmp_path,

@@ -3,8 +3,13 @@ built, by these rules, and a bad value is one ``ConfigError`` naming the option 
 
 from __future__ import annotations
 
-from collections.abc import Collection
-from typing import TypeVar
+import collections.abc
+import difflib
+import inspect
+import types
+import typing
+from collections.abc import Callable, Collection, Mapping
+from typing import Any, TypeVar
 
 from twotower.errors import ConfigError
 
@@ -65,3 +70,88 @@ def flag(option: str, value: object) -> bool:
     if isinstance(value, bool):
         return value
     raise ConfigError(f"{option} must be true or false, got {value!r}")
+
+
+def arguments(prefix: str, target: Callable[..., Any], values: Mapping[str, Any]) -> None:
+    """Values from the config for ``target``'s parameters, checked against its signature before it is called:
+    an option it does not take (with the nearest name it does take) or a value of the wrong kind (a word where
+    a number or a boolean belongs) is one ``ConfigError`` naming the option, never a traceback from inside."""
+    signature = inspect.signature(target)
+    parameters = signature.parameters
+    if not any(parameter.kind is parameter.VAR_KEYWORD for parameter in parameters.values()):
+        for name in values:
+            if name not in parameters:
+                near = difflib.get_close_matches(name, list(parameters), n=1)
+                hint = f"did you mean {prefix}.{near[0]}?" if near else f"it takes {sorted(parameters)}"
+                raise ConfigError(f"{prefix}.{name} is not an option of {getattr(target, '__name__', target)}: "
+                                  f"{hint} (or drop it with ~{prefix}.{name})")
+    try:
+        hints = typing.get_type_hints(target.__init__ if inspect.isclass(target) else target)
+    except Exception:  # annotations that do not resolve here: nothing to check them against
+        return
+    for name, value in values.items():
+        if name in hints and not conforms(value, hints[name]):
+            raise ConfigError(f"{prefix}.{name} must be {describe(hints[name])}, got {value!r}")
+
+
+def conforms(value: Any, hint: Any) -> bool:
+    """Whether a plain config value fits a type hint (the hints the package's constructors use)."""
+    origin, parameters = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any or hint is object:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(conforms(value, option) for option in parameters)
+    if hint is type(None):
+        return value is None
+    if origin is typing.Literal:
+        return value in parameters
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return is_integer(value)
+    if hint is float:
+        return is_number(value)
+    if hint is str:
+        return isinstance(value, str)
+    if origin in (collections.abc.Sequence, list, tuple):
+        return isinstance(value, (list, tuple)) and (not parameters or (parameters[-1] is Ellipsis and
+                                                      all(conforms(v, parameters[0]) for v in value)) or
+                                                      all(conforms(v, parameters[0]) for v in value))
+    if origin in (collections.abc.Mapping, dict):
+        return isinstance(value, Mapping)
+    return True  # a kind these checks do not know (a callable, a class): left to the target
+
+
+def describe(hint: Any) -> str:
+    """A type hint in words: ``true or false``, ``an integer``, ``a number or null``."""
+    origin, parameters = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(describe(option) for option in parameters)
+    if origin is typing.Literal:
+        return "one of " + ", ".join(map(str, parameters))
+    words = {bool: "true or false", int: "an integer", float: "a number", str: "a text", type(None): "null"}
+    if hint in words:
+        return words[hint]
+    if origin in (collections.abc.Sequence, list, tuple):
+        return "a list"
+    if origin in (collections.abc.Mapping, dict):
+        return "a mapping of names to values"
+    return str(hint)
+
+
+def instantiate(prefix: str, node: Any, **given: Any) -> Any:
+    """``hydra.utils.instantiate(node, **given)`` for the config node at ``prefix`` (``data``, ``index``), its
+    own values checked first (``arguments``)."""
+    from hydra.utils import get_object
+    from hydra.utils import instantiate as build
+    from omegaconf import DictConfig, OmegaConf
+
+    values = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
+    target = values.get("_target_")
+    try:
+        target = get_object(target) if isinstance(target, str) else None
+    except Exception:  # Hydra's import error, whatever its type
+        raise ConfigError(f"{prefix}: cannot import {values.get('_target_')!r}") from None
+    if target is not None:
+        arguments(prefix, target, {k: v for k, v in values.items() if not k.startswith("_") and k not in given})
+    return build(node, **given)

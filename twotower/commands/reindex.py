@@ -15,9 +15,9 @@ from __future__ import annotations
 import json
 
 import hydra
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from twotower import checks
 from twotower.commands.cli import answer_help, check_options, reported_errors
 from twotower.serving.catalogue import rebuild_index
 
@@ -26,7 +26,7 @@ from twotower.serving.catalogue import rebuild_index
 def app(cfg: DictConfig) -> None:
     with reported_errors(cfg.debug):
         check_options(cfg, "reindex")
-        index = instantiate(cfg.index)  # settings checked before anything is read or replaced
+        index = checks.instantiate("index", cfg.index)  # settings checked before anything is read or replaced
         print(json.dumps(rebuild_index(cfg.run_dir, index, cfg.index_recall_queries, cfg.seed), indent=2,
                          sort_keys=True))
 

@@ -22,7 +22,6 @@ from typing import Any
 
 import hydra
 import polars as pl
-from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig
 
 from twotower import checks
@@ -154,7 +153,7 @@ def run(cfg: DictConfig) -> None:
         raise TwoTowerError("give exactly one of user=ID, item=ID_OR_TITLE, users_file=FILE, similar_user=ID "
                             f"or history='[ID,...]'{f' (got {given})' if given else ''}")
     checks.choice("unknown", cfg.unknown, UNKNOWN)
-    retriever = Retriever.load(cfg.run_dir, index=instantiate(cfg.index) if cfg.get("index") else None)
+    retriever = Retriever.load(cfg.run_dir, index=checks.instantiate("index", cfg.index) if cfg.get("index") else None)
     heading, rows = answer(retriever, cfg)
     if cfg.output_file is not None:
         write_table(rows, Path(cfg.output_file))

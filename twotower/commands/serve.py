@@ -15,9 +15,9 @@ from __future__ import annotations
 import importlib.util
 
 import hydra
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from twotower import checks
 from twotower.commands.cli import answer_help, check_options, reported_errors
 from twotower.errors import TwoTowerError
 from twotower.serving.service.settings import ServeSettings, check_port
@@ -25,7 +25,7 @@ from twotower.serving.service.settings import ServeSettings, check_port
 
 def serve(cfg: DictConfig) -> None:
     values = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
-    settings = ServeSettings.checked(values, index=instantiate(cfg.index) if cfg.get("index") else None)
+    settings = ServeSettings.checked(values, index=checks.instantiate("index", cfg.index) if cfg.get("index") else None)
     missing = [name for name in ("fastapi", "uvicorn", "prometheus_client") if importlib.util.find_spec(name) is None]
     if missing:
         raise TwoTowerError(f"twotower-serve needs {' and '.join(missing)}: pip install 'twotower[serve]'")

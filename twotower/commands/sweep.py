@@ -2,10 +2,13 @@
 
     twotower-train -m model.dim=32,64 loss=bpr,softmax       # jobs in multirun/DATE/TIME/0, 1, ...
     twotower-sweep multirun/DATE/TIME [--metric val/ndcg@20]
+    twotower-sweep latest                                     # the newest sweep under multirun/
 
 Writes ``summary.csv``, ``summary.md`` and ``summary.png`` (the metric against each swept parameter) into
-the sweep directory and prints the Markdown table. Failed jobs are listed with their error, unfinished
-ones as such; neither stops the others from being reported.
+the sweep directory and prints the Markdown table: each job's swept values, its validation metric and the
+test metrics at the same cut-off, its time, its status, and which job is best. Failed jobs are listed with
+their error, unfinished ones as such; neither stops the others from being reported. A multirun of
+``twotower-train`` ends with the same table (``SweepSummary``, a Hydra callback).
 """
 
 from __future__ import annotations
@@ -15,12 +18,17 @@ import json
 import re
 import sys
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 import yaml
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
 
 from twotower.files import atomic_path, write_text
 from twotower.run import RunPaths
+
+MULTIRUN = Path("multirun")  # where twotower-train -m writes its sweeps unless told otherwise
 
 
 def read_overrides(folder: Path) -> dict[str, str]:
@@ -29,12 +37,14 @@ def read_overrides(folder: Path) -> dict[str, str]:
 
 
 def read_job(folder: Path) -> dict:
-    """One job's overrides, status and metrics."""
+    """One job's overrides, status, metrics and seconds."""
     row: dict = {"job": folder.name, **read_overrides(folder)}
     paths = RunPaths(folder)
     if paths.metrics("train").exists():
         row["status"] = "ok"
         row.update(json.loads(paths.metrics("train").read_text()))
+        if paths.manifest.exists():
+            row["seconds"] = round(sum(json.loads(paths.manifest.read_text()).get("seconds", {}).values()), 1)
     elif paths.metrics("error").exists():
         row["status"] = "failed"
         row["error"] = json.loads(paths.metrics("error").read_text())["error"]
@@ -58,7 +68,8 @@ def collect(sweep_dir: Path) -> tuple[pl.DataFrame, list[str]]:
 def markdown(frame: pl.DataFrame, columns: list[str]) -> str:
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for row in frame.select(columns).iter_rows():
-        cells = [f"{v:.4f}" if isinstance(v, float) else ("" if v is None else str(v)) for v in row]
+        cells = [(f"{v:.1f}" if column == "seconds" else f"{v:.4f}") if isinstance(v, float) else
+                 ("" if v is None else str(v)) for column, v in zip(columns, row, strict=True)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -115,7 +126,14 @@ def summarise(sweep_dir: Path, metric: str = "val/ndcg@20") -> pl.DataFrame:
             known = sorted(c for c in frame.columns if "/" in c and frame.schema[c].is_numeric())
             raise SystemExit(f"error: no job reports {metric}; choose one of {known}")
         frame = frame.with_columns(pl.lit(None, dtype=pl.Float64).alias(metric))
-    columns = ["job", *swept, metric, "status"] + (["error"] if "error" in frame.columns else [])
+    cut_off = metric.rpartition("@")[2]
+    tests = [column for column in (f"test/recall@{cut_off}", f"test/ndcg@{cut_off}") if column in frame.columns]
+    extra = [column for column in ("seconds",) if column in frame.columns]
+    best = frame.filter(pl.col("status") == "ok").sort(metric, descending=True, nulls_last=True)["job"].head(1)
+    frame = frame.with_columns(best=pl.when(pl.col("job").is_in(best.implode())).then(pl.lit("best")).otherwise(
+        pl.lit("")))
+    columns = ["job", *swept, metric, *tests, *extra, "status", "best"] + (["error"] if "error" in frame.columns
+                                                                            else [])
     table = frame.select(columns)
     with atomic_path(sweep_dir / "summary.csv") as temporary:
         table.write_csv(temporary)
@@ -125,16 +143,39 @@ def summarise(sweep_dir: Path, metric: str = "val/ndcg@20") -> pl.DataFrame:
     return table
 
 
+def report(sweep_dir: Path, metric: str) -> None:
+    """Summarise the sweep and print its table and where it is."""
+    table = summarise(sweep_dir, metric)
+    print((sweep_dir / "summary.md").read_text(), end="")
+    print(f"\n{table.height} jobs in {sweep_dir}; table and plot in {sweep_dir}/summary.*")
+
+
+def latest_sweep(multirun: Path = MULTIRUN) -> Path:
+    """The sweep under ``multirun/`` whose newest job changed last."""
+    sweeps = {folder.parent for folder in multirun.glob("*/*/*") if (folder / ".hydra" / "overrides.yaml").exists()}
+    if not sweeps:
+        sys.exit(f"error: no sweep under {multirun.resolve()} (twotower-train -m writes them there)")
+    return max(sweeps, key=lambda sweep: max(job.stat().st_mtime for job in sweep.iterdir()))
+
+
+class SweepSummary(Callback):
+    """Ends a multirun of ``twotower-train`` with its table and its directory."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        if sweep_dir.is_dir():
+            report(sweep_dir, config.get("monitor", "val/ndcg@20"))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("sweep_dir", type=Path)
+    parser.add_argument("sweep_dir", help="a sweep directory, or latest: the newest under multirun/")
     parser.add_argument("--metric", default="val/ndcg@20")
     args = parser.parse_args(argv)
-    if not args.sweep_dir.is_dir():
-        sys.exit(f"error: sweep directory not found: {args.sweep_dir}")
-    table = summarise(args.sweep_dir, args.metric)
-    print((args.sweep_dir / "summary.md").read_text(), end="")
-    print(f"\n{table.height} jobs; table and plot in {args.sweep_dir}/summary.*")
+    sweep_dir = latest_sweep() if args.sweep_dir == "latest" else Path(args.sweep_dir)
+    if not sweep_dir.is_dir():
+        sys.exit(f"error: sweep directory not found: {sweep_dir}")
+    report(sweep_dir, args.metric)
 
 
 if __name__ == "__main__":

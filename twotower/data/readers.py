@@ -60,6 +60,7 @@ class InteractionFileReader:
         separator: str | None = None,
         has_header: bool = True,
         item_info_path: str | None = None,
+        item_info_encoding: str = "utf8",
         min_rating: float | None = None,
         names: Mapping[str, str] | None = None,
     ) -> None:
@@ -70,6 +71,7 @@ class InteractionFileReader:
         self.separator = separator
         self.has_header = has_header
         self.item_info_path = item_info_path
+        self.item_info_encoding = item_info_encoding
         self.min_rating = checked_min_rating(min_rating)
         self.names = side_names(names)
 
@@ -145,11 +147,12 @@ class InteractionFileReader:
         path = existing_path(self.item_info_path, "item info file")
         format = detect_format(path, None)
         item_col = self.columns["item_id"]
-        lazy = scan_table(path, format)
+        encoding = self.item_info_encoding
         with reading(path, format):
+            lazy = scan_table(path, format, encoding=encoding)
             if item_col not in lazy.collect_schema():
                 raise TwoTowerError(f"{path}: item info needs the item id column '{item_col}'")
-        frame = collect(scan_table(path, format, text_columns=[item_col]), path, format)
+            frame = collect(scan_table(path, format, text_columns=[item_col], encoding=encoding), path, format)
         frame = normalise_ids(frame.rename({item_col: "item_id"}), str(path), columns=("item_id",))
         return frame.unique("item_id", keep="first", maintain_order=True)
 

@@ -67,16 +67,21 @@ def detect_format(path: Path, format: str | None) -> str:
 
 
 def scan_table(path: Path, format: str, separator: str | None = None, has_header: bool = True,
-               text_columns: Sequence[str] = ()) -> pl.LazyFrame:
+               text_columns: Sequence[str] = (), encoding: str = "utf8") -> pl.LazyFrame:
     """A lazy frame over one tabular file; reading errors surface when it is collected.
 
-    In CSV/TSV, ``text_columns`` are read as text (ids: "007" and "7" must stay two ids). The path is
-    always one file, never a pattern: ``log[1].csv`` names that file, not ``log1.csv``.
+    In CSV/TSV, ``text_columns`` are read as text (ids: "007" and "7" must stay two ids), and text in another
+    ``encoding`` than UTF-8 (``latin-1``, ``cp1252`` ...) is decoded first (the file is read whole, as such
+    tables are small: item titles). The path is always one file, never a pattern: ``log[1].csv`` names that
+    file, not ``log1.csv``.
     """
     if format in ("csv", "tsv"):
         sep = separator or ("\t" if format == "tsv" else ",")
-        return pl.scan_csv(path, separator=sep, has_header=has_header, infer_schema_length=10_000,
-                           schema_overrides={column: pl.String for column in text_columns}, glob=False)
+        options = {"separator": sep, "has_header": has_header, "infer_schema_length": 10_000,
+                   "schema_overrides": {column: pl.String for column in text_columns}}
+        if encoding.lower().replace("-", "") not in ("utf8", "utf8lossy"):
+            return pl.read_csv(path, encoding=encoding, **options).lazy()
+        return pl.scan_csv(path, glob=False, encoding="utf8-lossy" if "lossy" in encoding else "utf8", **options)
     if format == "parquet":
         return pl.scan_parquet(path, glob=False)
     # scan_ndjson has no glob switch: escaping the pattern characters makes it match this file only.
@@ -90,8 +95,12 @@ def reading(path: Path, format: str) -> Iterator[None]:
         yield
     except pl.exceptions.NoDataError as error:
         raise TwoTowerError(f"{path} is empty") from error
+    except LookupError as error:  # an encoding Python does not know
+        raise TwoTowerError(f"cannot read {path}: {error} (name a Python codec, e.g. latin-1 or cp1252)") from error
     except (pl.exceptions.PolarsError, OSError, ValueError) as error:
-        raise TwoTowerError(f"cannot read {path} as {format}: {gist(error)}") from error
+        hint = " (if the file is not UTF-8, give its encoding, e.g. data.item_info_encoding=latin-1)" \
+            if "utf-8" in str(error).lower() else ""
+        raise TwoTowerError(f"cannot read {path} as {format}: {gist(error)}{hint}") from error
 
 
 def gist(error: BaseException, limit: int = 300) -> str:

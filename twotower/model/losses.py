@@ -200,10 +200,8 @@ LOSSES = (PointwiseLoss, BPRLoss, SampledSoftmaxLoss, CatalogueSoftmaxLoss)
 def build_loss(spec: dict) -> Loss:
     """A loss from its plain-value spec, as ``conf/loss/*.yaml`` writes it and the checkpoint stores it:
     ``{"_target_": "twotower.model.losses.SampledSoftmaxLoss", "logq_correction": True}``."""
-    from hydra.utils import instantiate  # a plain function: no Hydra app is needed to load a checkpoint
-
     target = spec.get("_target_", "twotower.model.losses.CatalogueSoftmaxLoss")
     if target not in {f"{loss.__module__}.{loss.__name__}" for loss in LOSSES}:
         raise ConfigError(f"unknown loss '{target}'; choose one of {[loss.__name__ for loss in LOSSES]} "
                             "(loss=catalogue, softmax, bpr, bce or mse)")
-    return instantiate({**spec, "_target_": target})
+    return checks.instantiate("loss", {**spec, "_target_": target})

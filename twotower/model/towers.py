@@ -327,10 +327,8 @@ def build_tower(spec: dict[str, Any], side: str, n: int, dim: int, n_items: int)
     if kind.embeds_users_from_items and side != "user":
         raise ConfigError(f"a {kind.__name__} embeds users from their items; use it as model/user_tower")
     options = {key: value for key, value in spec.items() if key != "_target_"}
-    try:
-        return kind(n, dim, n_items=n_items, **options) if kind.embeds_users_from_items else kind(n, dim, **options)
-    except TypeError as error:  # an option the tower does not have
-        raise ConfigError(f"{kind.__name__} cannot be built from {options}: {error}") from None
+    checks.arguments(f"model.{side}_tower", kind, options)
+    return kind(n, dim, n_items=n_items, **options) if kind.embeds_users_from_items else kind(n, dim, **options)
 
 
 def load_tower(checkpoint: dict[str, Any], side: str) -> Tower:

@@ -192,6 +192,15 @@ class Catalogue:
         """``rows`` with their scores as an answer: ids and titles attached here, once."""
         return Result(self.decode(rows), np.asarray(scores, dtype=np.float32), self.titles(rows), fallback)
 
+    def score_scale(self, query: np.ndarray) -> float:
+        """What turns a dot product with ``query`` into the score an answer reports: for a cosine run, the
+        cosine averaged over the parts the query has (a new user's history query has only its history part),
+        so that scores stay in [-1, 1]; for a dot run, 1."""
+        if self.score != "cosine" or self.parts == 1:
+            return 1.0
+        present = np.count_nonzero(np.linalg.norm(query.reshape(self.parts, -1), axis=1) > 0)
+        return 1.0 / max(int(present), 1)
+
     def vectors_of(self, rows: np.ndarray) -> np.ndarray:
         """The vectors of ``rows``: the run's, and added ones from the buffer."""
         rows = np.asarray(rows, dtype=np.int64)
@@ -222,12 +231,13 @@ class Catalogue:
             if len(fresh):  # merged by exact score, the index's first on a tie
                 results.append(self._rank(query, np.concatenate([rows, fresh[~np.isin(fresh, excluded)]]), k))
             else:
-                results.append(self.result(rows, scores))
+                results.append(self.result(rows, scores * self.score_scale(query)))
         return results
 
     def _rank(self, query: np.ndarray, candidates: np.ndarray, k: int) -> Result:
         """The ``k`` best of ``candidates`` (rows, of any kind) by exact score."""
-        return self.result(*rank_candidates(self.vectors_of(candidates), query, candidates, k))
+        rows, scores = rank_candidates(self.vectors_of(candidates), query, candidates, k)
+        return self.result(rows, scores * self.score_scale(query))
 
     def popular(self, k: int, exclude: np.ndarray | None = None, allow: np.ndarray | None = None) -> Result:
         """The ``k`` run items with the most interactions in the run's log (ties by row), as a fallback."""

@@ -264,7 +264,8 @@ class Retriever:
         """What is being served: the run, its sizes, score and index, and the catalogue's changes."""
         catalogue = self.catalogue
         return {"run_dir": str(self.run.root), "score": self.run.score, "users": len(self.run.user_vocab),
-                "items": len(self.run.item_vocab), "dim": catalogue.dim, "index": catalogue.index.backend,
+                "items": len(self.run.item_vocab), "dim": catalogue.dim // catalogue.parts, "parts": catalogue.parts,
+                "index": catalogue.index.backend,
                 **catalogue.counts()}
 
     def item_features(self) -> list[str]:

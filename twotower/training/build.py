@@ -8,9 +8,9 @@ objects that take one are given it here, rather than the config interpolating it
 from __future__ import annotations
 
 from hydra.errors import InstantiationException
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from twotower import checks
 from twotower.data.batches import BatchPlan
 from twotower.data.datamodule import InteractionDataModule
 from twotower.errors import TwoTowerError
@@ -27,7 +27,9 @@ def unwrapped(error: InstantiationException) -> Exception:
 def build_datamodule(cfg: DictConfig) -> InteractionDataModule:
     """The data module of ``cfg``, with the reader (``data``), split and sampler groups; nothing read yet."""
     try:
-        return instantiate(cfg.datamodule, source=cfg.data, split=cfg.split, sampler=cfg.sampler)
+        parts = {name: checks.instantiate(name, cfg[name]) for name in ("data", "split", "sampler")}
+        return checks.instantiate("datamodule", cfg.datamodule, source=parts["data"], split=parts["split"],
+                                  sampler=parts["sampler"])
     except InstantiationException as error:
         raise unwrapped(error) from None
 
@@ -55,12 +57,13 @@ def build_model(cfg: DictConfig, datamodule: InteractionDataModule) -> TwoTowerM
         model_cfg[f"{side}_tower"] = tower
     # Only the optimizers and the scheduler become objects; the loss and the towers stay plain specs (their
     # _target_ included), which the model stores as hyperparameters and builds itself on loading.
-    factories = {name: instantiate(model_cfg[name]) if model_cfg.get(name) else None
+    factories = {name: checks.instantiate(f"model.{name}", model_cfg[name]) if model_cfg.get(name) else None
                  for name in ("optimizer", "sparse_optimizer")}
-    factories["scheduler"] = instantiate(cfg.scheduler) if cfg.get("scheduler") else None
+    factories["scheduler"] = checks.instantiate("scheduler", cfg.scheduler) if cfg.get("scheduler") else None
     try:
-        model = instantiate(model_cfg, _recursive_=False, n_users=datamodule.n_users, n_items=datamodule.n_items,
-                            loss=OmegaConf.to_container(cfg.loss, resolve=True), **factories)
+        model = checks.instantiate("model", model_cfg, _recursive_=False, n_users=datamodule.n_users,
+                                   n_items=datamodule.n_items, loss=OmegaConf.to_container(cfg.loss, resolve=True),
+                                   **factories)
     except InstantiationException as error:
         raise unwrapped(error) from None
     model.attach(datamodule)

@@ -51,8 +51,12 @@ def summary(run: Run) -> str:
     report = read_report(run.paths.index)
     if report:
         qps = f" at {report['qps']:,} queries/s" if report.get("qps") else ""
-        lines.append(f"index: {report['backend']}, {report.get('chosen', '')}: recall@10 "
-                     f"{report['recall@10_vs_exact']} against exact search{qps}")
+        if report.get("chosen") == "exact search" and report["backend"] != "exact":
+            lines.append(f"index: {report['backend']} built, but exact search serves{qps} "
+                         f"({report.get('why_exact') or 'chosen by the build'})")
+        else:
+            lines.append(f"index: {report['backend']}, {report.get('chosen', '')}: recall@10 "
+                         f"{report['recall@10_vs_exact']} against exact search{qps}")
     lines += ["", f"files: vectors {root}/embeddings · index {root}/index · metrics {root}/metrics/train.json",
               "next:",
               f"  twotower-retrieve run_dir={root} user=ID          # recommendations for a {manifest.names['user']}",

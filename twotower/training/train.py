@@ -68,6 +68,9 @@ class Settings:
 
     @classmethod
     def of(cls, cfg: DictConfig) -> Settings:
+        missing = sorted(OmegaConf.missing_keys(cfg))
+        if missing:
+            raise ConfigError(f"{missing[0]} is required: give it on the command line, e.g. {missing[0]}=...")
         final_fit = {True: "warm", False: None, None: None}.get(cfg.final_fit, cfg.final_fit)
         if final_fit is not None and final_fit not in FINAL_FITS:
             raise ConfigError(f"final_fit must be warm, scratch or false, got {cfg.final_fit!r}")
@@ -124,10 +127,10 @@ def train(cfg: DictConfig, resume: str | None = None) -> dict[str, float]:
     continues an interrupted attempt, said there)."""
     root = RunPaths(Path(cfg.run_dir))
     if not is_first_process():
-        return fit_and_export(staged(cfg, root), Settings.of(cfg), instantiate(cfg.index), root)
+        return fit_and_export(staged(cfg, root), Settings.of(cfg), checks.instantiate("index", cfg.index), root)
     with exclusive(root), RunLog(root.root, resume) as run_log:
         settings = Settings.of(cfg)
-        index = instantiate(cfg.index)  # its settings are checked here, not after hours of training
+        index = checks.instantiate("index", cfg.index)  # its settings are checked here, not after hours of training
         if root.manifest.exists():
             log.info("%s holds a finished run: this one replaces it once it is complete, and leaves it as it is "
                      "if it fails", root.root)

@@ -14,10 +14,11 @@ from typing import Any
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from twotower.errors import ConfigError, DataError, RunError, TwoTowerError, UnknownIdError
+from twotower.serving.service import apidocs
 from twotower.serving.service.admin import admin_routes
 from twotower.serving.service.metrics import RequestMetrics
 from twotower.serving.service.middleware import Guard, json_error
@@ -84,7 +85,12 @@ def create_app(settings: ServeSettings, served: Served) -> Guard:
             loop.remove_signal_handler(signal.SIGHUP)
 
     app = FastAPI(title="twotower", summary="Two-tower retrieval: recommendations and similar items",
-                  lifespan=lifespan)
+                  lifespan=lifespan, docs_url=None, redoc_url=None)
+
+    @app.get("/docs", include_in_schema=False, response_class=HTMLResponse)
+    def docs() -> str:  # served from here, without the CDN FastAPI's own page needs
+        return apidocs.page(app.openapi())
+
     add_error_handlers(app)
     metrics = RequestMetrics(served)
     app.include_router(query_routes(served, settings.limits))
