@@ -154,6 +154,7 @@ class Manifest:
     example_item: str | None = None  # one the data is known for, whose neighbours training shows
     parts: int = 1  # parts side by side in a vector (an ID and a history part: 2), each unit for cosine
     chosen: dict[str, dict] = field(default_factory=dict)  # options left to the run: what each became, and why
+    user_tower: str | None = None  # the class of the user tower (a SequenceTower embeds histories in order)
 
     REQUIRED = ("names", "score", "dim", "n_users", "n_items", "checkpoint", "trained_on", "min_rating",
                 "fingerprints")

@@ -1,6 +1,7 @@
 """Typed batches, built by slicing tensors: training pairs with sampled negatives (``PairBatch``), training users
-with all their positives (``UserBatch``), and ranking-evaluation chunks (``RankingBatch``); and the
-``BatchPlan`` that says which kind a loss trains on.
+with all their positives (``UserBatch``), users' item sequences with the next item at every position
+(``SequenceBatch``), and ranking-evaluation chunks (``RankingBatch``); and the ``BatchPlan`` that says which
+kind a model trains on.
 
 The data loaders run with ``batch_size=None``: each dataset item *is* a batch, so there is no per-row
 Python work and no collation. ``EpochBatchSampler`` hands out ``(epoch, batch)`` keys; the dataset derives
@@ -91,6 +92,26 @@ class UserBatch(Tensors):
 
 
 @dataclass(frozen=True)
+class SequenceBatch(Tensors):
+    """Users' training items in order, oldest first, each position's next item a positive: the examples of a
+    user tower that reads order. ``inputs`` holds each user's last items right-aligned (``-1`` pads the start);
+    a query is one position of one sequence, whose next item is its positive, so that a loss over users reads
+    the queries as users with one positive each (``rows`` is ``arange(P)``)."""
+
+    users: torch.Tensor  # (U,)
+    inputs: torch.Tensor  # (U, L) item ids, -1 before a sequence's first
+    query_rows: torch.Tensor  # (P,) the sequence of each query
+    query_positions: torch.Tensor  # (P,) its position in ``inputs``
+    rows: torch.Tensor  # (P,) arange(P)
+    items: torch.Tensor  # (P,) the item that follows each query's position
+    candidates: SampledCatalogue | None = None  # None: the whole catalogue is scored
+
+    @property
+    def positives(self) -> int:
+        return len(self.items)
+
+
+@dataclass(frozen=True)
 class RankingBatch(Tensors):
     """Users to rank against the whole catalogue, with their ``seen`` items (left out of the ranking) and their
     ``target`` items (the held-out positives to find), both as (row in ``users``, item) pairs."""
@@ -111,8 +132,9 @@ class BatchPlan:
     stand for the catalogue in each batch (None: all of them).
     """
 
-    examples: type[PairBatch] | type[UserBatch]
+    examples: type[PairBatch] | type[UserBatch] | type[SequenceBatch]
     candidates: int | None = None
+    length: int | None = None  # the items of a sequence a batch holds (SequenceBatch)
 
     @classmethod
     def users(cls, n_items: int, max_candidates: int | None, sample_above: int) -> BatchPlan:
@@ -125,6 +147,10 @@ class BatchPlan:
     def scored_per_user(self, n_items: int) -> int:
         """Items each training user is scored against in an epoch (losses over users)."""
         return self.candidates or n_items
+
+    def in_sequences(self, length: int) -> BatchPlan:
+        """The same loss over users, its users read in order: each user's last ``length`` items a sequence."""
+        return dataclasses.replace(self, examples=SequenceBatch, length=length)
 
 
 def process_share() -> tuple[int, int]:
@@ -250,6 +276,41 @@ class UserBatches(Dataset):
         drawn = torch.zeros(self.n_items, dtype=torch.bool).index_fill_(0, candidates, True)
         return SampledCatalogue(candidates, torch.tensor(math.log(self.n_candidates / self.n_items)),
                                 drawn[positives])
+
+
+class SequenceBatches(UserBatches):
+    """``SequenceBatch``es: shuffled training users, each with its last ``length + 1`` items in order (the
+    ``positives`` are ordered), and, as ``UserBatches`` draws them, sampled candidates where planned."""
+
+    def __init__(self, positives: UserItems, n_items: int, batch_size: int, seed: int, length: int,
+                 candidates: int | None = None) -> None:
+        super().__init__(positives, n_items, batch_size, seed, candidates)
+        self.length = length
+
+    def __getitem__(self, key: tuple[int, int]) -> SequenceBatch:
+        epoch, batch = key
+        users = self.users[self.order(epoch)[batch * self.batch_size:(batch + 1) * self.batch_size]].numpy()
+        inputs = last_items(self.positives, users, self.length + 1)  # (U, L + 1)
+        valid = (inputs[:, :-1] >= 0) & (inputs[:, 1:] >= 0)  # a position with an item and a next one
+        query_rows, query_positions = np.nonzero(valid)
+        items = torch.from_numpy(inputs[query_rows, query_positions + 1])
+        generator = batch_generator(self.seed, epoch, batch)
+        candidates = None if self.n_candidates is None else self.candidates(epoch, items, generator)
+        return SequenceBatch(torch.from_numpy(users), torch.from_numpy(inputs[:, :-1]),
+                             torch.from_numpy(query_rows), torch.from_numpy(query_positions),
+                             torch.arange(len(items)), items, candidates)
+
+
+def last_items(sequences: UserItems, users: np.ndarray, length: int) -> np.ndarray:
+    """(users, length): each user's last ``length`` items, in order, right-aligned, ``-1`` before the first."""
+    starts, ends = sequences.indptr[users], sequences.indptr[users + 1]
+    take = np.minimum(ends - starts, length)
+    out = np.full((len(users), length), -1, dtype=np.int64)
+    rows = np.repeat(np.arange(len(users)), take)
+    offsets = np.arange(int(take.sum())) - np.repeat(np.cumsum(take) - take, take)  # 0.. within each user
+    columns = length - np.repeat(take, take) + offsets
+    out[rows, columns] = sequences.items[np.repeat(ends - take, take) + offsets]
+    return out
 
 
 def eval_chunk_size(n_items: int, budget: int = 1 << 24) -> int:

@@ -19,6 +19,8 @@ from twotower.data.batches import (
     PairBatch,
     PairBatches,
     RankingBatches,
+    SequenceBatch,
+    SequenceBatches,
     ShardedChunks,
     UserBatch,
     UserBatches,
@@ -36,6 +38,7 @@ from twotower.data.interactions import (
     non_positives,
     positives,
     report_non_positives,
+    with_order,
 )
 from twotower.data.sampling import NegativeSampler
 from twotower.data.splits import SPLIT_NAMES, Splits, check_splits, cover_holdouts
@@ -75,6 +78,7 @@ class InteractionDataModule(L.LightningDataModule):
         num_workers: int = 0,
         seed: int = 0,
         val_users: int | None = 10_000,
+        keep_order: bool = False,
     ) -> None:
         super().__init__()
         self.source = source
@@ -86,6 +90,8 @@ class InteractionDataModule(L.LightningDataModule):
         self.val_users = checks.integer("datamodule.val_users", val_users, 1, optional=True,
                                         meaning_of_null="every user")
         self.plan = BatchPlan(PairBatch)  # until ``use``: pairs, as any loader without a model makes
+        # Each interaction's place in time, kept where the split or the model reads it (a sequence tower).
+        self.keep_order = checks.flag("datamodule.keep_order", keep_order)
         self.splits: Splits | None = None
         # Users and items of the source left out of the vocabularies, and why (saved as RunPaths.dropped).
         self.dropped = no_dropped_ids()
@@ -101,8 +107,12 @@ class InteractionDataModule(L.LightningDataModule):
         lost = ids_without_positives(interaction_log, frame)
         report_non_positives(interaction_log, lost)
         self.dropped = pl.concat([interaction_log.dropped, lost])
+        if self.keep_order or "order" in self.splitter.columns:
+            reader = "split=temporal" if "order" in self.splitter.columns else "a user tower that reads order"
+            frame = with_order(frame, interaction_log.source, reader)
         # Only what the split needs travels on: a timestamp costs more memory than a user and an item.
-        frame = frame.select("user_id", "item_id", *(c for c in self.splitter.columns if c in frame.columns))
+        needed = (*self.splitter.columns, *(["order"] if self.keep_order else []))
+        frame = frame.select("user_id", "item_id", *dict.fromkeys(c for c in needed if c in frame.columns))
         self.user_vocab = Vocabulary.build(frame["user_id"], self.names["user"], interaction_log.user_info, "user_id")
         self.item_vocab = Vocabulary.build(frame["item_id"], self.names["item"], interaction_log.item_info, "item_id")
         source = interaction_log.source
@@ -141,9 +151,11 @@ class InteractionDataModule(L.LightningDataModule):
                            for name, split in self.splits.items()}
 
     def stacked(self, names: tuple[str, ...]) -> pl.DataFrame:
-        """The named splits as one frame."""
+        """The named splits as one frame; where they keep each interaction's order, each user's interactions
+        in that order."""
         frames = [self.splits[name] for name in names]
-        return pl.concat(frames) if len(frames) > 1 else frames[0]
+        frame = pl.concat(frames) if len(frames) > 1 else frames[0]
+        return frame.sort("user", "order") if "order" in frame.columns else frame
 
     @property
     def final_fit_splits(self) -> tuple[str, ...]:
@@ -201,7 +213,10 @@ class InteractionDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         """Training batches of the planned kind: users with all their positives, or positive pairs with
         negatives from the sampler."""
-        if self.plan.examples is UserBatch:
+        if self.plan.examples is SequenceBatch:
+            dataset = SequenceBatches(self.training_user_items(), self.n_items, self.batch_size, self.seed,
+                                      self.plan.length, self.plan.candidates)
+        elif self.plan.examples is UserBatch:
             dataset = UserBatches(self.training_user_items(), self.n_items, self.batch_size, self.seed,
                                   self.plan.candidates)
         else:

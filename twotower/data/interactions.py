@@ -3,7 +3,8 @@
 Columns of ``InteractionLog.interactions``:
 
 - ``user_id``, ``item_id``: the original ids, ``Int64`` or ``String``, never null;
-- ``timestamp`` (``Int64``), ``rating`` (``Float64``), ``label`` (``Float64``): optional;
+- ``timestamp`` (``Int64``), ``position`` (``Int64``, a place in the user's sequence), ``rating``
+  (``Float64``), ``label`` (``Float64``): optional;
 - ``split`` (``String``: ``train``/``valid``/``test``): present only for pre-split sources.
 """
 
@@ -12,10 +13,11 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
+import numpy as np
 import polars as pl
 
 from twotower.data.ids import normalise_id_column
-from twotower.errors import TwoTowerError
+from twotower.errors import DataError, TwoTowerError
 
 log = logging.getLogger(__name__)
 
@@ -82,8 +84,8 @@ def normalise_ids(frame: pl.DataFrame, source: str, columns: tuple[str, ...] = I
 
 
 def positives(log_: InteractionLog) -> pl.DataFrame:
-    """The interactions that count as positives: ``user_id``, ``item_id`` and, when present, ``timestamp``
-    and ``split``.
+    """The interactions that count as positives: ``user_id``, ``item_id`` and, when present, ``timestamp``,
+    ``position`` and ``split``.
 
     A row is positive when its ``label`` is > 0 (if there is a label) and its ``rating`` is at least the
     log's ``min_rating`` (if a threshold is set). Repeated pairs stay; ``deduplicate`` removes them once
@@ -102,7 +104,7 @@ def positives(log_: InteractionLog) -> pl.DataFrame:
         frame = frame.filter(pl.col("rating") >= min_rating)
         if frame.height == 0:
             raise TwoTowerError(f"{source}: no interaction has a rating >= {min_rating}")
-    return frame.select(c for c in ("user_id", "item_id", "timestamp", "split") if c in frame.columns)
+    return frame.select(c for c in ("user_id", "item_id", "timestamp", "position", "split") if c in frame.columns)
 
 
 def positive_tests(log_: InteractionLog) -> list[tuple[str, pl.Expr]]:
@@ -189,7 +191,8 @@ SPLIT_PRIORITY = {"train": 0, "test": 1, "valid": 2}
 
 
 def deduplicate(frame: pl.DataFrame, source: str = "interactions") -> pl.DataFrame:
-    """One row per (user, item) pair, sorted by user then item; a repeated pair keeps its latest timestamp.
+    """One row per (user, item) pair, sorted by user then item; a repeated pair keeps its latest timestamp (its
+    latest ``order``, where the log has one: the most recent place in the user's sequence).
 
     ``frame`` has integer ``user`` and ``item`` columns. In a pre-split log a pair that is in train is
     dropped from valid and test, and one in both valid and test stays in test only.
@@ -201,9 +204,10 @@ def deduplicate(frame: pl.DataFrame, source: str = "interactions") -> pl.DataFra
         frame = frame.with_columns(_priority=pl.col("split").replace_strict(SPLIT_PRIORITY, return_dtype=pl.UInt8))
         order.append("_priority")
         descending.append(False)
-    if "timestamp" in frame.columns:
-        order.append("timestamp")
-        descending.append(True)
+    for latest in ("timestamp", "order"):
+        if latest in frame.columns:
+            order.append(latest)
+            descending.append(True)
     frame = frame.sort(order, descending=descending)
     first = (pl.col("user") != pl.col("user").shift(1)) | (pl.col("item") != pl.col("item").shift(1))
     frame = frame.with_columns(_first=first.fill_null(True))
@@ -219,6 +223,21 @@ def deduplicate(frame: pl.DataFrame, source: str = "interactions") -> pl.DataFra
     if repeats:
         log.info("%s: %d repeated (user, item) interaction(s) counted once", source, repeats)
     return frame.filter(pl.col("_first")).drop("_first", "_priority", strict=False)
+
+
+def with_order(frame: pl.DataFrame, source: str, needed_by: str) -> pl.DataFrame:
+    """``frame`` with an ``order`` column: each interaction's rank in time, by its ``timestamp``, then its
+    ``position``, then its row in the file (ties in time keep file order). ``needed_by`` names what asked for
+    it, for the error where the log has neither a timestamp nor a position."""
+    keys = [column for column in ("timestamp", "position") if column in frame.columns]
+    if not keys:
+        raise DataError(f"{needed_by} needs the order of each user's interactions, but {source} has neither a "
+                        "timestamp nor a position column: name one with data.timestamp_col=... or "
+                        "data.position_col=..., or read a file of sequences with data=user_lines")
+    ranked = frame.select(pl.arg_sort_by([*keys, pl.int_range(pl.len())])).to_series().to_numpy()
+    order = np.empty(len(ranked), dtype=np.int64)
+    order[ranked] = np.arange(len(ranked))
+    return frame.with_columns(order=pl.Series(order))
 
 
 def with_split_tag(frames: dict[str, pl.DataFrame]) -> pl.DataFrame:

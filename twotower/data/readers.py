@@ -39,11 +39,12 @@ log = logging.getLogger(__name__)
 class InteractionFileReader:
     """A generic interaction log: CSV, TSV, Parquet or NDJSON, one interaction per row.
 
-    ``user_col`` and ``item_col`` are required; ``timestamp_col``, ``rating_col`` and ``label_col`` are used
-    when the file has them. ``valid_path`` and ``test_path`` make the log pre-split (use ``split=presplit``).
-    ``item_info_path`` names an optional table of item metadata keyed by ``item_col`` (a ``title`` column
-    there lets retrieval look items up by title). Rows with a ``rating`` below ``min_rating`` (when set)
-    or a ``label`` <= 0 are not positives. ``names`` renames the two sides in messages and labels.
+    ``user_col`` and ``item_col`` are required; ``timestamp_col``, ``position_col`` (each interaction's place in
+    its user's sequence), ``rating_col`` and ``label_col`` are used when the file has them. ``valid_path`` and
+    ``test_path`` make the log pre-split (use ``split=presplit``). ``item_info_path`` names an optional table
+    of item metadata keyed by ``item_col`` (a ``title`` column there lets retrieval look items up by title),
+    in ``item_info_encoding``. Rows with a ``rating`` below ``min_rating`` (when set) or a ``label`` <= 0 are
+    not positives. ``names`` renames the two sides in messages and labels.
     """
 
     def __init__(
@@ -54,6 +55,7 @@ class InteractionFileReader:
         user_col: str = "user_id",
         item_col: str = "item_id",
         timestamp_col: str | None = "timestamp",
+        position_col: str | None = "position",
         rating_col: str | None = "rating",
         label_col: str | None = "label",
         format: str | None = None,
@@ -66,7 +68,8 @@ class InteractionFileReader:
     ) -> None:
         self.paths = {"train": path, "valid": valid_path, "test": test_path}
         self.columns = {"user_id": user_col, "item_id": item_col}
-        self.optional = {"timestamp": timestamp_col, "rating": rating_col, "label": label_col}
+        self.optional = {"timestamp": timestamp_col, "position": position_col, "rating": rating_col,
+                         "label": label_col}
         self.format = format
         self.separator = separator
         self.has_header = has_header
@@ -158,7 +161,9 @@ class InteractionFileReader:
 
 
 class UserLinesReader:
-    """One line per user: ``user item item ...`` separated by spaces (the LightGCN benchmark format)."""
+    """One line per user: ``user item item ...`` separated by spaces (the LightGCN benchmark format, and the
+    next-item benchmarks' sequence files, oldest item first): each item's place in its line is its
+    ``position``, the order of the user's sequence."""
 
     def __init__(self, path: str, valid_path: str | None = None, test_path: str | None = None,
                  names: Mapping[str, str] | None = None) -> None:
@@ -183,6 +188,7 @@ class UserLinesReader:
             pl.col("tokens").list.first().alias("user_id"),
             pl.col("tokens").list.slice(1).alias("item_id"),
         ).explode("item_id").filter(pl.col("item_id").is_not_null() & (pl.col("item_id") != ""))
+        frame = frame.with_columns(position=pl.int_range(pl.len()).over("user_id").cast(pl.Int64))
         try:
             return frame.with_columns(pl.col("user_id", "item_id").cast(pl.Int64))
         except pl.exceptions.InvalidOperationError as error:

@@ -44,8 +44,9 @@ def hold_out(frame: pl.DataFrame, rank: np.ndarray, n_test: np.ndarray, n_valid:
 
 
 def partition(frame: pl.DataFrame, labels: np.ndarray) -> Splits:
-    """Frames of the rows labelled 0 (train), 1 (valid) and 2 (test)."""
-    pairs = frame.select("user", "item")
+    """Frames of the rows labelled 0 (train), 1 (valid) and 2 (test), with each interaction's ``order`` where
+    the frame has one."""
+    pairs = frame.select("user", "item", *(["order"] if "order" in frame.columns else []))
     return {name: pairs.filter(pl.Series(labels == code)) for code, name in enumerate(SPLIT_NAMES)}
 
 
@@ -92,7 +93,7 @@ class TemporalSplit:
     A user with too few interactions keeps them in train (a user with one interaction is train only).
     """
 
-    columns: tuple[str, ...] = ("timestamp",)
+    columns: tuple[str, ...] = ("order",)
     test_given: bool = False
 
     def __init__(self, valid_last: int = 1, test_last: int = 1) -> None:
@@ -103,10 +104,7 @@ class TemporalSplit:
         self.test_last = test_last
 
     def split(self, frame: pl.DataFrame) -> Splits:
-        if "timestamp" not in frame.columns:
-            raise TwoTowerError("split=temporal needs timestamps, but the log has no timestamp column "
-                                "(name it with data.timestamp_col=...)")
-        frame = frame.sort("user", "timestamp", "item")
+        frame = frame.sort("user", "order")
         position, size = positions_in_groups(frame["user"].to_numpy())
         single = int(np.sum(size == 1))
         if single:

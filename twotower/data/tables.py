@@ -129,8 +129,14 @@ def check_no_repeated_header(frame: pl.DataFrame, header: list[str], path: Path)
 
 
 def clean_value_columns(frame: pl.DataFrame, source: Path | str) -> pl.DataFrame:
-    """Cast timestamp/rating/label to numbers, with a clear error for values that are not numbers."""
+    """Cast timestamp/position/rating/label to numbers, with a clear error for values that are not numbers."""
     casts = []
+    if "position" in frame.columns:
+        position = frame["position"].cast(pl.Int64, strict=False)
+        if position.null_count() > frame["position"].null_count():
+            raise TwoTowerError(f"{source}: column 'position' must hold whole numbers (each interaction's place "
+                                f"in its user's sequence), e.g. not {frame['position'].drop_nulls().head(1).to_list()}")
+        casts.append(pl.col("position").cast(pl.Int64))
     if "timestamp" in frame.columns:
         dtype = frame.schema["timestamp"]
         if dtype == pl.String:

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from twotower import checks
-from twotower.data.batches import BatchPlan, PairBatch, UserBatch
+from twotower.data.batches import BatchPlan, PairBatch, SequenceBatch, UserBatch
 from twotower.errors import ConfigError
 
 
@@ -41,7 +41,7 @@ class UserLoss(Protocol):
 
     def plan(self, n_items: int) -> BatchPlan: ...
 
-    def __call__(self, users: torch.Tensor, catalogue: torch.Tensor, batch: UserBatch,
+    def __call__(self, users: torch.Tensor, catalogue: torch.Tensor, batch: UserBatch | SequenceBatch,
                  positives: torch.Tensor | None = None, own: torch.Tensor | None = None) -> torch.Tensor: ...
 
 
@@ -169,7 +169,7 @@ class CatalogueSoftmaxLoss(UserLoss):
     def plan(self, n_items: int) -> BatchPlan:
         return BatchPlan.users(n_items, self.max_candidates, self.sample_above)
 
-    def __call__(self, users: torch.Tensor, catalogue: torch.Tensor, batch: UserBatch,
+    def __call__(self, users: torch.Tensor, catalogue: torch.Tensor, batch: UserBatch | SequenceBatch,
                  positives: torch.Tensor | None = None, own: torch.Tensor | None = None) -> torch.Tensor:
         rows = batch.rows
         logits = users @ catalogue.T  # (users, C)

@@ -15,7 +15,7 @@ import torch
 from torchmetrics import MeanMetric
 
 from twotower import checks
-from twotower.data.batches import PairBatch, RankingBatch, UserBatch
+from twotower.data.batches import PairBatch, RankingBatch, SequenceBatch, UserBatch
 from twotower.errors import ConfigError
 from twotower.model.losses import build_loss
 from twotower.model.metrics import RankingMetrics
@@ -122,9 +122,9 @@ class TwoTowerModel(L.LightningModule):
         """Scores of (user, item) pairs: (batch,)."""
         return (self.user_vectors(users) * self.item_vectors(items)).sum(-1)
 
-    def loss(self, batch: PairBatch | UserBatch) -> torch.Tensor:
+    def loss(self, batch: PairBatch | UserBatch | SequenceBatch) -> torch.Tensor:
         """The training loss of one batch (the whole training math, without Lightning), by its kind."""
-        if isinstance(batch, UserBatch):
+        if isinstance(batch, (UserBatch, SequenceBatch)):
             return self._user_loss(batch)
         raw = self.user_tower.for_pairs(batch.users, batch.items)  # e.g. each pair's user without its item
         users = project(raw, self.hparams.score, self.parts) / self.hparams.temperature  # (batch, dim)
@@ -132,10 +132,11 @@ class TwoTowerModel(L.LightningModule):
         negatives = self.item_vectors(batch.negatives)  # (batch, n, dim)
         return self.loss_fn(users, items, negatives, batch)
 
-    def _user_loss(self, batch: UserBatch) -> torch.Tensor:
-        """A loss over users with all their positives. With parts side by side, each part has its own logits and
-        softmax, and the loss is their sum; a tower that builds users from their positives says how much of
-        each positive's logit comes from its own presence (``own_logits``, the last part's), taken off."""
+    def _user_loss(self, batch: UserBatch | SequenceBatch) -> torch.Tensor:
+        """A loss over users with all their positives (a sequence's queries are users with one positive each).
+        With parts side by side, each part has its own logits and softmax, and the loss is their sum; a tower
+        that builds users from their positives says how much of each positive's logit comes from its own
+        presence (``own_logits``, the last part's), taken off."""
         users = self.user_tower.for_users(batch)
         if batch.candidates is not None:  # one lookup for both: a sparse table then gets one gradient, not two
             n_candidates = len(batch.candidates.items)
@@ -162,7 +163,7 @@ class TwoTowerModel(L.LightningModule):
             return [None] * self.parts
         return [vectors] if self.parts == 1 else vectors.split(self.hparams.dim, dim=-1)
 
-    def training_step(self, batch: PairBatch | UserBatch, batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: PairBatch | UserBatch | SequenceBatch, batch_idx: int) -> torch.Tensor:
         loss = self.loss(batch)
         # A self.log call costs a noticeable share of a small batch's step on a CPU: the step loss goes to the
         # progress bar every PROGRESS_EVERY steps and at each epoch's start (a superset of the steps the logger
@@ -180,7 +181,8 @@ class TwoTowerModel(L.LightningModule):
     def _rank(self, metrics: RankingMetrics, batch: RankingBatch) -> None:
         if self._catalogue is None:  # once per evaluation pass: the items do not change within it
             self._catalogue = self.all_item_vectors()
-        metrics.update(self.user_vectors(batch.users) @ self._catalogue.T, batch)
+        users = project(self.user_tower.for_ranking(batch), self.hparams.score, self.parts)
+        metrics.update(users @ self._catalogue.T, batch)
 
     def _publish(self, metrics: RankingMetrics, stage: str) -> None:
         self.log_dict({f"{stage}/{name}": value for name, value in metrics.compute().items()})

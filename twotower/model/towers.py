@@ -6,6 +6,8 @@
   one given only its features, is embedded from its features alone (cold start).
 - ``HistoryTower`` (users only): the mean of learned vectors of the items the user interacted with,
   optionally beside a learned vector per user. A new user is embedded from a list of items, without retraining.
+- ``SequenceTower`` (users only): causal self-attention over the user's last items in order (SASRec); a new
+  user is embedded from an ordered list of items, most recent last.
 
 Every tower is a ``Tower``: besides its vectors it says how it makes the user vectors of a training batch
 (``for_pairs``, ``for_users``: a history tower leaves each positive out of its own user's vector), what it
@@ -21,12 +23,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from twotower import checks
-from twotower.data.batches import UserBatch
+from twotower.data.batches import RankingBatch, SequenceBatch, UserBatch, last_items
 from twotower.data.features import FeatureSpec
 from twotower.data.user_items import UserItems
 from twotower.errors import ConfigError
@@ -60,6 +63,7 @@ class Tower(nn.Module):
 
     parts = 1  # parts side by side in each vector, each scored and normalised on its own
     embeds_users_from_items = False  # a user tower only, built with the catalogue's size (n_items)
+    reads_order = False  # trains on each user's items in order (SequenceBatch), which the data must keep
 
     def all(self) -> torch.Tensor:
         """Vectors of every id, in index order: (n, parts * dim)."""
@@ -72,6 +76,10 @@ class Tower(nn.Module):
     def for_users(self, batch: UserBatch) -> TrainingUsers:
         """The user vectors of a batch of users with all their positives."""
         return TrainingUsers(self(batch.users))
+
+    def for_ranking(self, batch: RankingBatch) -> torch.Tensor:
+        """The vectors of the users an evaluation ranks (the seen items of ``batch`` are what each has)."""
+        return self(batch.users)
 
     def attach(self, data: TrainingData, side: str) -> None:
         """Read what the tower needs from the data it now trains on (``side``: user or item)."""
@@ -310,6 +318,103 @@ class HistoryTower(Tower):
         return history if self.embedding is None else torch.cat([self.embedding(users), history], dim=-1)
 
 
+class SequenceTower(Tower):
+    """A user is the order of what they did: causal self-attention over their last ``max_length`` items, with
+    learned positions (SASRec, Kang and McAuley 2018), the state at the last item their vector.
+
+    - Training (``SequenceBatch``) reads every position: the state after each item predicts the next one, and
+      no state sees a later item (the attention is causal, and the start of a short sequence is padding that
+      no real position attends to).
+    - The input vectors are a table of the tower's own (as the history tower's), one row per item and one for
+      padding; the items the user vectors meet are the item tower's, so the index and ``similar_items`` are
+      those of any run.
+    - Each user's items, in order, are kept in buffers that travel with the checkpoint (``attach``): a known
+      user's vector is the encoding of their sequence; a new user's, that of an ordered list of items
+      (``encode``), which serving calls through ``load_tower``.
+    - An evaluation encodes each user's seen items in order (train for validation, train + valid for test),
+      so that the test item is predicted from everything before it.
+    """
+
+    embeds_users_from_items = True
+    reads_order = True
+
+    def __init__(self, n: int, dim: int, n_items: int, max_length: int = 50, blocks: int = 2, heads: int = 1,
+                 dropout: float = 0.2, init_std: float = 0.02) -> None:
+        super().__init__()
+        self.max_length = checks.integer("model.user_tower.max_length", max_length, 1)
+        checks.integer("model.user_tower.blocks", blocks, 1)
+        checks.integer("model.user_tower.heads", heads, 1)
+        if dim % heads:
+            raise ConfigError(f"model.dim ({dim}) must be a multiple of model.user_tower.heads ({heads})")
+        checks.number("model.user_tower.dropout", dropout, at_least=0, below=1)
+        self.n_items = n_items
+        self.heads = heads
+        self.items = nn.Embedding(n_items + 1, dim, padding_idx=n_items)  # the last row: no item (padding)
+        self.positions = nn.Embedding(self.max_length, dim)
+        for table in (self.items, self.positions):
+            nn.init.normal_(table.weight, std=init_std)
+        with torch.no_grad():
+            self.items.weight[n_items].zero_()
+        layer = nn.TransformerEncoderLayer(dim, heads, dim_feedforward=dim, dropout=dropout, activation="gelu",
+                                           batch_first=True, norm_first=True)
+        self.encoder = nn.TransformerEncoder(layer, blocks, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(dim)
+        self.input_dropout = nn.Dropout(dropout)
+        self.register_buffer("sequence_indptr", torch.zeros(n + 1, dtype=torch.long))
+        self.register_buffer("sequence_items", torch.zeros(0, dtype=torch.long))
+
+    def attach(self, data: TrainingData, side: str) -> None:
+        sequences = data.training_user_items()  # each user's items in order: the data keeps it for this tower
+        self.sequence_indptr = torch.from_numpy(sequences.indptr).to(self.sequence_indptr, copy=True)
+        self.sequence_items = torch.from_numpy(sequences.items).to(self.sequence_items, copy=True)
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: object, **kwargs: object) -> None:
+        # The sequences' length is the data's, not a hyperparameter: take the checkpoint's.
+        if prefix + "sequence_items" in state_dict:
+            self.sequence_items = torch.empty_like(state_dict[prefix + "sequence_items"])
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def encode(self, inputs: torch.Tensor) -> torch.Tensor:
+        """(users, L, dim): the state after each position of ``inputs`` (users, L), item rows right-aligned
+        with ``-1`` before a sequence's first item, each state seeing that position and the ones before it."""
+        length = inputs.shape[1]
+        if length > self.max_length:
+            inputs, length = inputs[:, -self.max_length:], self.max_length
+        pad = inputs < 0
+        x = self.items(inputs.masked_fill(pad, self.n_items)) * self.items.embedding_dim ** 0.5
+        x = x + self.positions(torch.arange(self.max_length - length, self.max_length, device=inputs.device))
+        x = self.input_dropout(x.masked_fill(pad.unsqueeze(-1), 0.0))
+        # Position t attends to s <= t that holds an item; a padding position to itself alone (never read).
+        later = torch.ones(length, length, dtype=torch.bool, device=inputs.device).triu(1)
+        blocked = later | pad.unsqueeze(1)
+        blocked = blocked & ~torch.eye(length, dtype=torch.bool, device=inputs.device)
+        mask = torch.zeros(blocked.shape, dtype=x.dtype, device=x.device).masked_fill(blocked, float("-inf"))
+        mask = mask.repeat_interleave(self.heads, dim=0)  # (users * heads, L, L)
+        return self.norm(self.encoder(x, mask=mask))
+
+    def encode_last(self, inputs: torch.Tensor) -> torch.Tensor:
+        """(users, dim): the state after each sequence's last item."""
+        return self.encode(inputs)[:, -1]
+
+    def forward(self, users: torch.Tensor) -> torch.Tensor:
+        """Vectors of known users from their stored sequences: (users, dim)."""
+        sequences = UserItems(self.sequence_indptr.cpu().numpy(), self.sequence_items.cpu().numpy())
+        inputs = last_items(sequences, users.cpu().numpy(), self.max_length)
+        return self.encode_last(torch.from_numpy(inputs).to(users.device))
+
+    def all(self) -> torch.Tensor:
+        return in_chunks(self, len(self.sequence_indptr) - 1, self.sequence_indptr.device, chunk=4096)
+
+    def for_users(self, batch: SequenceBatch) -> TrainingUsers:
+        states = self.encode(batch.inputs)  # (users, L, dim)
+        return TrainingUsers(states[batch.query_rows, batch.query_positions])  # (queries, dim)
+
+    def for_ranking(self, batch: RankingBatch) -> torch.Tensor:
+        seen = UserItems.from_pairs(batch.seen_rows.cpu().numpy(), batch.seen_items.cpu().numpy(), len(batch.users))
+        inputs = last_items(seen, np.arange(len(batch.users)), self.max_length)
+        return self.encode_last(torch.from_numpy(inputs).to(batch.users.device))
+
+
 def build_tower(spec: dict[str, Any], side: str, n: int, dim: int, n_items: int) -> Tower:
     """The ``side`` (user or item) tower from its plain-value spec, as ``conf/model/*_tower/*.yaml`` write it and
     the checkpoint stores it: ``{"_target_": "twotower.model.towers.HistoryTower", "use_id": True}``; ``n`` ids
@@ -344,4 +449,4 @@ def load_tower(checkpoint: dict[str, Any], side: str) -> Tower:
     return tower.eval()
 
 
-TOWERS = {"id": IdTower, "features": FeatureTower, "history": HistoryTower}
+TOWERS = {"id": IdTower, "features": FeatureTower, "history": HistoryTower, "sequence": SequenceTower}

@@ -61,3 +61,20 @@ class TowerEncoder:
         with torch.no_grad():
             vectors = tower.embed_features(encode_features(features, tower.specs))
             return project(vectors, self.run.score, self.run.manifest.parts).numpy()
+
+    def encode_sequences(self, histories: list[np.ndarray]) -> np.ndarray:
+        """The user vectors of ordered histories of item rows (most recent last), read by the run's sequence
+        tower: (histories, dim), in the space of the index."""
+        import torch
+
+        from twotower.data.batches import last_items
+        from twotower.data.user_items import UserItems
+        from twotower.model.scoring import project
+
+        tower = self.tower("user")
+        lengths = np.array([len(rows) for rows in histories], dtype=np.int64)
+        sequences = UserItems(np.concatenate([[0], np.cumsum(lengths)]),
+                              np.concatenate(histories).astype(np.int64) if len(histories) else np.zeros(0, np.int64))
+        inputs = torch.from_numpy(last_items(sequences, np.arange(len(histories)), tower.max_length))
+        with torch.no_grad():
+            return project(tower.encode_last(inputs), self.run.score).numpy()

@@ -46,6 +46,13 @@ UNKNOWN = ("error", "skip", "popular")
 USER_UNKNOWN = tuple(word for word in UNKNOWN if word != "skip")  # a single answer per user: no skipping
 
 
+def latest_places(rows: np.ndarray) -> np.ndarray:
+    """``rows`` in order with each repeated one kept at its last place (a history's most recent use)."""
+    reversed_rows = rows[::-1]
+    _, first = np.unique(reversed_rows, return_index=True)
+    return reversed_rows[np.sort(first)][::-1]
+
+
 def _is_batch(query: object) -> bool:
     return isinstance(query, (list, tuple, np.ndarray, pl.Series))
 
@@ -137,20 +144,23 @@ class Retriever:
 
     def recommend_from_history(self, items: object, k: int = 10, allow: Iterable | None = None,
                                deny: Iterable | None = None, unknown: str = "error") -> Result | list[Result]:
-        """Top-``k`` items for a user known only by the items they interacted with: one list of item ids,
-        or a batch of lists. No retraining and no training data: the run's history tower embeds the list
-        (the mean of its items' history vectors). The given items are left out of the answer.
+        """Top-``k`` items for a user known only by the items they interacted with: one list of item ids, in the
+        order they were met, most recent last, or a batch of lists. No retraining and no training data: the
+        run's user tower embeds the list: a history tower by the mean of its items' history vectors, a sequence
+        tower by reading it in order. The given items are left out of the answer.
 
-        Only runs whose user tower has a history part (the default, ``model=history``) can do this; a new user
-        is the history part alone. A known user's whole training
+        Only runs whose user tower embeds users from items can do this (the default, ``model=history``,
+        ``model/user_tower=sequence``); with a history part beside user ids, a new user is the history part
+        alone. A repeated item counts once, at its latest place. A known user's whole training
         history gives that user's own vector when the tower has no user ids (``use_id=false``), so the same
         ranking as ``recommend(user)``, which also leaves out what else the user has (e.g. low ratings).
         ``unknown="skip"`` (or ``"popular"``) drops item ids outside the run's vocabulary (also items added
         after training) instead of raising; a history left empty gets the most popular items.
         """
-        if self.run.history_vectors is None:
+        if self.run.history_vectors is None and not self.reads_sequences:
             raise ConfigError(f"{self.run.root} was trained without a history tower, so it cannot embed a user "
-                                "from their items; train with a history user tower (the default, or model=history)")
+                              "from their items; train with a user tower that does (the default, model=history, "
+                              "or model/user_tower=sequence)")
         checks.choice("unknown", unknown, UNKNOWN)
         catalogue = self.catalogue
         k = _check_k(k, len(self.run.item_vocab))
@@ -161,7 +171,7 @@ class Retriever:
                 raise DataError(f"a history is a list of item ids, got {history!r}")
             with self._explained("item", list(history)):
                 found = self.run.item_vocab.lookup(list(history), missing=None if unknown == "error" else -1)
-            rows.append(np.unique(found[found >= 0]))
+            rows.append(latest_places(found[found >= 0]))
         denied = catalogue.denied(deny)
         allowed = catalogue.allowed(allow)
         exclude = [np.union1d(given, denied) for given in rows]
@@ -175,8 +185,15 @@ class Retriever:
                 results[position] = result
         return results if _is_history_batch(items) else results[0]
 
+    @property
+    def reads_sequences(self) -> bool:
+        """Whether the run's user tower reads a user's items in order (a sequence tower)."""
+        return self.run.manifest.user_tower == "SequenceTower"
+
     def history_queries(self, histories: Sequence[np.ndarray]) -> np.ndarray:
-        """The history tower's user vectors for histories of item indices, in the space of the index."""
+        """The user tower's vectors for histories of item rows (in order), in the space of the index."""
+        if self.reads_sequences:
+            return self.encoder.encode_sequences(histories)
         queries = np.stack([self.run.history_vectors[rows].mean(axis=0) for rows in histories])
         if self.run.score == "cosine":
             queries /= np.maximum(np.linalg.norm(queries, axis=1, keepdims=True), 1e-12)

@@ -8,14 +8,16 @@ objects that take one are given it here, rather than the config interpolating it
 from __future__ import annotations
 
 from hydra.errors import InstantiationException
+from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
 from twotower import checks
-from twotower.data.batches import BatchPlan
+from twotower.data.batches import BatchPlan, UserBatch
 from twotower.data.datamodule import InteractionDataModule
-from twotower.errors import TwoTowerError
+from twotower.errors import ConfigError, TwoTowerError
 from twotower.model.losses import build_loss
 from twotower.model.module import TwoTowerModel
+from twotower.model.towers import Tower
 from twotower.training.sizing import AUTO, Sizing
 
 
@@ -24,19 +26,37 @@ def unwrapped(error: InstantiationException) -> Exception:
     return error.__cause__ if isinstance(error.__cause__, TwoTowerError) else error
 
 
+def user_tower(cfg: DictConfig) -> type[Tower]:
+    """The class of the configured user tower (what it reads of the data decides what the data keeps); the
+    base class where the target is not a tower, which building the model then refuses by name."""
+    try:
+        kind = get_class(cfg.model.user_tower._target_)
+    except Exception:  # Hydra's import error, whatever its type
+        return Tower
+    return kind if isinstance(kind, type) and issubclass(kind, Tower) else Tower
+
+
 def build_datamodule(cfg: DictConfig) -> InteractionDataModule:
-    """The data module of ``cfg``, with the reader (``data``), split and sampler groups; nothing read yet."""
+    """The data module of ``cfg``, with the reader (``data``), split and sampler groups; nothing read yet. It
+    keeps each interaction's order where the user tower reads it."""
     try:
         parts = {name: checks.instantiate(name, cfg[name]) for name in ("data", "split", "sampler")}
         return checks.instantiate("datamodule", cfg.datamodule, source=parts["data"], split=parts["split"],
-                                  sampler=parts["sampler"])
+                                  sampler=parts["sampler"], keep_order=user_tower(cfg).reads_order)
     except InstantiationException as error:
         raise unwrapped(error) from None
 
 
 def batch_plan(cfg: DictConfig, n_items: int) -> BatchPlan:
-    """What each training batch holds for the configured loss over ``n_items`` items."""
-    return build_loss(OmegaConf.to_container(cfg.loss, resolve=True)).plan(n_items)
+    """What each training batch holds for the configured loss over ``n_items`` items, its users in order where
+    the user tower reads order."""
+    plan = build_loss(OmegaConf.to_container(cfg.loss, resolve=True)).plan(n_items)
+    if not user_tower(cfg).reads_order:
+        return plan
+    if plan.examples is not UserBatch:
+        raise ConfigError(f"model/user_tower={cfg.model.user_tower._target_.rpartition('.')[2]} trains each position "
+                          "against the catalogue: use loss=catalogue, not a loss over pairs")
+    return plan.in_sequences(cfg.model.user_tower.get("max_length", 50))
 
 
 def sizing(cfg: DictConfig, datamodule: InteractionDataModule) -> Sizing:

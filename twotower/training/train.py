@@ -317,7 +317,7 @@ def publish_run(cfg: DictConfig, datamodule: InteractionDataModule, selection: S
         trained_on=list(final.trained_on) if final else ["train"], monitor=cfg.monitor, metrics=metrics,
         metrics_from=sources, fingerprints=paths.fingerprints(), seconds=seconds.laps,
         device=str((final or selection).trainer.strategy.root_device), example_item=datamodule.example_item,
-        parts=model.parts, chosen=selection.chosen,
+        parts=model.parts, chosen=selection.chosen, user_tower=type(model.user_tower).__name__,
     ).write(paths)
 
 
