@@ -126,7 +126,7 @@ def time_to_als(scratch: Path, every: int) -> dict:
     datamodule.setup("fit")
     datamodule.fit_on(datamodule.final_fit_splits)  # every interaction of the file, as the final model
     cfg.model.dim = sizing(cfg, datamodule).resolve(cfg.model.dim)
-    datamodule.use(batch_plan(cfg, datamodule.n_items))
+    datamodule.use(batch_plan(cfg, datamodule))
     model = build_model(cfg, datamodule)
     # The model's rows follow its vocabularies; the benchmark's ids index the references' rows.
     user_rows = datamodule.user_vocab.lookup(np.arange(shape[0]), missing=-1)

@@ -148,9 +148,10 @@ class BatchPlan:
         """Items each training user is scored against in an epoch (losses over users)."""
         return self.candidates or n_items
 
-    def in_sequences(self, length: int) -> BatchPlan:
-        """The same loss over users, its users read in order: each user's last ``length`` items a sequence."""
-        return dataclasses.replace(self, examples=SequenceBatch, length=length)
+    def in_sequences(self, length: int, candidates: int | None) -> BatchPlan:
+        """The same loss over users, its users read in order (each user's last ``length`` items a sequence, each
+        position a query), against ``candidates`` sampled items (None: the whole catalogue)."""
+        return dataclasses.replace(self, examples=SequenceBatch, length=length, candidates=candidates)
 
 
 def process_share() -> tuple[int, int]:
@@ -279,18 +280,47 @@ class UserBatches(Dataset):
 
 
 class SequenceBatches(UserBatches):
-    """``SequenceBatch``es: shuffled training users, each with its last ``length + 1`` items in order (the
-    ``positives`` are ordered), and, as ``UserBatches`` draws them, sampled candidates where planned."""
+    """``SequenceBatch``es: training users with at least two items, each with its last ``length + 1`` items in
+    order (the ``positives`` are ordered), and, as ``UserBatches`` draws them, sampled candidates where planned.
+
+    A batch is as long as its longest sequence, and its users have sequences of about the same length: each
+    epoch shuffles the users, sorts every window of ``BUCKET`` batches' users by length, and shuffles the order
+    of the batches, so that short sequences (most of a log) are not padded to the longest ones.
+    """
+
+    BUCKET = 32  # batches whose users are sorted by length together
 
     def __init__(self, positives: UserItems, n_items: int, batch_size: int, seed: int, length: int,
                  candidates: int | None = None) -> None:
         super().__init__(positives, n_items, batch_size, seed, candidates)
+        lengths = np.diff(positives.indptr)
+        self.users = torch.from_numpy(np.flatnonzero(lengths > 1))  # one item has no next one to learn
+        self.lengths = np.minimum(lengths[self.users.numpy()], length + 1)
         self.length = length
+        self.order = EpochOrder(len(self.users), seed)
+        self._buckets: tuple[int, np.ndarray] | None = None
+
+    def batch_users(self, epoch: int, batch: int) -> np.ndarray:
+        """The users of one batch of an epoch, a function of (seed, epoch) only (the latest epoch is kept)."""
+        if self._buckets is None or self._buckets[0] != epoch:
+            shuffled = self.order(epoch).numpy()
+            window = self.batch_size * self.BUCKET
+            ordered = np.concatenate([chunk[np.argsort(self.lengths[chunk], kind="stable")]
+                                      for chunk in np.split(shuffled, range(window, len(shuffled), window))])
+            batches = np.array_split(ordered, range(self.batch_size, len(ordered), self.batch_size))
+            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch + 7)
+            order = torch.randperm(len(batches), generator=generator).numpy()
+            self._buckets = (epoch, np.array([batches[i] for i in order], dtype=object))
+        return self.users.numpy()[self._buckets[1][batch]]
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.users) / self.batch_size)
 
     def __getitem__(self, key: tuple[int, int]) -> SequenceBatch:
         epoch, batch = key
-        users = self.users[self.order(epoch)[batch * self.batch_size:(batch + 1) * self.batch_size]].numpy()
-        inputs = last_items(self.positives, users, self.length + 1)  # (U, L + 1)
+        users = self.batch_users(epoch, batch)
+        longest = int(np.diff(self.positives.indptr)[users].max(initial=2))
+        inputs = last_items(self.positives, users, min(longest, self.length + 1))  # (U, L + 1)
         valid = (inputs[:, :-1] >= 0) & (inputs[:, 1:] >= 0)  # a position with an item and a next one
         query_rows, query_positions = np.nonzero(valid)
         items = torch.from_numpy(inputs[query_rows, query_positions + 1])

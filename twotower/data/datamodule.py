@@ -202,6 +202,12 @@ class InteractionDataModule(L.LightningDataModule):
                                                              self.n_users)
         return self._training_user_items
 
+    def training_positions(self, length: int) -> int:
+        """The positions of the training sequences that have a next item, each sequence its last ``length + 1``
+        items: the queries an epoch of a sequence tower trains on."""
+        lengths = np.diff(self.training_user_items().indptr)
+        return int(np.maximum(np.minimum(lengths, length + 1) - 1, 0).sum())
+
     def user_items(self, *names: str) -> UserItems:
         """Each user's items over the named splits."""
         return UserItems.from_frame(self.stacked(names), self.n_users)

@@ -18,7 +18,7 @@ from twotower.errors import ConfigError, TwoTowerError
 from twotower.model.losses import build_loss
 from twotower.model.module import TwoTowerModel
 from twotower.model.towers import Tower
-from twotower.training.sizing import AUTO, Sizing
+from twotower.training.sizing import AUTO, Sizing, sequence_candidates
 
 
 def unwrapped(error: InstantiationException) -> Exception:
@@ -47,21 +47,28 @@ def build_datamodule(cfg: DictConfig) -> InteractionDataModule:
         raise unwrapped(error) from None
 
 
-def batch_plan(cfg: DictConfig, n_items: int) -> BatchPlan:
-    """What each training batch holds for the configured loss over ``n_items`` items, its users in order where
-    the user tower reads order."""
-    plan = build_loss(OmegaConf.to_container(cfg.loss, resolve=True)).plan(n_items)
+def batch_plan(cfg: DictConfig, datamodule: InteractionDataModule) -> BatchPlan:
+    """What each training batch holds for the configured loss over the data's catalogue, its users in order
+    where the user tower reads order (each position scored against a sample of the catalogue where the whole
+    would pass the epoch's budget: ``sizing.sequence_candidates``)."""
+    loss = build_loss(OmegaConf.to_container(cfg.loss, resolve=True))
+    plan = loss.plan(datamodule.n_items)
     if not user_tower(cfg).reads_order:
         return plan
     if plan.examples is not UserBatch:
-        raise ConfigError(f"model/user_tower={cfg.model.user_tower._target_.rpartition('.')[2]} trains each position "
-                          "against the catalogue: use loss=catalogue, not a loss over pairs")
-    return plan.in_sequences(cfg.model.user_tower.get("max_length", 50))
+        raise ConfigError("model/user_tower=sequence trains each position against the catalogue: use "
+                          "loss=catalogue, not a loss over pairs")
+    length = cfg.model.user_tower.get("max_length", 50)
+    queries = datamodule.training_positions(length)
+    whole = getattr(loss, "max_candidates", None) is None  # loss.max_candidates=null: always the whole catalogue
+    return plan.in_sequences(length, None if whole else sequence_candidates(queries, datamodule.n_items))
 
 
 def sizing(cfg: DictConfig, datamodule: InteractionDataModule) -> Sizing:
     """What ``auto`` settings become for this log: the pairs an epoch of this loss scores decide."""
-    return Sizing.of(datamodule.n_users, batch_plan(cfg, datamodule.n_items).scored_per_user(datamodule.n_items))
+    plan = batch_plan(cfg, datamodule)
+    scored = datamodule.training_positions(plan.length) if plan.length else datamodule.n_users
+    return Sizing.of(scored, plan.scored_per_user(datamodule.n_items))
 
 
 def build_model(cfg: DictConfig, datamodule: InteractionDataModule) -> TwoTowerModel:

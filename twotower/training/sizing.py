@@ -27,8 +27,8 @@ class Sizing:
 
     @classmethod
     def of(cls, n_users: int, scored_per_user: int) -> Sizing:
-        """For ``n_users`` training users, each scored against ``scored_per_user`` items an epoch
-        (``BatchPlan.scored_per_user``)."""
+        """For ``n_users`` training users (or positions of sequences), each scored against ``scored_per_user``
+        items an epoch (``BatchPlan.scored_per_user``)."""
         pairs = n_users * scored_per_user
         return cls(pairs, WIDE if pairs <= SMALL_EPOCH else NARROW)
 
@@ -40,3 +40,14 @@ class Sizing:
         log.info("an epoch scores %s (user, item) pairs, %s %s: model.dim=%d (give a value to choose otherwise)",
                  f"{self.scored_pairs:,}", size, f"{SMALL_EPOCH:,}", self.dim)
         return self.dim
+
+
+def sequence_candidates(queries: int, n_items: int, budget: int = SMALL_EPOCH, least: int = 512) -> int | None:
+    """The items each position of a sequence is scored against: the whole catalogue (None) where an epoch of
+    ``queries`` positions stays within ``budget`` (user, item) pairs, else a shared sample of as many as keep it
+    there, and at least ``least``. A position is a training example of its own, so a sequence log scores
+    (interactions x items) an epoch, where a loss over users scores (users x items)."""
+    if queries * n_items <= budget:
+        return None
+    sample = max(least, budget // max(queries, 1))
+    return sample if sample < n_items else None

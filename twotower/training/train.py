@@ -186,7 +186,7 @@ def prepare(cfg: DictConfig, settings: Settings, paths: RunPaths) -> Interaction
     datamodule.setup("fit")
     cfg.monitor = checked_monitor(cfg.monitor, list(cfg.model.ks), datamodule.n_items)
     cfg.model.dim = sizing(cfg, datamodule).resolve(cfg.model.dim)
-    datamodule.use(batch_plan(cfg, datamodule.n_items))
+    datamodule.use(batch_plan(cfg, datamodule))
     if is_first_process():
         write_text(OmegaConf.to_yaml(cfg, resolve=True), paths.config)
         RECORD.info(configuration(cfg))
