@@ -172,20 +172,25 @@ class CatalogueSoftmaxLoss(UserLoss):
     def __call__(self, users: torch.Tensor, catalogue: torch.Tensor, batch: UserBatch | SequenceBatch,
                  positives: torch.Tensor | None = None, own: torch.Tensor | None = None) -> torch.Tensor:
         rows = batch.rows
+        # One positive per user (a sequence's positions are users of one positive each): rows is the identity,
+        # and the gathers below are left out.
+        one_each = len(rows) == len(users)
         logits = users @ catalogue.T  # (users, C)
         if positives is None:  # the whole catalogue: a positive's logit is one of its entries
             if own is not None:  # each of a user's positives, as a candidate, without its own share
                 logits = logits.index_put((rows, batch.items), -own.to(logits.dtype), accumulate=True)
             positive = logits[rows, batch.items]
-            return (RowLogSumExp.apply(logits)[rows] - positive).mean()
+            normaliser = RowLogSumExp.apply(logits)
+            return ((normaliser if one_each else normaliser[rows]) - positive).mean()
         # the positive's logit, as a candidate would have it; index_select, as its backward (an index_add)
         # is much cheaper than indexing's (an accumulating index_put)
-        scored = (users.index_select(0, rows) * positives).sum(-1)
+        scored = ((users if one_each else users.index_select(0, rows)) * positives).sum(-1)
         positive = scored if own is None else scored - own
         # Every candidate has the same log q (the draws are uniform), so it comes off the logsumexp rather
         # than off each of the (users x candidates) logits.
         log_q = batch.candidates.log_q
-        sampled = RowLogSumExp.apply(logits)[rows] - log_q
+        normaliser = RowLogSumExp.apply(logits)
+        sampled = (normaliser if one_each else normaliser[rows]) - log_q
         # The positive's own term is added exactly (logaddexp below): where it was also drawn as a candidate,
         # its weighted term comes out of the sample's sum, so it is not counted twice.
         drawn = batch.candidates.has_positive * torch.exp(scored - log_q - sampled)

@@ -221,7 +221,10 @@ def select(cfg: DictConfig, datamodule: InteractionDataModule, paths: RunPaths) 
                           f"from {resume}")
     else:
         outcome = choose_temperature(cfg, datamodule, paths)
-    cfg.model.temperature = outcome.temperature
+    if cfg.model.temperature != outcome.temperature:
+        cfg.model.temperature = outcome.temperature
+        if is_first_process():  # the saved configuration says what the run trains with
+            write_text(OmegaConf.to_yaml(cfg, resolve=True), paths.config)
     model = build_model(cfg, datamodule)
     callbacks = [instantiate(callback) for callback in (cfg.get("callbacks") or {}).values() if callback is not None]
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
