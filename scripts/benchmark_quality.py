@@ -5,7 +5,8 @@ the same process, implicit's ALS, PureSVD and EASE, all evaluated by the same co
         [--out docs/benchmarks/quality.json] [--raw raw.json] [--references-from raw.json] [--keep-runs DIR]
         [hydra overrides for every twotower run]
 
-``--data`` defaults to ../shared/data/{ml-1m,lastfm,amazon-sports,amazon-beauty}-split. Each ``--variant`` adds
+``--data`` defaults to ../shared/data/{ml-1m,lastfm,amazon-sports,amazon-beauty,gowalla}-split; Gowalla's rows
+are printed beside the published results on its split (``../shared/data/README.md``). Each ``--variant`` adds
 a twotower run with those Hydra overrides (space-separated, e.g. ``--variant "model=history"``) beside the
 defaults; ``--no-references`` skips the references (for a quick comparison of variants), and
 ``--references-from`` takes them from an earlier run's ``--raw`` file instead of fitting them again. The
@@ -51,7 +52,11 @@ from twotower.training.evaluation import evaluate_run, evaluate_vectors
 from twotower.training.train import train
 
 SHARED = Path("../shared/data")
-DATASETS = ("ml-1m-split", "lastfm-split", "amazon-sports-split", "amazon-beauty-split")
+DATASETS = ("ml-1m-split", "lastfm-split", "amazon-sports-split", "amazon-beauty-split", "gowalla-split")
+# Recall@20 / NDCG@20 published on the Gowalla split of the NGCF / LightGCN papers (../shared/data/README.md).
+PUBLISHED = {"gowalla-split": {"EASE (published, BARS)": (0.1765, 0.1467), "LightGCN (published)": (0.1830, 0.1554),
+                               "UltraGCN (published)": (0.1862, 0.1580), "SimpleX (published)": (0.1872, 0.1557),
+                               "NESCL (published)": (0.1917, 0.1617)}}
 ALS_FACTORS = (64, 128, 256)
 SVD_FACTORS = (32, 64)
 EASE_GRID = (50.0, 200.0, 500.0)
@@ -213,6 +218,8 @@ def print_table(name: str, results: dict[str, dict]) -> None:
     print(f"\n{name}\n\n| model | Recall@20 | NDCG@20 | fit time (s) |\n|---|---|---|---|")
     for model, r in results.items():
         print(f"| {model} | {r['recall@20']:.4f} | {r['ndcg@20']:.4f} | {r['fit_seconds']:.1f} |")
+    for model, (recall, ndcg) in PUBLISHED.get(name, {}).items():
+        print(f"| {model} | {recall:.4f} | {ndcg:.4f} | - |")
     for model, ratios in against_references(results).items():
         print(f"{model}: {ratios}", flush=True)
 
@@ -278,6 +285,7 @@ def docs_tables(everything: dict[str, dict[str, dict]]) -> list[dict]:
     for name, results in everything.items():
         rows = [[model, round(r["recall@20"], 4), round(r["ndcg@20"], 4), round(r["fit_seconds"], 1)]
                 for model, r in results.items()]
+        rows += [[model, recall, ndcg, "-"] for model, (recall, ndcg) in PUBLISHED.get(name, {}).items()]
         tables.append(table(name, ["model", "Recall@20", "NDCG@20", "fit time (s)"], rows,
                             "; ".join(f"{model}: {ratios}" for model, ratios in against_references(results).items())))
     return tables

@@ -118,9 +118,11 @@ def train_candidate(cfg: DictConfig, datamodule: InteractionDataModule, temperat
     candidate = cfg.copy()
     candidate.model.temperature = temperature
     model = build_model(candidate, datamodule)
+    # validated once, at the end of its round (by the same loader the selection validates with)
     trainer = make_trainer(cfg, f"race, temperature {temperature:g}", max_epochs=epochs, logger=False,
-                           enable_checkpointing=False)
+                           enable_checkpointing=False, limit_val_batches=0, num_sanity_val_steps=0)
     fit(trainer, model, datamodule, str(checkpoints[temperature]) if temperature in checkpoints else None)
     checkpoints[temperature] = paths.checkpoints / f"race-{temperature:g}.ckpt"
     trainer.save_checkpoint(checkpoints[temperature])
-    return float(trainer.callback_metrics[cfg.monitor])
+    judge = make_trainer(cfg, "race", logger=False, enable_checkpointing=False)
+    return float(judge.validate(model, datamodule=datamodule, verbose=False)[0][cfg.monitor])
