@@ -91,8 +91,10 @@ def test_routine_lines_are_not_warnings_and_framework_noise_is_gone(tmp_path: Pa
                             *train_arguments(tmp_path, tmp_path / "run", "trainer.max_epochs=1")],
                            capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr
-    assert (tmp_path / "run" / "train.log").read_text().count("interactions train/valid/test") == \
-        log.count("interactions train/valid/test") == 1  # replaced, as everything else in the run
+    assert "holds a finished run: this one replaces it" in again.stdout + again.stderr
+    kept = (tmp_path / "run" / "train.log").read_text()  # the finished run's story first, the new one after it
+    assert kept.startswith(log) and log.count("===== ") == 1 and kept.count("===== ") == 2
+    assert kept.count("Run finished:") == 2
 
 
 def test_output_goes_where_it_is_sent_in_the_format_its_name_says(shop_run: Path, tmp_path: Path,
@@ -183,7 +185,7 @@ def test_a_log_too_small_for_the_default_monitor_trains(tmp_path: Path) -> None:
 
 def test_ctrl_c_exits_130_naming_the_resume_command_and_the_resume_keeps_the_log(tmp_path: Path) -> None:
     arguments = train_arguments(tmp_path, tmp_path / "run", "trainer.max_epochs=400", "callbacks.early_stopping=null",
-                                "show_similar_to=null")
+                                "show_similar_to=null", "trainer.log_every_n_steps=1")
     # Ctrl-C reaches the child as from a terminal, even where this test runs in the background (whose
     # processes are started with SIGINT ignored, and pass that on).
     process = subprocess.Popen([sys.executable, "-m", "twotower.commands.train", *arguments],

@@ -223,7 +223,7 @@ def test_a_run_without_history_tower_says_so(tmp_path: Path) -> None:
     from twotower.training.vector_run import write_vector_run
 
     retriever = Retriever.load(write_vector_run(tmp_path / "run", ExactIndex()))
-    with pytest.raises(TwoTowerError, match="history user tower"):
+    with pytest.raises(TwoTowerError, match="trained without a history tower"):
         retriever.recommend_from_history([0, 7])
 
 

@@ -79,7 +79,7 @@ def test_user_lines_reader(tmp_path: Path) -> None:
     path = tmp_path / "train.txt"
     path.write_text("0 5 6 7\n1 5\n2\n")
     frame = UserLinesReader(str(path)).read().interactions
-    assert frame.rows() == [(0, 5), (0, 6), (0, 7), (1, 5)]
+    assert frame.rows() == [(0, 5, 0), (0, 6, 1), (0, 7, 2), (1, 5, 0)]  # user, item, position in the line
 
 
 def test_movielens_100k_reader(shared_data: Path) -> None:

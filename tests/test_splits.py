@@ -4,7 +4,7 @@ import polars as pl
 import pytest
 
 from twotower.data.datamodule import InteractionDataModule
-from twotower.data.interactions import InteractionLog, deduplicate, positives
+from twotower.data.interactions import InteractionLog, deduplicate, positives, with_order
 from twotower.data.readers import InteractionFileReader
 from twotower.data.sampling import NegativeSampler
 from twotower.data.splits import PresplitSplit, RandomSplit, TemporalSplit, cover_holdouts
@@ -35,7 +35,7 @@ def test_random_split_is_leak_free_and_seeded() -> None:
 
 def test_temporal_split_holds_out_the_latest() -> None:
     frame = encoded(planted_interactions(n_users=100, n_items=80, seed=2))
-    splits = TemporalSplit(valid_last=1, test_last=2).split(frame)
+    splits = TemporalSplit(valid_last=1, test_last=2).split(with_order(frame, "the log", "split=temporal"))
     assert_disjoint_and_complete(frame, splits)
     stamped = frame.select("user", "item", "timestamp")
     test_times = splits["test"].join(stamped, on=["user", "item"]).group_by("user").agg(pl.min("timestamp"))
@@ -47,14 +47,20 @@ def test_temporal_split_holds_out_the_latest() -> None:
 
 def test_single_interaction_users_stay_in_train() -> None:
     frame = pl.DataFrame({"user": [0, 1, 1, 1], "item": [0, 0, 1, 2], "timestamp": [1, 1, 2, 3]})
-    splits = TemporalSplit(1, 1).split(frame)
+    splits = TemporalSplit(1, 1).split(with_order(frame, "the log", "split=temporal"))
     assert splits["train"].filter(pl.col("user") == 0).height == 1
-    assert splits["test"].rows() == [(1, 2)] and splits["valid"].rows() == [(1, 1)]
+    assert splits["test"].select("user", "item").rows() == [(1, 2)]
+    assert splits["valid"].select("user", "item").rows() == [(1, 1)]
 
 
-def test_temporal_split_needs_timestamps() -> None:
-    with pytest.raises(TwoTowerError, match="needs timestamps"):
-        TemporalSplit().split(pl.DataFrame({"user": [0], "item": [0]}))
+def test_temporal_split_needs_an_order() -> None:
+    with pytest.raises(TwoTowerError, match="split=temporal needs the order of each user's interactions"):
+        with_order(pl.DataFrame({"user": [0], "item": [0]}), "the log", "split=temporal")
+
+
+def test_ties_in_time_keep_file_order() -> None:
+    frame = pl.DataFrame({"user": [0, 0, 0], "item": [5, 3, 4], "timestamp": [2, 1, 1]})
+    assert with_order(frame, "the log", "split=temporal").sort("order")["item"].to_list() == [3, 4, 5]
 
 
 def test_presplit_drops_held_out_pairs_already_in_train() -> None:

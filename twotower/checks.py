@@ -15,6 +15,8 @@ from twotower.errors import ConfigError
 
 T = TypeVar("T")
 
+AUTO = "auto"  # the value of an option the run chooses from its own data
+
 
 def is_integer(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
@@ -41,6 +43,16 @@ def integer(option: str, value: object, minimum: int | None = None, maximum: int
     extras += [f"null: {meaning_of_null}" if meaning_of_null else "null"] if optional else []
     raise ConfigError(f"{option} must be {wanted}" + (f" (or {', or '.join(extras)})" if extras else "")
                       + f", got {value!r}")
+
+
+def auto_or(option: str, value: object, check: Callable[[str, object], object]) -> object:
+    """``auto``, or a value ``check`` accepts (its refusal then names ``auto`` too)."""
+    if value == AUTO:
+        return value
+    try:
+        return check(option, value)
+    except ConfigError as error:
+        raise ConfigError(str(error).replace(f"{option} must be ", f"{option} must be auto or ", 1)) from None
 
 
 def number(option: str, value: object, *, above: float | None = None, at_least: float | None = None,

@@ -298,7 +298,7 @@ class SequenceBatches(UserBatches):
         self.lengths = np.minimum(lengths[self.users.numpy()], length + 1)
         self.length = length
         self.order = EpochOrder(len(self.users), seed)
-        self._buckets: tuple[int, np.ndarray] | None = None
+        self._buckets: tuple[int, list[np.ndarray]] | None = None
 
     def batch_users(self, epoch: int, batch: int) -> np.ndarray:
         """The users of one batch of an epoch, a function of (seed, epoch) only (the latest epoch is kept)."""
@@ -310,7 +310,7 @@ class SequenceBatches(UserBatches):
             batches = np.array_split(ordered, range(self.batch_size, len(ordered), self.batch_size))
             generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch + 7)
             order = torch.randperm(len(batches), generator=generator).numpy()
-            self._buckets = (epoch, np.array([batches[i] for i in order], dtype=object))
+            self._buckets = (epoch, [batches[i] for i in order])
         return self.users.numpy()[self._buckets[1][batch]]
 
     def __len__(self) -> int:

@@ -12,13 +12,14 @@ from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
 from twotower import checks
+from twotower.checks import AUTO
 from twotower.data.batches import BatchPlan, UserBatch
 from twotower.data.datamodule import InteractionDataModule
 from twotower.errors import ConfigError, TwoTowerError
 from twotower.model.losses import build_loss
 from twotower.model.module import TwoTowerModel
 from twotower.model.towers import Tower
-from twotower.training.sizing import AUTO, Sizing, sequence_candidates
+from twotower.training.sizing import Sizing, sequence_candidates
 
 
 def unwrapped(error: InstantiationException) -> Exception:
@@ -77,6 +78,8 @@ def build_model(cfg: DictConfig, datamodule: InteractionDataModule) -> TwoTowerM
     model_cfg = cfg.model.copy()
     if model_cfg.dim == AUTO:  # as the run resolves it for the log (and says so)
         model_cfg.dim = sizing(cfg, datamodule).dim
+    if model_cfg.get("temperature") == AUTO:  # built outside a run's race (a notebook): what a short run takes
+        model_cfg.temperature = cfg.race.fallback
     for side in ("user", "item"):  # a tower's feature names become their full encodings (assigned, not merged)
         tower = OmegaConf.to_container(model_cfg[f"{side}_tower"], resolve=True)
         if "features" in tower:

@@ -19,6 +19,7 @@ import lightning as L
 from omegaconf import DictConfig
 
 from twotower import checks
+from twotower.checks import AUTO
 from twotower.data.datamodule import InteractionDataModule
 from twotower.errors import ConfigError
 from twotower.run import RunPaths
@@ -26,8 +27,6 @@ from twotower.training.build import build_model
 from twotower.training.fitting import fit, make_trainer
 
 log = logging.getLogger("twotower")
-
-AUTO = "auto"
 
 
 @dataclass(frozen=True)
@@ -70,7 +69,8 @@ class Outcome:
 
 def choose_temperature(cfg: DictConfig, datamodule: InteractionDataModule, paths: RunPaths) -> Outcome:
     """``model.temperature`` as given, or, where it is ``auto``, the winner of the race."""
-    given = cfg.model.temperature
+    given = checks.auto_or("model.temperature", cfg.model.temperature,
+                           lambda option, value: checks.number(option, value, above=0))
     if given != AUTO:
         return Outcome(given, "given")
     race = Race.of(cfg.race)

@@ -11,9 +11,11 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from twotower import checks
+from twotower.checks import AUTO
+
 log = logging.getLogger("twotower")
 
-AUTO = "auto"
 SMALL_EPOCH = 200_000_000  # (user, item) pairs scored in one epoch
 WIDE, NARROW = 96, 64  # model.dim: the width of each part of a vector
 
@@ -34,7 +36,7 @@ class Sizing:
 
     def resolve(self, dim: object) -> object:
         """``dim`` as given (the model checks it), or this log's where it is ``auto``, said in the log."""
-        if dim != AUTO:
+        if checks.auto_or("model.dim", dim, lambda option, value: checks.integer(option, value, 1)) != AUTO:
             return dim
         size = "at most" if self.scored_pairs <= SMALL_EPOCH else "more than"
         log.info("an epoch scores %s (user, item) pairs, %s %s: model.dim=%d (give a value to choose otherwise)",

@@ -26,6 +26,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from twotower import checks
+from twotower.checks import AUTO
 from twotower.data.datamodule import InteractionDataModule
 from twotower.data.splits import SPLIT_NAMES
 from twotower.errors import ConfigError
@@ -38,7 +39,7 @@ from twotower.training.build import batch_plan, build_datamodule, build_model, s
 from twotower.training.evaluation import popularity_metrics
 from twotower.training.fitting import fit, make_trainer
 from twotower.training.progress import forget_epochs_after
-from twotower.training.race import AUTO, Outcome, choose_temperature
+from twotower.training.race import Outcome, choose_temperature
 from twotower.training.runlog import RECORD, RunLog
 from twotower.training.staging import exclusive, publish
 from twotower.training.summary import configuration, summary
