@@ -7,6 +7,7 @@ import torch
 from twotower.data.batches import RankingBatch, RankingBatches
 from twotower.data.user_items import UserItems
 from twotower.model.metrics import RankingMetrics, ranking_metrics
+from twotower.training.evaluation import popularity_metrics
 
 
 def test_metrics_on_a_hand_ranked_list() -> None:
@@ -54,3 +55,25 @@ def test_metrics_do_not_depend_on_the_chunk_size() -> None:
     reference = evaluate(1, users, items, seen, targets)
     for chunk_size in (7, 32, 1000):
         assert evaluate(chunk_size, users, items, seen, targets) == reference
+
+
+@pytest.mark.parametrize("n_items", [20, 400])
+def test_the_popularity_pass_ranks_as_the_whole_catalogue_would(n_items: int) -> None:
+    # It ranks only the head of the popularity order each user's top k can come from: the metrics must be those
+    # of ranking every item (a catalogue scored by count, ties to the lower index), coverage included. At 20
+    # items some users have seen so many that the head is the whole catalogue; at 400 it is a tenth of it.
+    rng = np.random.default_rng(1)
+    n_users = 150
+    counts = rng.poisson(3.0, size=n_items)  # many ties
+    pairs = np.unique(np.stack([rng.integers(0, n_users, 4000), rng.zipf(1.3, 4000) % n_items], 1), axis=0)
+    held_out = rng.random(len(pairs)) < 0.2
+    seen = UserItems.from_pairs(pairs[~held_out, 0], pairs[~held_out, 1], n_users)
+    targets = UserItems.from_pairs(pairs[held_out, 0], pairs[held_out, 1], n_users)
+    by_count = np.lexsort((np.arange(n_items), -counts))  # every item's place in the order
+    score = np.empty(n_items, dtype=np.float32)
+    score[by_count] = np.arange(n_items, 0, -1)
+    ranked_all = evaluate(5, torch.ones(n_users, 1), torch.from_numpy(score)[:, None], seen, targets)
+    fast = popularity_metrics(counts, seen, targets, ks=[5, 10])
+    assert fast.pop("users") == np.count_nonzero(np.diff(targets.indptr))
+    assert fast == pytest.approx(ranked_all, abs=1e-6)
+    assert fast["recall@10"] > 0

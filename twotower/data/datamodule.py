@@ -235,15 +235,21 @@ class InteractionDataModule(L.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         return self._ranking_loader(seen=("train", "valid"), target="test")
 
-    def _ranking_loader(self, seen: tuple[str, ...], target: str, max_users: int | None = None) -> DataLoader:
+    def ranking_targets(self, target: str, max_users: int | None = None) -> UserItems:
+        """The ``target`` split's items to find, of at most ``max_users`` of its users (a seeded sample, the
+        same at every call: what validation ranks, and the popularity baseline beside it)."""
         frame = self.splits[target]
         users = np.unique(frame["user"].to_numpy())
         if max_users is not None and len(users) > max_users:
             users = np.random.default_rng(self.seed).choice(users, max_users, replace=False)
             frame = frame.filter(pl.col("user").is_in(users))
-        targets = UserItems.from_frame(frame, self.n_users)
+        return UserItems.from_frame(frame, self.n_users)
+
+    def _ranking_loader(self, seen: tuple[str, ...], target: str, max_users: int | None = None) -> DataLoader:
+        targets = self.ranking_targets(target, max_users)
+        users = np.count_nonzero(np.diff(targets.indptr))
         # Under DDP every process needs at least one chunk: split the users at least world-size ways.
-        chunk_size = max(1, min(eval_chunk_size(self.n_items), -(-len(users) // process_share()[1])))
+        chunk_size = max(1, min(eval_chunk_size(self.n_items), -(-users // process_share()[1])))
         dataset = RankingBatches(self.user_items(*seen), targets, chunk_size)
         return self._loader(dataset, ShardedChunks(len(dataset)))
 

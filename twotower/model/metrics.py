@@ -85,8 +85,12 @@ class RankingMetrics(Metric):
         self.add_state("recommended", torch.zeros((len(self.ks), n_items), dtype=torch.long),
                        dist_reduce_fx="sum")
 
-    def update(self, scores: torch.Tensor, batch: RankingBatch) -> None:
+    def update(self, scores: torch.Tensor, batch: RankingBatch, items: torch.Tensor | None = None) -> None:
+        """Add a chunk: ``scores`` (users, columns) and ``batch``'s items are columns; ``items`` names the item
+        each column stands for, where the columns are a part of the catalogue (None: column i is item i)."""
         top_items, hits = exclude_and_rank(scores, batch, self.ks[-1])
+        if items is not None:
+            top_items = items[top_items]
         n_targets = torch.bincount(batch.target_rows, minlength=scores.shape[0])
         per_user = ranking_metrics(hits, n_targets, self.ks)
         self.sums += torch.stack([per_user[name].double().sum() for name in self.names])

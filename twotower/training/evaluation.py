@@ -16,7 +16,7 @@ import numpy as np
 import polars as pl
 import torch
 
-from twotower.data.batches import RankingBatches, eval_chunk_size
+from twotower.data.batches import RankingBatch, RankingBatches, eval_chunk_size
 from twotower.data.interactions import deduplicate, positives
 from twotower.data.readers import InteractionFileReader
 from twotower.data.splits import SPLIT_NAMES
@@ -96,7 +96,32 @@ def evaluate_vectors(user_vectors: np.ndarray, item_vectors: np.ndarray, seen: U
 
 def popularity_metrics(counts: np.ndarray, seen: UserItems, targets: UserItems, ks: Sequence[int] = (10, 20)
                        ) -> dict[str, float]:
-    """The metrics of recommending every user the most popular items (``counts`` per item) they have not seen:
-    the baseline a model must beat. One-dimensional vectors whose dot product is the item's count."""
-    users = np.ones((len(seen.indptr) - 1, 1), dtype=np.float32)
-    return evaluate_vectors(users, counts.astype(np.float32)[:, None], seen, targets, ks)
+    """The metrics of recommending every user the most popular items (``counts`` per item, ties to the lower
+    index) they have not seen: the baseline a model must beat.
+
+    Every user's ranking is the one catalogue order, so a user's top k lies among its first k + (items the
+    user has seen): each chunk ranks only that head, and the pass costs a small share of a model's full
+    ranking however large the catalogue.
+    """
+    order = np.argsort(-counts, kind="stable")
+    position = np.empty(len(order), dtype=np.int64)
+    position[order] = np.arange(len(order))
+    metrics = RankingMetrics(len(counts), ks)
+    chunks = RankingBatches(seen, targets, eval_chunk_size(len(counts)))
+    for chunk in range(len(chunks)):
+        batch = chunks[chunk]
+        n_seen = torch.bincount(batch.seen_rows, minlength=len(batch.users))
+        head = min(len(order), metrics.ks[-1] + int(n_seen.max()))
+        # Items beyond the head share one last column that is never ranked (there are always k items before
+        # it); where the head is the whole catalogue, there are none.
+        width = head + (head < len(order))
+        scores = torch.arange(width, 0, -1, dtype=torch.float32).expand(len(batch.users), width).clone()
+        if head < len(order):
+            scores[:, head] = float("-inf")
+        column = torch.from_numpy(np.minimum(position, head))
+        headed = RankingBatch(batch.users, batch.seen_rows, column[batch.seen_items], batch.target_rows,
+                              column[batch.target_items])
+        metrics.update(scores, headed, torch.from_numpy(order[:width]))
+    results = {name: float(value) for name, value in metrics.compute().items()}
+    results["users"] = len(chunks.users)
+    return results

@@ -353,12 +353,16 @@ def save_data(datamodule: InteractionDataModule, paths: RunPaths) -> None:
 
 
 def popularity(datamodule: InteractionDataModule, stage: str, ks: list[int]) -> dict[str, float]:
-    """``{stage}/popularity/{metric}``: the most popular training items for every user, on the same split."""
+    """``{stage}/popularity/{metric}``: the most popular training items for every user, on the same split (and
+    for validation, the same users) as the model's metrics."""
     counts = np.bincount(datamodule.splits["train"]["item"].to_numpy(), minlength=datamodule.n_items)
     seen, target = (("train",), "valid") if stage == "val" else (("train", "valid"), "test")
     if datamodule.splits[target].height == 0:
         return {}
-    found = popularity_metrics(counts, datamodule.user_items(*seen), datamodule.user_items(target), ks)
+    targets = datamodule.ranking_targets(target, datamodule.val_users if stage == "val" else None)
+    log.info("popularity baseline: ranking %d %s users", np.count_nonzero(np.diff(targets.indptr)),
+             "validation" if stage == "val" else "test")
+    found = popularity_metrics(counts, datamodule.user_items(*seen), targets, ks)
     return {f"{stage}/popularity/{name}": value for name, value in found.items() if name != "users"}
 
 
