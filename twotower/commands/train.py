@@ -29,7 +29,7 @@ from twotower.model.losses import build_loss
 from twotower.run import Run, RunPaths
 from twotower.serving.retrieval import Retriever
 from twotower.training.summary import summary
-from twotower.training.train import train
+from twotower.training.train import is_first_process, train
 
 log = logging.getLogger("twotower")
 quiet_framework_notices()
@@ -107,6 +107,8 @@ def run(cfg: DictConfig) -> float:
         except KeyboardInterrupt:
             print(f"\ninterrupted; continue from the last finished epoch with:\n  {resume}", file=sys.stderr)
             sys.exit(130)
+        if not is_first_process():  # a process Lightning or torchrun started: the first one reports the run
+            return metrics.get(cfg.monitor, float("nan"))
         finished = Run.open(cfg.run_dir)
         print(summary(finished))
         example = finished.manifest.example_item if cfg.show_similar_to == "auto" else cfg.show_similar_to

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TypeVar
@@ -161,21 +162,51 @@ def process_share() -> tuple[int, int]:
     return 0, 1
 
 
+def planned_process(devices: int = 1, nodes: int = 1) -> tuple[int, int]:
+    """(rank, world size) this process will have once training starts, known before the process group is: from
+    a launcher's environment (torchrun's ``RANK`` and ``WORLD_SIZE``; Lightning's ``NODE_RANK``, ``LOCAL_RANK``
+    and ``WORLD_SIZE`` in the processes it starts, ``devices`` per node), else this is the first of the
+    ``devices`` x ``nodes`` processes the trainer will start."""
+    world = int(os.environ.get("WORLD_SIZE", devices * nodes))
+    if "RANK" in os.environ:
+        return int(os.environ["RANK"]), world
+    return int(os.environ.get("NODE_RANK", "0")) * devices + int(os.environ.get("LOCAL_RANK", "0")), world
+
+
+def fewest_across_processes(count: int) -> int:
+    """The smallest ``count`` any process has (``count`` itself when not distributed)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return count
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+    value = torch.tensor(count, dtype=torch.long, device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MIN)
+    return int(value)
+
+
 class EpochBatchSampler(Sampler):
     """Yields ``(epoch, batch_index)`` for this process's share of the batches.
 
     Lightning calls ``set_epoch`` before each epoch. Under DDP every process takes every world-size-th
-    batch, and all take the same number so no process waits on another at the gradient sync.
+    batch, and all take the same number so no process waits on another at the gradient sync. With
+    ``own_data`` each process's dataset is its own share of the log (a prepared log's shards): every process
+    takes as many of its own batches as the process with the fewest has (uneven shards would hang the sync),
+    and since the batches reshuffle every epoch, what a process leaves out differs from epoch to epoch.
     """
 
-    def __init__(self, n_batches: int) -> None:
+    def __init__(self, n_batches: int, own_data: bool = False) -> None:
         self.n_batches = n_batches
+        self.own_data = own_data
         self.epoch = 0
+        self._equal_share: int | None = None  # agreed once, by every process at the same call
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def _mine(self) -> range:
+        if self.own_data:
+            if self._equal_share is None:
+                self._equal_share = fewest_across_processes(self.n_batches)
+            return range(self._equal_share)
         rank, world = process_share()
         per_process = self.n_batches // world if world > 1 else self.n_batches
         return range(rank, rank + per_process * world, world)
@@ -367,15 +398,19 @@ class RankingBatches(Dataset):
 
 
 class ShardedChunks(Sampler):
-    """This process's share of evaluation chunks (all of them when not distributed)."""
+    """This process's share of evaluation chunks (all of them when not distributed, or when the process's data
+    is its own share of the users, ``own_data``)."""
 
-    def __init__(self, n_chunks: int) -> None:
+    def __init__(self, n_chunks: int, own_data: bool = False) -> None:
         self.n_chunks = n_chunks
+        self.own_data = own_data
+
+    def _mine(self) -> range:
+        rank, world = (0, 1) if self.own_data else process_share()
+        return range(rank, self.n_chunks, world)
 
     def __iter__(self) -> Iterator[int]:
-        rank, world = process_share()
-        return iter(range(rank, self.n_chunks, world))
+        return iter(self._mine())
 
     def __len__(self) -> int:
-        rank, world = process_share()
-        return len(range(rank, self.n_chunks, world))
+        return len(self._mine())

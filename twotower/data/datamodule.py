@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Protocol
 
 import lightning as L
 import numpy as np
 import polars as pl
 import torch
+import torch.distributed as dist
 from torch.utils.data import DataLoader
 
 from twotower import checks
@@ -25,6 +27,7 @@ from twotower.data.batches import (
     UserBatch,
     UserBatches,
     eval_chunk_size,
+    planned_process,
     process_share,
 )
 from twotower.data.features import FeatureSpec, encode_features, feature_specs
@@ -40,10 +43,13 @@ from twotower.data.interactions import (
     report_non_positives,
     with_order,
 )
+from twotower.data.prepared import PreparedShards
 from twotower.data.sampling import NegativeSampler
 from twotower.data.splits import SPLIT_NAMES, Splits, check_splits, cover_holdouts
 from twotower.data.user_items import UserItems
 from twotower.data.vocab import Vocabulary
+from twotower.errors import DataError, RunError
+from twotower.files import write_parquet
 
 log = logging.getLogger(__name__)
 TEST_ONLY = "only in pairs of the test file that have no training pair"  # why _drop_ids_without_pairs drops an id
@@ -79,6 +85,8 @@ class InteractionDataModule(L.LightningDataModule):
         seed: int = 0,
         val_users: int | None = 10_000,
         keep_order: bool = False,
+        devices: int = 1,
+        nodes: int = 1,
     ) -> None:
         super().__init__()
         self.source = source
@@ -93,11 +101,18 @@ class InteractionDataModule(L.LightningDataModule):
         # Each interaction's place in time, kept where the split or the model reads it (a sequence tower).
         self.keep_order = checks.flag("datamodule.keep_order", keep_order)
         self.splits: Splits | None = None
+        # The processes training will run as (DDP: devices per node x nodes): a prepared log is read a share per
+        # process, decided before the processes exist (``planned_process``).
+        self.processes = (checks.integer("trainer.devices", devices, 1), checks.integer("trainer.num_nodes", nodes, 1))
+        self.shards: list[int] | None = None  # a prepared log: the shards this process holds (None: the whole log)
         # Users and items of the source left out of the vocabularies, and why (saved as RunPaths.dropped).
         self.dropped = no_dropped_ids()
 
     def setup(self, stage: str | None = None) -> None:
         if self.splits is not None:  # Lightning calls setup per stage; the data is the same for all
+            return
+        if isinstance(self.source, PreparedShards):
+            self._setup_shards(self.source)
             return
         interaction_log = self.source.read()
         self.names = interaction_log.names
@@ -133,6 +148,48 @@ class InteractionDataModule(L.LightningDataModule):
 
         self.fit_on(("train",))
 
+    def _setup_shards(self, prepared: PreparedShards) -> None:
+        """A prepared log: the whole vocabularies, and only this process's shards (each holds whole users), split
+        as they were prepared (the split group is the preparation's, ``twotower-prepare split=...``)."""
+        if self.keep_order and not prepared.manifest["order"]:
+            raise DataError(f"{prepared.source} was prepared without each interaction's order, which this run reads "
+                            "(a sequence tower): prepare it again with keep_order=true")
+        rank, world = planned_process(*self.processes)
+        self.shards = prepared.shards_of(rank, world)
+        self.names, self.min_rating, self.example_item = prepared.names, prepared.manifest["min_rating"], None
+        self.user_vocab, self.item_vocab = prepared.vocabularies()
+        self.splits = prepared.read(self.shards)
+        self.non_positive = None
+        check_splits(self.splits)
+        counts = {name: frame.height for name, frame in self.splits.items()}
+        log.info("%s, process %d of %d: shard(s) %s of %d; %d %ss, %d %ss; its interactions train/valid/test: "
+                 "%d/%d/%d", prepared.source, rank, world, self.shards, prepared.shard_count, self.n_users,
+                 self.names["user"], self.n_items, self.names["item"], counts["train"], counts["valid"],
+                 counts["test"])
+        self.fit_on(("train",))
+
+    @property
+    def sharded(self) -> bool:
+        """Whether this process holds only its share of the log (a prepared log), not all of it."""
+        return self.shards is not None
+
+    def item_counts(self) -> np.ndarray:
+        """Every item's training interactions in the whole log (the popularity summaries rank by)."""
+        if isinstance(self.source, PreparedShards):
+            return self.source.item_counts()
+        return np.bincount(self.splits["train"]["item"].to_numpy(), minlength=self.n_items)
+
+    def write_split(self, name: str, path: Path) -> None:
+        """The ``name`` split of the whole log into a Parquet file (a prepared log's streamed from its shards)."""
+        if isinstance(self.source, PreparedShards):
+            self.source.sink_split(name, path)
+        else:
+            write_parquet(self.splits[name], path)
+
+    def whole(self) -> WholeLog:
+        """This data as the exported model reads it: every user's, whatever share this process trains on."""
+        return WholeLog(self)
+
     def _drop_ids_without_pairs(self) -> None:
         """Ids whose only pairs were dropped from a given test file leave the vocabularies: with no vector
         worth serving, they are unknown ids to retrieval, not confident guesses."""
@@ -165,6 +222,7 @@ class InteractionDataModule(L.LightningDataModule):
 
     def fit_on(self, names: tuple[str, ...]) -> None:
         """Train on the named splits: ``final_fit_splits`` for the final model, ``("train",)`` to select."""
+        self._fit_splits = names
         train = self.stacked(names)
         # int32 halves the memory of the largest tensors; batches are widened to int64 when sliced.
         self.train_users = torch.from_numpy(train["user"].to_numpy().astype(np.int32))
@@ -190,8 +248,12 @@ class InteractionDataModule(L.LightningDataModule):
 
     def side_features(self, side: str, specs: list[FeatureSpec]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """Feature tables of one side for a feature tower, and which ids have training interactions."""
-        ids = self.train_users if side == "user" else self.train_items
-        known = torch.bincount(ids, minlength=len(self.vocab(side))) > 0
+        if self.sharded:  # known from the whole log: this process's share trains only some of the ids
+            known = torch.ones(self.n_users, dtype=torch.bool) if side == "user" else \
+                torch.from_numpy(self.item_counts() > 0)
+        else:
+            ids = self.train_users if side == "user" else self.train_items
+            known = torch.bincount(ids, minlength=len(self.vocab(side))) > 0
         return encode_features(self.vocab(side).frame, specs), known
 
     def training_user_items(self) -> UserItems:
@@ -227,7 +289,17 @@ class InteractionDataModule(L.LightningDataModule):
                                   self.plan.candidates)
         else:
             dataset = PairBatches(self.train_users, self.train_items, self.batch_size, self.sampler, self.seed)
-        return self._loader(dataset, EpochBatchSampler(len(dataset)))
+        self._check_process()
+        return self._loader(dataset, EpochBatchSampler(len(dataset), own_data=self.sharded))
+
+    def _check_process(self) -> None:
+        """A process holding a share of a prepared log must be the process it was planned as."""
+        if self.sharded and dist.is_available() and dist.is_initialized():
+            planned, actual = planned_process(*self.processes), process_share()
+            if planned != actual:
+                raise RunError(f"this process read the shards of process {planned[0]} of {planned[1]} but runs as "
+                               f"{actual[0]} of {actual[1]}: set trainer.devices and trainer.num_nodes to the "
+                               "processes the launcher starts")
 
     def val_dataloader(self) -> DataLoader:
         return self._ranking_loader(seen=("train",), target="valid", max_users=self.val_users)
@@ -240,6 +312,8 @@ class InteractionDataModule(L.LightningDataModule):
         same at every call: what validation ranks, and the popularity baseline beside it)."""
         frame = self.splits[target]
         users = np.unique(frame["user"].to_numpy())
+        if max_users is not None and self.sharded:  # every process ranks its own users: a share of the cap each
+            max_users = -(-max_users // planned_process(*self.processes)[1])
         if max_users is not None and len(users) > max_users:
             users = np.random.default_rng(self.seed).choice(users, max_users, replace=False)
             frame = frame.filter(pl.col("user").is_in(users))
@@ -249,10 +323,29 @@ class InteractionDataModule(L.LightningDataModule):
         targets = self.ranking_targets(target, max_users)
         users = np.count_nonzero(np.diff(targets.indptr))
         # Under DDP every process needs at least one chunk: split the users at least world-size ways.
-        chunk_size = max(1, min(eval_chunk_size(self.n_items), -(-users // process_share()[1])))
+        shares = 1 if self.sharded else process_share()[1]  # a process holding its own users ranks all of them
+        chunk_size = max(1, min(eval_chunk_size(self.n_items), -(-users // shares)))
         dataset = RankingBatches(self.user_items(*seen), targets, chunk_size)
-        return self._loader(dataset, ShardedChunks(len(dataset)))
+        return self._loader(dataset, ShardedChunks(len(dataset), own_data=self.sharded))
 
     def _loader(self, dataset: torch.utils.data.Dataset, sampler: torch.utils.data.Sampler) -> DataLoader:
         return DataLoader(dataset, batch_size=None, sampler=sampler, num_workers=self.num_workers,
                           persistent_workers=self.num_workers > 0)
+
+
+class WholeLog:
+    """A data module seen whole, as exporting reads it: the towers' side features, and every user's training
+    items (a prepared log's read shard by shard, where this process holds only its share)."""
+
+    sharded = False  # every user's histories, whatever this process trains on
+
+    def __init__(self, data: InteractionDataModule) -> None:
+        self.data = data
+
+    def side_features(self, side: str, specs: list[FeatureSpec]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        return self.data.side_features(side, specs)
+
+    def training_user_items(self) -> UserItems:
+        if isinstance(self.data.source, PreparedShards):
+            return self.data.source.user_items(self.data._fit_splits, self.data.n_users)
+        return self.data.training_user_items()

@@ -96,3 +96,22 @@ def query_ids(ids: Sequence[object], numeric: bool) -> pl.Series:
         return numbers
     text = pl.Series("id", [key.strip() if isinstance(key, str) else None for key in keys], dtype=pl.String)
     return numbers.fill_null(as_kind(text, numeric))
+
+
+def whole_numbers_only(lazy: pl.LazyFrame, column: str) -> bool:
+    """Whether every id of ``column`` in a lazy log is a whole number, decided in one streaming pass: the
+    rule above for a log read out of core, where no one piece may decide the kind of the whole column."""
+    dtype = lazy.collect_schema()[column]
+    if dtype.is_integer() or dtype.is_float():
+        return True
+    text = pl.col(column).cast(pl.String).str.strip_chars()
+    whole = text.str.contains(INTEGER) | text.str.contains(WHOLE_DECIMAL)
+    return bool(lazy.select(whole.all()).collect(engine="streaming").item())
+
+
+def id_expression(column: str, numeric: bool) -> pl.Expr:
+    """``column`` read as ids of the kind ``whole_numbers_only`` decided: ``Int64``, or stripped text."""
+    if not numeric:
+        return pl.col(column).cast(pl.String).str.strip_chars()
+    text = pl.col(column).cast(pl.String).str.strip_chars().str.replace(r"\.0*$", "")
+    return text.cast(pl.Int64, strict=False)

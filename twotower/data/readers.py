@@ -8,6 +8,7 @@ readers of their own (``twotower.data.movielens``, ``twotower.data.books``).
 
 from __future__ import annotations
 
+import glob
 import logging
 from collections.abc import Mapping
 from pathlib import Path
@@ -85,22 +86,57 @@ class InteractionFileReader:
                   for name, path in given.items()}
         frame = with_split_tag(frames) if len(frames) > 1 else frames["train"]
         source = str(self.paths["train"])
-        return InteractionLog(normalise_ids(frame, source), item_info=self._item_info(), source=source,
+        return InteractionLog(normalise_ids(frame, source), item_info=self.item_info(), source=source,
                               names=self.names, min_rating=self.min_rating)
 
-    def _read_one(self, path: Path, describe_unused: bool) -> pl.DataFrame:
+    @property
+    def source(self) -> str:
+        return str(self.paths["train"])
+
+    def scan(self) -> pl.LazyFrame:
+        """The log as one lazy frame of its canonical columns (ids as written), for reading out of core
+        (``twotower-prepare``): a file, or a directory or glob pattern of Parquet files."""
+        if self.paths["valid"] or self.paths["test"]:
+            raise TwoTowerError("a pre-split log (data.valid_path, data.test_path) is trained on directly, not "
+                                "prepared: leave them unset")
+        pattern = str(self.paths["train"])
+        if any(character in pattern for character in "*?[") and not Path(pattern).exists():
+            if not glob.glob(pattern, recursive=True):
+                raise TwoTowerError(f"interaction files not found: nothing matches {pattern}")
+            return self._selected(pl.scan_parquet(pattern), Path(pattern), "parquet", describe_unused=True)
+        path = existing_path(pattern, "interaction file")
+        if path.is_dir():
+            parts = sorted(path.rglob("*.parquet"))
+            if not parts:
+                raise TwoTowerError(f"{path} holds no .parquet files; give a file, a folder of Parquet files, or a "
+                                    "glob pattern")
+            return self._selected(pl.scan_parquet(parts), path, "parquet", describe_unused=True)
+        return self._scan_one(path, describe_unused=True)
+
+    def _scan_one(self, path: Path, describe_unused: bool) -> pl.LazyFrame:
         format = detect_format(path, self.format)
         with reading(path, format):
             lazy = scan_table(path, format, self.separator, self.has_header)
+        if format in ("csv", "tsv"):
+            self._selected(lazy, path, format, describe_unused)  # checks the columns on the file's own schema
+            lazy = scan_table(path, format, self.separator, self.has_header, text_columns=self.columns.values())
+            describe_unused = False
+        return self._selected(lazy, path, format, describe_unused)
+
+    def _selected(self, lazy: pl.LazyFrame, path: Path, format: str, describe_unused: bool) -> pl.LazyFrame:
+        """The canonical columns of ``lazy`` after checking that its id columns are there."""
+        with reading(path, format):
             schema = lazy.collect_schema()
         self._check_id_columns(schema, path, format)
         if describe_unused:
             self._report_unused_columns(lazy, schema, path, format)
-        if format in ("csv", "tsv"):
-            lazy = scan_table(path, format, self.separator, self.has_header, text_columns=self.columns.values())
         selected = [pl.col(column).alias(name) for name, column in self.columns.items()]
         selected += [pl.col(column).alias(name) for name, column in self.optional.items() if column in schema]
-        frame = collect(lazy.select(selected), path, format)
+        return lazy.select(selected)
+
+    def _read_one(self, path: Path, describe_unused: bool) -> pl.DataFrame:
+        format = detect_format(path, self.format)
+        frame = collect(self._scan_one(path, describe_unused), path, format)
         if frame.height == 0:
             raise TwoTowerError(f"{path}: the interaction log has a header but no rows")
         if format in ("csv", "tsv") and self.has_header:
@@ -144,7 +180,8 @@ class InteractionFileReader:
         log.log(logging.WARNING if hinted else logging.INFO, "%s: column(s) not used: %s", path,
                 ", ".join(f"{column} ({hint})" if hint else column for column, hint in notes))
 
-    def _item_info(self) -> pl.DataFrame | None:
+    def item_info(self) -> pl.DataFrame | None:
+        """The item metadata table (``item_info_path``), keyed by ``item_id``; None without one."""
         if not self.item_info_path:
             return None
         path = existing_path(self.item_info_path, "item info file")

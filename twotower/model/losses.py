@@ -16,9 +16,12 @@ Every loss gets the user vectors already divided by the temperature, so a dot pr
 
 from __future__ import annotations
 
+import warnings
 from typing import Protocol
 
 import torch
+import torch.distributed as dist
+import torch.distributed.nn.functional as distributed
 import torch.nn.functional as F
 
 from twotower import checks
@@ -131,19 +134,55 @@ class SampledSoftmaxLoss(PairLoss):
     def __call__(self, users: torch.Tensor, items: torch.Tensor, negatives: torch.Tensor, batch: PairBatch
                  ) -> torch.Tensor:
         size = users.shape[0]
-        candidates = torch.cat([items, negatives.reshape(-1, negatives.shape[-1])])  # (C, dim)
-        candidate_ids = torch.cat([batch.items, batch.negatives.reshape(-1)])  # (C,)
-        logits = users @ candidates.T  # (batch, C); column r is row r's positive
+        # Under DDP the candidates are every process's (``across_processes``): N processes at batch B train like
+        # one at N x B. Their logQ terms count this process's batch; every process's batch being the same size,
+        # that is a constant shift of all logits, which the softmax ignores.
+        candidates, start = across_processes(torch.cat([items, negatives.reshape(-1, negatives.shape[-1])]))
+        candidate_ids, _ = across_processes(torch.cat([batch.items, batch.negatives.reshape(-1)]))
+        valid, _ = across_processes(torch.cat([torch.ones_like(batch.items, dtype=torch.bool),
+                                               batch.negatives_valid.reshape(-1)]))
+        logits = users @ candidates.T  # (batch, C); column start + r is row r's positive
         if self.logq_correction:
-            logits = logits - torch.cat([batch.items_log_q, batch.negatives_log_q.reshape(-1)])
-        excluded = torch.zeros_like(logits, dtype=torch.bool)
-        excluded[:, size:] = ~batch.negatives_valid.reshape(1, -1)
+            log_q, _ = across_processes(torch.cat([batch.items_log_q, batch.negatives_log_q.reshape(-1)]))
+            logits = logits - log_q
+        excluded = ~valid.unsqueeze(0).expand_as(logits)
         if self.remove_accidental_hits:
-            excluded |= candidate_ids.unsqueeze(0) == batch.items.unsqueeze(1)
-        target = torch.arange(size, device=logits.device)
-        excluded[target, target] = False
+            excluded = excluded | (candidate_ids.unsqueeze(0) == batch.items.unsqueeze(1))
+        rows = torch.arange(size, device=logits.device)
+        target = rows + start
+        excluded = excluded.clone()
+        excluded[rows, target] = False
         logits = logits.masked_fill(excluded, float("-inf"))
         return F.cross_entropy(logits, target)
+
+
+def across_processes(tensor: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """``tensor`` of every process in rank order, concatenated along its first dimension, with the gradient
+    flowing back to each process's own part; and where this process's part starts. Outside DDP, ``tensor``
+    and 0. Processes' lengths may differ (an epoch's last batch): each is padded to the longest for the
+    exchange, and the padding is cut off."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return tensor, 0
+    world, rank = dist.get_world_size(), dist.get_rank()
+    lengths = [torch.zeros(1, dtype=torch.long, device=tensor.device) for _ in range(world)]
+    dist.all_gather(lengths, torch.tensor([len(tensor)], device=tensor.device))
+    lengths = [int(length) for length in lengths]
+    padded = torch.cat([tensor, tensor.new_zeros((max(lengths) - len(tensor), *tensor.shape[1:]))])
+    if tensor.requires_grad:
+        with warnings.catch_warnings():  # its successor is private API still; this one works, gradient and all
+            warnings.filterwarnings("ignore", "torch.distributed.nn.functional.all_gather", FutureWarning)
+            parts = distributed.all_gather(padded)
+    else:
+        parts = plain_all_gather(padded)
+    return torch.cat([part[:length] for part, length in zip(parts, lengths, strict=True)]), sum(lengths[:rank])
+
+
+def plain_all_gather(tensor: torch.Tensor) -> list[torch.Tensor]:
+    """Every process's ``tensor`` (no gradient: ids, masks; booleans travel as bytes, which every backend has)."""
+    sent = tensor.to(torch.uint8) if tensor.dtype == torch.bool else tensor
+    parts = [torch.empty_like(sent) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, sent)
+    return [part.to(tensor.dtype) for part in parts]
 
 
 class CatalogueSoftmaxLoss(UserLoss):

@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 
 import lightning as L
 import torch
+from torch.nn.parallel import DistributedDataParallel
 from torchmetrics import MeanMetric
 
 from twotower import checks
@@ -99,11 +100,27 @@ class TwoTowerModel(L.LightningModule):
         self.val_metrics = RankingMetrics(n_items, ks)
         self.test_metrics = RankingMetrics(n_items, ks)
         self._catalogue: torch.Tensor | None = None
+        self._own_data = False  # attached to one process's share of the users (see ``on_load_checkpoint``)
 
     def attach(self, data: TrainingData) -> None:
         """Give the towers what they read from the data the model now trains on (features, histories)."""
         self.user_tower.attach(data, "user")
         self.item_tower.attach(data, "item")
+        self._own_data = data.sharded
+        # The towers' buffers are the data they read (histories, features). Under DDP each process keeps its
+        # own: a process training on its share of a prepared log holds only its users' histories, which
+        # DistributedDataParallel would otherwise overwrite with process 0's.
+        DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
+            self, [name for name, _ in self.named_buffers() if name.startswith(("user_tower.", "item_tower."))])
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """A process holding its share of the users keeps its own histories when a checkpoint process 0 saved is
+        restored into it (the trainer's ``ckpt_path``)."""
+        if self._own_data:
+            state = checkpoint["state_dict"]
+            for name, buffer in self.named_buffers():
+                if name.startswith(("user_tower.", "item_tower.")) and name in state:
+                    state[name] = buffer
 
     def user_vectors(self, users: torch.Tensor) -> torch.Tensor:
         return project(self.user_tower(users), self.hparams.score, self.parts)

@@ -36,7 +36,10 @@ from twotower.errors import ConfigError
 
 
 class TrainingData(Protocol):
-    """What a tower may read from the data it trains on (``InteractionDataModule`` is one)."""
+    """What a tower may read from the data it trains on (``InteractionDataModule`` is one). ``sharded``: the data
+    holds one process's share of the users (a prepared log), whose histories are this process's own."""
+
+    sharded: bool
 
     def side_features(self, side: str, specs: list[FeatureSpec]) -> tuple[dict[str, torch.Tensor], torch.Tensor]: ...
 

@@ -43,9 +43,19 @@ def build_datamodule(cfg: DictConfig) -> InteractionDataModule:
     try:
         parts = {name: checks.instantiate(name, cfg[name]) for name in ("data", "split", "sampler")}
         return checks.instantiate("datamodule", cfg.datamodule, source=parts["data"], split=parts["split"],
-                                  sampler=parts["sampler"], keep_order=user_tower(cfg).reads_order)
+                                  sampler=parts["sampler"], keep_order=user_tower(cfg).reads_order,
+                                  **planned_processes(cfg.trainer))
     except InstantiationException as error:
         raise unwrapped(error) from None
+
+
+def planned_processes(trainer: DictConfig) -> dict[str, int]:
+    """The processes a data-parallel trainer starts, devices per node and nodes (one each otherwise): a prepared
+    log is shared out among them before they exist."""
+    devices, nodes = trainer.get("devices", 1), trainer.get("num_nodes", 1)
+    if "ddp" not in str(trainer.get("strategy", "auto")) or not isinstance(devices, int) or not isinstance(nodes, int):
+        return {"devices": 1, "nodes": 1}
+    return {"devices": devices, "nodes": nodes}
 
 
 def batch_plan(cfg: DictConfig, datamodule: InteractionDataModule) -> BatchPlan:

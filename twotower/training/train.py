@@ -328,6 +328,8 @@ def publish_run(cfg: DictConfig, datamodule: InteractionDataModule, selection: S
 def export(model: TwoTowerModel, datamodule: InteractionDataModule, paths: RunPaths) -> tuple[np.ndarray, np.ndarray]:
     """Write the vectors whose dot product ranks as the model does, and the tables a tower exports beside them
     (a history tower's item vectors, which embed a new user at retrieval); returns the user and item vectors."""
+    if datamodule.sharded:  # this process trained on its share of the users: the export encodes every user
+        model.attach(datamodule.whole())
     model.eval()
     with torch.no_grad():
         users = model.all_user_vectors().float().cpu().numpy()
@@ -345,7 +347,7 @@ def save_data(datamodule: InteractionDataModule, paths: RunPaths) -> None:
     datamodule.user_vocab.save(paths.vocab("users"))
     datamodule.item_vocab.save(paths.vocab("items"))
     for name in SPLIT_NAMES:
-        write_parquet(datamodule.splits[name], paths.split(name))
+        datamodule.write_split(name, paths.split(name))
     for path, frame in ((paths.non_positive, datamodule.non_positive), (paths.dropped, datamodule.dropped)):
         path.unlink(missing_ok=True)  # from an earlier run into this directory
         if frame is not None and frame.height:
@@ -355,13 +357,13 @@ def save_data(datamodule: InteractionDataModule, paths: RunPaths) -> None:
 def popularity(datamodule: InteractionDataModule, stage: str, ks: list[int]) -> dict[str, float]:
     """``{stage}/popularity/{metric}``: the most popular training items for every user, on the same split (and
     for validation, the same users) as the model's metrics."""
-    counts = np.bincount(datamodule.splits["train"]["item"].to_numpy(), minlength=datamodule.n_items)
+    counts = datamodule.item_counts()
     seen, target = (("train",), "valid") if stage == "val" else (("train", "valid"), "test")
     if datamodule.splits[target].height == 0:
         return {}
     targets = datamodule.ranking_targets(target, datamodule.val_users if stage == "val" else None)
-    log.info("popularity baseline: ranking %d %s users", np.count_nonzero(np.diff(targets.indptr)),
-             "validation" if stage == "val" else "test")
+    log.info("popularity baseline: ranking %d %s users%s", np.count_nonzero(np.diff(targets.indptr)),
+             "validation" if stage == "val" else "test", " of this process's share" if datamodule.sharded else "")
     found = popularity_metrics(counts, datamodule.user_items(*seen), targets, ks)
     return {f"{stage}/popularity/{name}": value for name, value in found.items() if name != "users"}
 
