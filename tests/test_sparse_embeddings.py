@@ -169,3 +169,15 @@ def test_model_sparse_switches_at_any_size(tmp_path: Path) -> None:
 def test_model_sparse_refuses_what_it_cannot_switch_from(override: str, tmp_path: Path) -> None:
     with pytest.raises(TwoTowerError, match="model=sparse needs plain ID towers, Adam and no weight decay"):
         built_model(tmp_path, "model=sparse", override)
+
+
+def test_a_default_run_past_sparse_above_exports_a_checkpoint_that_loads_as_trained(tmp_path: Path) -> None:
+    from twotower.serving.retrieval import Retriever
+
+    planted_interactions(n_users=60, n_items=40, n_clusters=4, seed=0).write_csv(tmp_path / "log.csv")
+    train(compose_train(tmp_path / "run", "data=interactions", f"data.path={tmp_path / 'log.csv'}",
+                        "model.sparse_above=50", "trainer.max_epochs=2", "model.temperature=0.15", "index=exact"))
+    # The default history tower became a sparse ID tower; loading the checkpoint, without an optimizer, too.
+    model = TwoTowerModel.load_from_checkpoint(tmp_path / "run" / "checkpoints" / "final.ckpt", map_location="cpu")
+    assert type(model.user_tower).__name__ == "IdTower" and model.user_tower.embedding.sparse
+    assert len(Retriever.load(tmp_path / "run").recommend(0, k=3).records()) == 3

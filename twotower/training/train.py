@@ -30,7 +30,7 @@ from twotower.checks import AUTO
 from twotower.data.datamodule import InteractionDataModule
 from twotower.data.splits import SPLIT_NAMES
 from twotower.errors import ConfigError
-from twotower.files import fingerprint, write_json, write_parquet, write_text
+from twotower.files import atomic_path, fingerprint, write_json, write_parquet, write_text
 from twotower.index import Backend, Probe, build_for_run
 from twotower.model.metrics import metric_names
 from twotower.model.module import TwoTowerModel
@@ -304,6 +304,8 @@ def publish_run(cfg: DictConfig, datamodule: InteractionDataModule, selection: S
     exported = final.checkpoint if final else selection.checkpoint
     model = TwoTowerModel.load_from_checkpoint(exported, map_location="cpu")
     users, items = export(model, datamodule, paths)
+    if datamodule.sharded:  # process 0 saved its own users' histories: the exported checkpoint gets everyone's
+        with_data_of(model, exported)
     # Seen items as retrieval will read them from the run directory, so the index is tuned on what it serves.
     seen = seen_items(paths, datamodule.n_users)
     checkpoint = fingerprint(exported)
@@ -340,6 +342,16 @@ def export(model: TwoTowerModel, datamodule: InteractionDataModule, paths: RunPa
     for name, table in tables.items():
         write_vectors(datamodule.item_vocab.ids, table, paths.embeddings(name))
     return users, items
+
+
+def with_data_of(model: TwoTowerModel, checkpoint: Path) -> None:
+    """Rewrite ``checkpoint`` with the data ``model``'s towers hold now (histories, features), atomically."""
+    saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    buffers = dict(model.named_buffers())
+    saved["state_dict"] |= {name: buffers[name] for name in saved["state_dict"] if name in buffers and
+                            name.startswith(("user_tower.", "item_tower."))}
+    with atomic_path(checkpoint) as temporary:
+        torch.save(saved, temporary)
 
 
 def save_data(datamodule: InteractionDataModule, paths: RunPaths) -> None:
