@@ -280,7 +280,7 @@ class UserBatches(Dataset):
     def __init__(self, positives: UserItems, n_items: int, batch_size: int, seed: int,
                  candidates: int | None = None) -> None:
         self.positives = positives
-        self.users = torch.from_numpy(np.flatnonzero(np.diff(positives.indptr) > 0))
+        self.users = torch.from_numpy(positives.users())
         self.n_items = n_items
         self.batch_size = batch_size
         self.seed = seed
@@ -385,7 +385,7 @@ class RankingBatches(Dataset):
     def __init__(self, seen: UserItems, targets: UserItems, chunk_size: int) -> None:
         self.seen = seen
         self.targets = targets
-        self.users = np.flatnonzero(np.diff(targets.indptr) > 0)
+        self.users = targets.users()
         self.chunk_size = chunk_size
 
     def __len__(self) -> int:

@@ -321,7 +321,7 @@ class InteractionDataModule(L.LightningDataModule):
 
     def _ranking_loader(self, seen: tuple[str, ...], target: str, max_users: int | None = None) -> DataLoader:
         targets = self.ranking_targets(target, max_users)
-        users = np.count_nonzero(np.diff(targets.indptr))
+        users = len(targets.users())
         # Under DDP every process needs at least one chunk: split the users at least world-size ways.
         shares = 1 if self.sharded else process_share()[1]  # a process holding its own users ranks all of them
         chunk_size = max(1, min(eval_chunk_size(self.n_items), -(-users // shares)))

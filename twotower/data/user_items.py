@@ -28,6 +28,10 @@ class UserItems:
         """From a frame of ``user`` and ``item`` indices (a split)."""
         return cls.from_pairs(frame["user"].to_numpy(), frame["item"].to_numpy(), n_users)
 
+    def users(self) -> np.ndarray:
+        """The users with at least one item, ascending."""
+        return np.flatnonzero(np.diff(self.indptr) > 0)
+
     def row(self, user: int) -> np.ndarray:
         """The items of one user (a view)."""
         return self.items[self.indptr[user]:self.indptr[user + 1]]

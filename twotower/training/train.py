@@ -374,7 +374,7 @@ def popularity(datamodule: InteractionDataModule, stage: str, ks: list[int]) -> 
     if datamodule.splits[target].height == 0:
         return {}
     targets = datamodule.ranking_targets(target, datamodule.val_users if stage == "val" else None)
-    log.info("popularity baseline: ranking %d %s users%s", np.count_nonzero(np.diff(targets.indptr)),
+    log.info("popularity baseline: ranking %d %s users%s", len(targets.users()),
              "validation" if stage == "val" else "test", " of this process's share" if datamodule.sharded else "")
     found = popularity_metrics(counts, datamodule.user_items(*seen), targets, ks)
     return {f"{stage}/popularity/{name}": value for name, value in found.items() if name != "users"}
