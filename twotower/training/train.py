@@ -27,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from twotower import checks
 from twotower.checks import AUTO
+from twotower.data.batches import process_share
 from twotower.data.datamodule import InteractionDataModule
 from twotower.data.splits import SPLIT_NAMES
 from twotower.errors import ConfigError
@@ -375,7 +376,7 @@ def popularity(datamodule: InteractionDataModule, stage: str, ks: list[int]) -> 
         return {}
     targets = datamodule.ranking_targets(target, datamodule.val_users if stage == "val" else None)
     log.info("popularity baseline: ranking %d %s users%s", len(targets.users()),
-             "validation" if stage == "val" else "test", " of this process's share" if datamodule.sharded else "")
+             "validation" if stage == "val" else "test", " of this process's share" if process_share()[1] > 1 else "")
     found = popularity_metrics(counts, datamodule.user_items(*seen), targets, ks)
     return {f"{stage}/popularity/{name}": value for name, value in found.items() if name != "users"}
 
