@@ -375,8 +375,9 @@ def popularity(datamodule: InteractionDataModule, stage: str, ks: list[int]) -> 
     if datamodule.splits[target].height == 0:
         return {}
     targets = datamodule.ranking_targets(target, datamodule.val_users if stage == "val" else None)
+    share = " of this process's share" if datamodule.sharded and process_share()[1] > 1 else ""
     log.info("popularity baseline: ranking %d %s users%s", len(targets.users()),
-             "validation" if stage == "val" else "test", " of this process's share" if process_share()[1] > 1 else "")
+             "validation" if stage == "val" else "test", share)
     found = popularity_metrics(counts, datamodule.user_items(*seen), targets, ks)
     return {f"{stage}/popularity/{name}": value for name, value in found.items() if name != "users"}
 
