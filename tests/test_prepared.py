@@ -71,6 +71,25 @@ def test_a_prepared_log_holds_whole_users_in_disjoint_shards_covering_what_the_w
     assert sum(shard["train"] + shard["valid"] + shard["test"] for shard in manifest["shards"]) == everything.height
     counts = np.bincount(prepared.read([0, 1, 2])["train"]["item"].to_numpy(), minlength=len(items))
     assert np.array_equal(prepared.item_counts(), counts)
+    # The rows that are not positives (label 0) are kept as the in-memory path keeps them: seen, never offered.
+    prepared.copy_non_positive(tmp_path / "non_positive.parquet")
+    assert pairs(pl.read_parquet(tmp_path / "non_positive.parquet"), users.ids, items.ids) == \
+        pairs(whole.non_positive, whole.user_vocab.ids, whole.item_vocab.ids) != set()
+
+
+def test_held_out_pairs_of_items_no_shard_trains_on_move_into_train(tmp_path: Path,
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
+    # 400 items for 300 users, 30% held out twice: some items are held out wherever they occur.
+    planted_interactions(n_users=300, n_items=400, n_clusters=6, seed=3).write_parquet(tmp_path / "log.parquet")
+    with caplog.at_level("INFO", logger="twotower.data.prepared"):
+        manifest = prepare(InteractionFileReader(str(tmp_path / "log.parquet")), RandomSplit(0.3, 0.3),
+                           tmp_path / "prepared", shards=3)
+    assert "valid/test pair(s) of items with no training pair into train" in caplog.text
+    splits = PreparedShards(str(tmp_path / "prepared")).read([0, 1, 2])
+    held_out = pl.concat([splits["valid"], splits["test"]])
+    assert held_out["item"].is_in(splits["train"]["item"].implode()).all()
+    assert [sum(shard[name] for shard in manifest["shards"]) for name in ("train", "valid", "test")] == \
+        [splits[name].height for name in ("train", "valid", "test")]
 
 
 def test_a_folder_of_parquet_files_with_text_ids_is_read_by_one_rule_for_the_whole_column(tmp_path: Path) -> None:
@@ -86,15 +105,16 @@ def test_a_folder_of_parquet_files_with_text_ids_is_read_by_one_rule_for_the_who
 
 
 def test_a_temporal_preparation_holds_out_each_users_latest(tmp_path: Path) -> None:
-    log = pl.DataFrame({"user_id": [1, 1, 1, 2, 2, 2], "item_id": [10, 11, 12, 10, 12, 11],
-                        "timestamp": [3, 1, 2, 5, 6, 4]})
+    log = pl.DataFrame({"user_id": [1, 1, 1, 2, 2, 2, 3, 3, 3, 3, 4, 4, 4, 4],
+                        "item_id": [10, 11, 12, 10, 12, 11, 10, 12, 13, 14, 13, 14, 10, 12],
+                        "timestamp": [3, 1, 2, 5, 6, 4, 1, 2, 3, 4, 1, 2, 3, 4]})
     log.write_csv(tmp_path / "log.csv")
     prepare(InteractionFileReader(str(tmp_path / "log.csv")), TemporalSplit(), tmp_path / "prepared", shards=2)
     prepared = PreparedShards(str(tmp_path / "prepared"))
     splits = prepared.read(list(range(prepared.shard_count)))
     users, items = prepared.vocabularies()
-    assert pairs(splits["test"], users.ids, items.ids) == {(1, 10), (2, 12)}
-    assert pairs(splits["valid"], users.ids, items.ids) == {(1, 12), (2, 10)}
+    assert pairs(splits["test"], users.ids, items.ids) == {(1, 10), (2, 12), (3, 14), (4, 12)}
+    assert pairs(splits["valid"], users.ids, items.ids) == {(1, 12), (2, 10), (3, 13), (4, 10)}
 
 
 def test_an_interrupted_preparation_leaves_the_finished_one_as_it_was(tmp_path: Path, log_file: Path,

@@ -179,6 +179,15 @@ class InteractionDataModule(L.LightningDataModule):
             return self.source.item_counts()
         return np.bincount(self.splits["train"]["item"].to_numpy(), minlength=self.n_items)
 
+    def write_non_positive(self, path: Path) -> None:
+        """The log's rows that are not positives (retrieval leaves them out as seen), where it has any."""
+        if isinstance(self.source, PreparedShards):
+            self.source.copy_non_positive(path)
+            return
+        path.unlink(missing_ok=True)  # from an earlier run into this directory
+        if self.non_positive is not None and self.non_positive.height:
+            write_parquet(self.non_positive, path)
+
     def write_split(self, name: str, path: Path) -> None:
         """The ``name`` split of the whole log into a Parquet file (a prepared log's streamed from its shards)."""
         if isinstance(self.source, PreparedShards):

@@ -35,12 +35,13 @@ from twotower.data.tables import clean_value_columns
 from twotower.data.user_items import UserItems
 from twotower.data.vocab import Vocabulary
 from twotower.errors import ConfigError, DataError
-from twotower.files import atomic_directory, fingerprint, write_json, write_parquet
+from twotower.files import atomic_directory, atomic_path, fingerprint, write_json, write_parquet
 
 log = logging.getLogger(__name__)
 
 FORMAT = 1  # the layout of a prepared folder; another is refused, not misread
 MANIFEST = "prepared.json"
+NON_POSITIVE = "non_positive.parquet"  # (user, item) rows that are not positives, where the log has any
 ROWS_PER_SHARD = 2_000_000  # rows of the log per shard when the count is not given: a shard is held whole
 HASH_SEED = 0  # the user-id hash that assigns users to shards
 
@@ -72,13 +73,15 @@ def prepare(reader: InteractionFileReader, split: object, out: Path, shards: int
         kept = []  # the pieces with positives, written to disk: only the ids they use stay in memory
         log.info("pass 2 of 3: the positives of each piece and the ids they use")
         for index in range(count):
-            frame = positives_of(piece_frame(pieces, index), reader, ordered)
+            frame, others = positives_of(piece_frame(pieces, index), reader, ordered)
             if frame.height == 0:
                 continue
             ids = {column: pl.concat([seen, frame[column].unique()]).unique() for column, seen in ids.items()}
             kept.append(building / "positives" / f"{index}.parquet")
             kept[-1].parent.mkdir(exist_ok=True)
             frame.write_parquet(kept[-1])
+            if others is not None and others.height:
+                others.write_parquet(kept[-1].with_suffix(".others.parquet"))
         shutil.rmtree(pieces)
         if not kept:
             raise DataError(f"{reader.source}: no positive interactions")
@@ -100,8 +103,18 @@ def prepare(reader: InteractionFileReader, split: object, out: Path, shards: int
             write_shard(splits, building / name, vocabulary)
             written.append({"file": name, "users": int(frame["user_id"].n_unique())}
                            | {split_name: splits[split_name].height for split_name in SPLIT_NAMES})
-            path.unlink()
+            others = path.with_suffix(".others.parquet")
+            if others.exists():
+                non_positive = items.encode_known(users.encode_known(pl.read_parquet(others), "user_id", "user"),
+                                                  "item_id", "item")
+                non_positive.unique(["user", "item"]).sort("user", "item").write_parquet(
+                    building / "non_positive" / f"{len(written):05d}.parquet", mkdir=True)
         shutil.rmtree(building / "positives")
+        if (building / "non_positive").exists():  # one file, streamed together, as a run keeps it
+            parts = building / "non_positive"
+            pl.scan_parquet(sorted(parts.glob("*.parquet"))).sink_parquet(building / NON_POSITIVE)
+            shutil.rmtree(parts)
+        cover_holdouts(building, written, counts, vocabulary)
         write_parquet(pl.DataFrame({"train": counts}), building / "item_counts.parquet")
         manifest = {"format": FORMAT, "version": __version__, "source": reader.source, "rows_read": rows,
                     "names": reader.names, "min_rating": reader.min_rating, "users": len(users),
@@ -115,6 +128,31 @@ def prepare(reader: InteractionFileReader, split: object, out: Path, shards: int
     return manifest
 
 
+def cover_holdouts(building: Path, written: list[dict], counts: np.ndarray, vocabulary: str) -> None:
+    """Valid and test pairs of items with no training pair in any shard move into train, as the in-memory path
+    moves them (``splits.cover_holdouts``): an ID tower learns nothing for an item it never trains on. Updates
+    the shards, their counts in ``written`` and the items' training ``counts`` in place."""
+    cold = counts == 0
+    if not cold.any():
+        return
+    moved = 0
+    for shard in written:
+        path = building / shard["file"]
+        frame = pl.read_parquet(path)
+        uncovered = (frame["split"] > 0) & pl.Series(cold[frame["item"].to_numpy()])
+        if not uncovered.any():
+            continue
+        for code, name in enumerate(SPLIT_NAMES[1:], start=1):
+            shard[name] -= int((uncovered & (frame["split"] == code)).sum())
+        shard["train"] += int(uncovered.sum())
+        counts += np.bincount(frame.filter(uncovered)["item"].to_numpy(), minlength=len(counts))
+        moved += int(uncovered.sum())
+        frame = frame.with_columns(split=pl.when(uncovered).then(0).otherwise(pl.col("split")).cast(pl.UInt8))
+        frame.write_parquet(path, metadata={"twotower_vocabulary": vocabulary}, row_group_size=256_000)
+    log.info("moved %d valid/test pair(s) of items with no training pair into train: a model learns nothing for "
+             "an id it never trains on", moved)
+
+
 def piece_frame(pieces: Path, index: int) -> pl.DataFrame:
     """The rows the first pass wrote for piece ``index``, in the log's order (empty where no user hashed to it)."""
     folder = pieces / f"piece={index}"
@@ -123,21 +161,26 @@ def piece_frame(pieces: Path, index: int) -> pl.DataFrame:
     return pl.read_parquet(folder / "*.parquet").sort("row")
 
 
-def positives_of(frame: pl.DataFrame, reader: InteractionFileReader, ordered: bool) -> pl.DataFrame:
+def positives_of(frame: pl.DataFrame, reader: InteractionFileReader, ordered: bool
+                 ) -> tuple[pl.DataFrame, pl.DataFrame | None]:
     """A piece's positives, by the rules the in-memory path applies to a whole log (value columns read as
-    numbers, labels and ratings filtered), with each interaction's ``order`` where it is kept."""
+    numbers, labels and ratings filtered), with each interaction's ``order`` where it is kept; and its rows
+    that are not positives (``user_id``, ``item_id``: retrieval leaves them out as seen), None if none."""
     if frame.height == 0:
-        return frame
+        return frame, None
     frame = clean_value_columns(frame.drop("row"), reader.source)
     interactions = InteractionLog(frame, source=reader.source, names=reader.names, min_rating=reader.min_rating)
     if reader.min_rating is not None and "rating" not in frame.columns:
         raise DataError(f"{reader.source}: min_rating={reader.min_rating} is set but the log has no rating column")
     tests = positive_tests(interactions)
+    others = None
     if tests:
-        frame = frame.filter(pl.all_horizontal(condition for _, condition in tests))
+        passed = pl.all_horizontal(condition for _, condition in tests)
+        others = frame.filter(~passed).select("user_id", "item_id")
+        frame = frame.filter(passed)
     if ordered:
         frame = with_order(frame, reader.source, "split=temporal or a user tower that reads order")
-    return frame.select("user_id", "item_id", *(["order"] if ordered else []))
+    return frame.select("user_id", "item_id", *(["order"] if ordered else [])), others
 
 
 def split_shard(frame: pl.DataFrame, users: Vocabulary, items: Vocabulary, split: object, source: str) -> Splits:
@@ -234,6 +277,13 @@ class PreparedShards:
             os.replace(temporary, path)
         finally:
             temporary.unlink(missing_ok=True)
+
+    def copy_non_positive(self, path: Path) -> None:
+        """The log's rows that are not positives, as a run keeps them (none: no file)."""
+        path.unlink(missing_ok=True)
+        if (self.folder / NON_POSITIVE).exists():
+            with atomic_path(path) as temporary:
+                shutil.copyfile(self.folder / NON_POSITIVE, temporary)
 
     def user_items(self, names: tuple[str, ...], n_users: int) -> UserItems:
         """Every user's items over the named splits, from every shard (what exporting a history tower needs)."""

@@ -361,10 +361,10 @@ def save_data(datamodule: InteractionDataModule, paths: RunPaths) -> None:
     datamodule.item_vocab.save(paths.vocab("items"))
     for name in SPLIT_NAMES:
         datamodule.write_split(name, paths.split(name))
-    for path, frame in ((paths.non_positive, datamodule.non_positive), (paths.dropped, datamodule.dropped)):
-        path.unlink(missing_ok=True)  # from an earlier run into this directory
-        if frame is not None and frame.height:
-            write_parquet(frame, path)
+    datamodule.write_non_positive(paths.non_positive)
+    paths.dropped.unlink(missing_ok=True)  # from an earlier run into this directory
+    if datamodule.dropped.height:
+        write_parquet(datamodule.dropped, paths.dropped)
 
 
 def popularity(datamodule: InteractionDataModule, stage: str, ks: list[int]) -> dict[str, float]:
