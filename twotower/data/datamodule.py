@@ -231,7 +231,7 @@ class InteractionDataModule(L.LightningDataModule):
 
     def fit_on(self, names: tuple[str, ...]) -> None:
         """Train on the named splits: ``final_fit_splits`` for the final model, ``("train",)`` to select."""
-        self._fit_splits = names
+        self.fitted_on = names
         train = self.stacked(names)
         # int32 halves the memory of the largest tensors; batches are widened to int64 when sliced.
         self.train_users = torch.from_numpy(train["user"].to_numpy().astype(np.int32))
@@ -356,5 +356,5 @@ class WholeLog:
 
     def training_user_items(self) -> UserItems:
         if isinstance(self.data.source, PreparedShards):
-            return self.data.source.user_items(self.data._fit_splits, self.data.n_users)
+            return self.data.source.user_items(self.data.fitted_on, self.data.n_users)
         return self.data.training_user_items()
