@@ -19,7 +19,7 @@ import torch.multiprocessing as mp
 
 from tests.conftest import compose_train
 from twotower.data import prepared as prepared_module
-from twotower.data.batches import EpochBatchSampler, PairBatch, ShardedChunks
+from twotower.data.batches import EpochBatchSampler, PairBatch, ShardedChunks, planned_process
 from twotower.data.datamodule import InteractionDataModule
 from twotower.data.prepared import MANIFEST, PreparedShards, prepare
 from twotower.data.readers import InteractionFileReader
@@ -27,10 +27,11 @@ from twotower.data.sampling import NegativeSampler
 from twotower.data.splits import RandomSplit, TemporalSplit
 from twotower.data.synthetic import planted_interactions
 from twotower.data.user_items import UserItems
-from twotower.errors import DataError
+from twotower.errors import ConfigError, DataError, TwoTowerError
 from twotower.model.losses import SampledSoftmaxLoss
 from twotower.model.module import TwoTowerModel
 from twotower.serving.retrieval import Retriever
+from twotower.training.build import build_datamodule, planned_processes
 from twotower.training.evaluation import evaluate_vectors
 from twotower.training.train import train
 
@@ -281,3 +282,54 @@ def test_two_processes_softmax_over_their_gathered_candidates_as_one_process_ove
         if first == 6:  # and, averaged over the processes as DDP's all-reduce does, the same gradients
             assert torch.allclose((users0 + users1) / 2, users.grad, atol=1e-6)
             assert torch.allclose((table0 + table1) / 2, table.grad, atol=1e-6)
+
+
+@pytest.mark.parametrize(("environment", "devices", "expected"), [
+    ({}, (2, 1), (0, 2)),  # the first process, before Lightning starts the others
+    ({"LOCAL_RANK": "1", "NODE_RANK": "1", "WORLD_SIZE": "4"}, (2, 2), (3, 4)),  # one Lightning started
+    ({"RANK": "5", "WORLD_SIZE": "8", "LOCAL_RANK": "1"}, (1, 1), (5, 8)),  # torchrun's
+    ({"SLURM_PROCID": "3", "SLURM_NTASKS": "4"}, (2, 2), (3, 4)),  # srun's
+    ({"SLURM_PROCID": "0", "SLURM_NTASKS": "1"}, (2, 1), (0, 2)),  # one task, in which Lightning starts two
+])
+def test_a_process_knows_its_share_before_the_process_group_exists(
+        monkeypatch: pytest.MonkeyPatch, environment: dict, devices: tuple, expected: tuple) -> None:
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID", "SLURM_NTASKS"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    assert planned_process(*devices) == expected
+
+
+@pytest.mark.parametrize(("trainer", "expected"), [
+    (["trainer=ddp"], {"devices": 2, "nodes": 1}),
+    (["trainer.devices=2"], {"devices": 2, "nodes": 1}),  # strategy auto starts DDP for several devices too
+    (["trainer=ddp", "trainer.devices=4", "trainer.num_nodes=2"], {"devices": 4, "nodes": 2}),
+    (["+trainer.strategy=single_device"], {"devices": 1, "nodes": 1}),
+])
+def test_the_processes_a_trainer_will_start(tmp_path: Path, trainer: list[str], expected: dict) -> None:
+    assert planned_processes(compose_train(tmp_path, *trainer).trainer) == expected
+
+
+def test_a_prepared_log_needs_the_number_of_devices_and_an_in_memory_log_does_not(
+        tmp_path: Path, log_file: Path) -> None:
+    prepare(InteractionFileReader(str(log_file)), RandomSplit(), tmp_path / "prepared", shards=2)
+    cfg = compose_train(tmp_path / "run", "data=prepared", f"data.path={tmp_path / 'prepared'}", "trainer.devices=auto")
+    with pytest.raises(ConfigError, match=r"needs trainer\.devices as a number"):
+        build_datamodule(cfg).setup()
+    in_memory = compose_train(tmp_path / "run", "data=interactions", f"data.path={log_file}", "trainer=ddp",
+                              "trainer.devices=-1")
+    build_datamodule(in_memory).setup()
+
+
+@pytest.mark.parametrize(("ids", "message"), [
+    ([1.0, 2.5, 3.0], "holds non-integer numbers"),
+    (["a", " ", "b"], "has 1 blank id"),
+])
+def test_ids_a_log_cannot_have_are_refused_out_of_core_as_in_memory(tmp_path: Path, ids: list, message: str) -> None:
+    pl.DataFrame({"user_id": ids, "item_id": [1, 2, 3]}).write_parquet(tmp_path / "log.parquet")
+    for read in (lambda: prepare(InteractionFileReader(str(tmp_path / "log.parquet")), RandomSplit(),
+                                 tmp_path / "prepared"),
+                 lambda: InteractionFileReader(str(tmp_path / "log.parquet")).read()):
+        with pytest.raises(TwoTowerError, match=message):
+            read()
+    assert not (tmp_path / "prepared").exists()

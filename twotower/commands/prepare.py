@@ -32,7 +32,8 @@ def app(cfg: DictConfig) -> None:
         if not isinstance(reader, InteractionFileReader):
             raise ConfigError("twotower-prepare reads one interaction table (data=interactions): CSV, TSV, NDJSON, "
                               "Parquet, or a folder or glob of Parquet files")
-        prepare(reader, instantiate(cfg.split), Path(cfg.out), cfg.shards, checks.flag("keep_order", cfg.keep_order))
+        prepare(reader, instantiate(cfg.split), Path(cfg.out).expanduser(), cfg.shards,
+                checks.flag("keep_order", cfg.keep_order))
 
 
 def main() -> None:

@@ -164,22 +164,26 @@ def process_share() -> tuple[int, int]:
 
 def planned_process(devices: int = 1, nodes: int = 1) -> tuple[int, int]:
     """(rank, world size) this process will have once training starts, known before the process group is: from
-    a launcher's environment (torchrun's ``RANK`` and ``WORLD_SIZE``; Lightning's ``NODE_RANK``, ``LOCAL_RANK``
-    and ``WORLD_SIZE`` in the processes it starts, ``devices`` per node), else this is the first of the
-    ``devices`` x ``nodes`` processes the trainer will start."""
+    a launcher's environment (torchrun's ``RANK`` and ``WORLD_SIZE``; SLURM's ``SLURM_PROCID`` and
+    ``SLURM_NTASKS`` where it starts the processes; Lightning's ``NODE_RANK``, ``LOCAL_RANK`` and ``WORLD_SIZE``
+    in the processes it starts, ``devices`` per node), else this is the first of the ``devices`` x ``nodes``
+    processes the trainer will start."""
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+        return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    if int(os.environ.get("SLURM_NTASKS", "1")) > 1 and "SLURM_PROCID" in os.environ:
+        return int(os.environ["SLURM_PROCID"]), int(os.environ["SLURM_NTASKS"])
     world = int(os.environ.get("WORLD_SIZE", devices * nodes))
-    if "RANK" in os.environ:
-        return int(os.environ["RANK"]), world
     return int(os.environ.get("NODE_RANK", "0")) * devices + int(os.environ.get("LOCAL_RANK", "0")), world
 
 
-def fewest_across_processes(count: int) -> int:
-    """The smallest ``count`` any process has (``count`` itself when not distributed)."""
+def across_processes(count: int, op: str = "min") -> int:
+    """``count`` reduced over the processes (``min``, ``max`` or ``sum``); ``count`` itself when not distributed.
+    Every process must call it at the same point."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return count
     device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
     value = torch.tensor(count, dtype=torch.long, device=device)
-    dist.all_reduce(value, op=dist.ReduceOp.MIN)
+    dist.all_reduce(value, op={"min": dist.ReduceOp.MIN, "max": dist.ReduceOp.MAX, "sum": dist.ReduceOp.SUM}[op])
     return int(value)
 
 
@@ -205,7 +209,7 @@ class EpochBatchSampler(Sampler):
     def _mine(self) -> range:
         if self.own_data:
             if self._equal_share is None:
-                self._equal_share = fewest_across_processes(self.n_batches)
+                self._equal_share = across_processes(self.n_batches, "min")
             return range(self._equal_share)
         rank, world = process_share()
         per_process = self.n_batches // world if world > 1 else self.n_batches

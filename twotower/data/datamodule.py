@@ -26,6 +26,7 @@ from twotower.data.batches import (
     ShardedChunks,
     UserBatch,
     UserBatches,
+    across_processes,
     eval_chunk_size,
     planned_process,
     process_share,
@@ -48,7 +49,7 @@ from twotower.data.sampling import NegativeSampler
 from twotower.data.splits import SPLIT_NAMES, Splits, check_splits, cover_holdouts
 from twotower.data.user_items import UserItems
 from twotower.data.vocab import Vocabulary
-from twotower.errors import DataError, RunError
+from twotower.errors import ConfigError, DataError, RunError
 from twotower.files import write_parquet
 
 log = logging.getLogger(__name__)
@@ -85,8 +86,8 @@ class InteractionDataModule(L.LightningDataModule):
         seed: int = 0,
         val_users: int | None = 10_000,
         keep_order: bool = False,
-        devices: int = 1,
-        nodes: int = 1,
+        devices: object = 1,
+        nodes: object = 1,
     ) -> None:
         super().__init__()
         self.source = source
@@ -102,9 +103,10 @@ class InteractionDataModule(L.LightningDataModule):
         self.keep_order = checks.flag("datamodule.keep_order", keep_order)
         self.splits: Splits | None = None
         # The processes training will run as (DDP: devices per node x nodes): a prepared log is read a share per
-        # process, decided before the processes exist (``planned_process``).
-        self.processes = (checks.integer("trainer.devices", devices, 1), checks.integer("trainer.num_nodes", nodes, 1))
+        # process, decided before the processes exist (``planned_process``); checked only for a prepared log.
+        self.processes = (devices, nodes)
         self.shards: list[int] | None = None  # a prepared log: the shards this process holds (None: the whole log)
+        self.process: tuple[int, int] = (0, 1)  # (rank, world size) the shards were chosen for
         # Users and items of the source left out of the vocabularies, and why (saved as RunPaths.dropped).
         self.dropped = no_dropped_ids()
 
@@ -154,7 +156,11 @@ class InteractionDataModule(L.LightningDataModule):
         if self.keep_order and not prepared.manifest["order"]:
             raise DataError(f"{prepared.source} was prepared without each interaction's order, which this run reads "
                             "(a sequence tower): prepare it again with keep_order=true")
-        rank, world = planned_process(*self.processes)
+        devices, nodes = self.processes
+        if not (checks.is_integer(devices) and devices >= 1):
+            raise ConfigError(f"data=prepared shares the shards out before the processes start, so it needs "
+                              f"trainer.devices as a number of devices (got {devices!r})")
+        rank, world = self.process = planned_process(devices, checks.integer("trainer.num_nodes", nodes, 1))
         self.shards = prepared.shards_of(rank, world)
         self.names, self.min_rating, self.example_item = prepared.names, prepared.manifest["min_rating"], None
         self.user_vocab, self.item_vocab = prepared.vocabularies()
@@ -302,13 +308,15 @@ class InteractionDataModule(L.LightningDataModule):
         return self._loader(dataset, EpochBatchSampler(len(dataset), own_data=self.sharded))
 
     def _check_process(self) -> None:
-        """A process holding a share of a prepared log must be the process it was planned as."""
-        if self.sharded and dist.is_available() and dist.is_initialized():
-            planned, actual = planned_process(*self.processes), process_share()
-            if planned != actual:
-                raise RunError(f"this process read the shards of process {planned[0]} of {planned[1]} but runs as "
-                               f"{actual[0]} of {actual[1]}: set trainer.devices and trainer.num_nodes to the "
-                               "processes the launcher starts")
+        """A process holding a share of a prepared log must be the process its shards were chosen for; every
+        process learns whether any is not, so that all stop together rather than wait on one that stopped."""
+        if not (self.sharded and dist.is_available() and dist.is_initialized()):
+            return
+        actual = process_share()
+        if across_processes(int(self.process != actual), "max"):
+            raise RunError(f"this process read the shards of process {self.process[0]} of {self.process[1]} but "
+                           f"runs as {actual[0]} of {actual[1]} (or another process did likewise): set "
+                           "trainer.devices and trainer.num_nodes to the processes the launcher starts")
 
     def val_dataloader(self) -> DataLoader:
         return self._ranking_loader(seen=("train",), target="valid", max_users=self.val_users)
@@ -322,7 +330,7 @@ class InteractionDataModule(L.LightningDataModule):
         frame = self.splits[target]
         users = np.unique(frame["user"].to_numpy())
         if max_users is not None and self.sharded:  # every process ranks its own users: a share of the cap each
-            max_users = -(-max_users // planned_process(*self.processes)[1])
+            max_users = -(-max_users // self.process[1])
         if max_users is not None and len(users) > max_users:
             users = np.random.default_rng(self.seed).choice(users, max_users, replace=False)
             frame = frame.filter(pl.col("user").is_in(users))

@@ -98,20 +98,32 @@ def query_ids(ids: Sequence[object], numeric: bool) -> pl.Series:
     return numbers.fill_null(as_kind(text, numeric))
 
 
-def whole_numbers_only(lazy: pl.LazyFrame, column: str) -> bool:
-    """Whether every id of ``column`` in a lazy log is a whole number, decided in one streaming pass: the
-    rule above for a log read out of core, where no one piece may decide the kind of the whole column."""
+def numeric_ids(lazy: pl.LazyFrame, column: str, source: str) -> bool:
+    """Whether ``column`` of a lazy log holds numeric ids by the rule above, decided in one streaming pass over
+    the whole column (no one piece of a log read out of core may decide its kind), with the rule's refusals:
+    numbers that are not whole, blank ids."""
     dtype = lazy.collect_schema()[column]
-    if dtype.is_integer() or dtype.is_float():
+    if dtype.is_integer():
+        return True
+    if dtype.is_float():
+        values = pl.col(column).drop_nulls()
+        whole = lazy.select(((values == values.round(0)) & values.is_not_nan()).all())
+        if not whole.collect(engine="streaming").item():
+            raise TwoTowerError(f"{source}: column '{column}' holds non-integer numbers; ids must be integers or "
+                                "strings")
         return True
     text = pl.col(column).cast(pl.String).str.strip_chars()
-    whole = text.str.contains(INTEGER) | text.str.contains(WHOLE_DECIMAL)
-    return bool(lazy.select(whole.all()).collect(engine="streaming").item())
+    whole, blank = lazy.select((text.str.contains(INTEGER) | text.str.contains(WHOLE_DECIMAL)).all().alias("whole"),
+                               (text == "").sum().alias("blank")).collect(engine="streaming").row(0)
+    if blank:
+        raise TwoTowerError(f"{source}: column '{column}' has {blank} blank id(s); every interaction needs a user and "
+                            "an item id")
+    return bool(whole)
 
 
-def id_expression(column: str, numeric: bool) -> pl.Expr:
-    """``column`` read as ids of the kind ``whole_numbers_only`` decided: ``Int64``, or stripped text."""
-    if not numeric:
-        return pl.col(column).cast(pl.String).str.strip_chars()
-    text = pl.col(column).cast(pl.String).str.strip_chars().str.replace(r"\.0*$", "")
-    return text.cast(pl.Int64, strict=False)
+def id_expression(column: str, numeric: bool, dtype: pl.DataType) -> pl.Expr:
+    """``column`` read as ids of the kind ``numeric_ids`` decided: ``Int64``, or stripped text."""
+    if numeric and (dtype.is_integer() or dtype.is_float()):
+        return pl.col(column).cast(pl.Int64)
+    text = pl.col(column).cast(pl.String).str.strip_chars()
+    return text.str.replace(r"\.0*$", "").cast(pl.Int64, strict=False) if numeric else text

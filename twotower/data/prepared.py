@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import shutil
 from pathlib import Path
 
@@ -27,11 +26,11 @@ import numpy as np
 import polars as pl
 
 from twotower import __version__
-from twotower.data.ids import id_expression, whole_numbers_only
+from twotower.data.ids import id_expression, numeric_ids
 from twotower.data.interactions import ID_COLUMNS, InteractionLog, deduplicate, positive_tests, with_order
 from twotower.data.readers import InteractionFileReader
 from twotower.data.splits import SPLIT_NAMES, Splits
-from twotower.data.tables import clean_value_columns
+from twotower.data.tables import clean_value_columns, reading
 from twotower.data.user_items import UserItems
 from twotower.data.vocab import Vocabulary
 from twotower.errors import ConfigError, DataError
@@ -56,9 +55,12 @@ def prepare(reader: InteractionFileReader, split: object, out: Path, shards: int
     if shards is not None and (isinstance(shards, bool) or not isinstance(shards, int) or shards < 1):
         raise ConfigError(f"shards must be an integer >= 1 (or null: one per {ROWS_PER_SHARD:,} rows), got {shards!r}")
     lazy = reader.scan()
-    numeric = {column: whole_numbers_only(lazy, column) for column in ID_COLUMNS}
-    lazy = lazy.with_columns(id_expression(column, numeric[column]).alias(column) for column in ID_COLUMNS)
-    rows = lazy.select(pl.len()).collect(engine="streaming").item()
+    schema = lazy.collect_schema()
+    with reading(Path(reader.source), "an interaction log"):
+        numeric = {column: numeric_ids(lazy, column, reader.source) for column in ID_COLUMNS}
+        rows = lazy.select(pl.len()).collect(engine="streaming").item()
+    lazy = lazy.with_columns(id_expression(column, numeric[column], schema[column]).alias(column)
+                             for column in ID_COLUMNS)
     if rows == 0:
         raise DataError(f"{reader.source}: the interaction log is empty (no rows)")
     count = shards or max(1, math.ceil(rows / ROWS_PER_SHARD))
@@ -67,8 +69,9 @@ def prepare(reader: InteractionFileReader, split: object, out: Path, shards: int
         pieces = building / "pieces"
         log.info("pass 1 of 3: %s, %d rows, into %d piece(s) by user", reader.source, rows, count)
         piece = (pl.col("user_id").hash(HASH_SEED) % count).alias("piece")
-        lazy.with_row_index("row").with_columns(piece).sink_parquet(
-            pl.PartitionBy(pieces, key="piece", include_key=False), mkdir=True)
+        with reading(Path(reader.source), "an interaction log"):
+            lazy.with_row_index("row").with_columns(piece).sink_parquet(
+                pl.PartitionBy(pieces, key="piece", include_key=False), mkdir=True)
         ids = {column: pl.Series(column, [], lazy.collect_schema()[column]) for column in ID_COLUMNS}
         kept = []  # the pieces with positives, written to disk: only the ids they use stay in memory
         log.info("pass 2 of 3: the positives of each piece and the ids they use")
@@ -114,7 +117,7 @@ def prepare(reader: InteractionFileReader, split: object, out: Path, shards: int
             parts = building / "non_positive"
             pl.scan_parquet(sorted(parts.glob("*.parquet"))).sink_parquet(building / NON_POSITIVE)
             shutil.rmtree(parts)
-        cover_holdouts(building, written, counts, vocabulary)
+        cover_holdouts_across_shards(building, written, counts, vocabulary)
         write_parquet(pl.DataFrame({"train": counts}), building / "item_counts.parquet")
         manifest = {"format": FORMAT, "version": __version__, "source": reader.source, "rows_read": rows,
                     "names": reader.names, "min_rating": reader.min_rating, "users": len(users),
@@ -128,7 +131,7 @@ def prepare(reader: InteractionFileReader, split: object, out: Path, shards: int
     return manifest
 
 
-def cover_holdouts(building: Path, written: list[dict], counts: np.ndarray, vocabulary: str) -> None:
+def cover_holdouts_across_shards(building: Path, written: list[dict], counts: np.ndarray, vocabulary: str) -> None:
     """Valid and test pairs of items with no training pair in any shard move into train, as the in-memory path
     moves them (``splits.cover_holdouts``): an ID tower learns nothing for an item it never trains on. Updates
     the shards, their counts in ``written`` and the items' training ``counts`` in place."""
@@ -147,8 +150,8 @@ def cover_holdouts(building: Path, written: list[dict], counts: np.ndarray, voca
         shard["train"] += int(uncovered.sum())
         counts += np.bincount(frame.filter(uncovered)["item"].to_numpy(), minlength=len(counts))
         moved += int(uncovered.sum())
-        frame = frame.with_columns(split=pl.when(uncovered).then(0).otherwise(pl.col("split")).cast(pl.UInt8))
-        frame.write_parquet(path, metadata={"twotower_vocabulary": vocabulary}, row_group_size=256_000)
+        write_shard_frame(frame.with_columns(split=pl.when(uncovered).then(0).otherwise(pl.col("split"))
+                                             .cast(pl.UInt8)), path, vocabulary)
     log.info("moved %d valid/test pair(s) of items with no training pair into train: a model learns nothing for "
              "an id it never trains on", moved)
 
@@ -192,7 +195,11 @@ def split_shard(frame: pl.DataFrame, users: Vocabulary, items: Vocabulary, split
 def write_shard(splits: Splits, path: Path, vocabulary: str) -> None:
     """A shard: ``user``, ``item``, ``split`` (0 train, 1 valid, 2 test) and ``order`` where kept, by user."""
     frame = pl.concat([s.with_columns(split=pl.lit(code, pl.UInt8)) for code, s in enumerate(splits.values())])
-    frame = frame.sort("user", "order" if "order" in frame.columns else "item")
+    write_shard_frame(frame.sort("user", "order" if "order" in frame.columns else "item"), path, vocabulary)
+
+
+def write_shard_frame(frame: pl.DataFrame, path: Path, vocabulary: str) -> None:
+    """A shard's rows, stamped with the vocabularies' fingerprint (a shard of another preparation is refused)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     frame.write_parquet(path, metadata={"twotower_vocabulary": vocabulary}, row_group_size=256_000)
 
@@ -270,13 +277,8 @@ class PreparedShards:
         """Every shard's ``name`` split into one Parquet file, streamed (the run's record of its splits)."""
         code = SPLIT_NAMES.index(name)
         files = [str(self.shard_path(index)) for index in range(self.shard_count)]
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
+        with atomic_path(path) as temporary:
             pl.scan_parquet(files).filter(pl.col("split") == code).drop("split").sink_parquet(temporary)
-            os.replace(temporary, path)
-        finally:
-            temporary.unlink(missing_ok=True)
 
     def copy_non_positive(self, path: Path) -> None:
         """The log's rows that are not positives, as a run keeps them (none: no file)."""

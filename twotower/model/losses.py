@@ -135,8 +135,9 @@ class SampledSoftmaxLoss(PairLoss):
                  ) -> torch.Tensor:
         size = users.shape[0]
         # Under DDP the candidates are every process's (``across_processes``): N processes at batch B train like
-        # one at N x B. Their logQ terms count this process's batch; every process's batch being the same size,
-        # that is a constant shift of all logits, which the softmax ignores.
+        # one at N x B. Each logQ term counts its own process's batch and sampler: where the processes' batches
+        # are the same size and their samplers alike (the whole log in each), that is the same shift for every
+        # logit, which the softmax ignores; a prepared log's shares have samplers fitted on each share.
         candidates, start = across_processes(torch.cat([items, negatives.reshape(-1, negatives.shape[-1])]))
         candidate_ids, _ = across_processes(torch.cat([batch.items, batch.negatives.reshape(-1)]))
         valid, _ = across_processes(torch.cat([torch.ones_like(batch.items, dtype=torch.bool),
@@ -150,7 +151,6 @@ class SampledSoftmaxLoss(PairLoss):
             excluded = excluded | (candidate_ids.unsqueeze(0) == batch.items.unsqueeze(1))
         rows = torch.arange(size, device=logits.device)
         target = rows + start
-        excluded = excluded.clone()
         excluded[rows, target] = False
         logits = logits.masked_fill(excluded, float("-inf"))
         return F.cross_entropy(logits, target)

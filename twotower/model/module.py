@@ -89,8 +89,8 @@ class TwoTowerModel(L.LightningModule):
         if optimizer is not None and sparse_above is not None and n_users + n_items > sparse_above:
             optimizer = switch_to_sparse([user_tower, item_tower], optimizer, sparse_optimizer, weight_decay,
                                          n_users + n_items, sparse_above)
-            # The checkpoint describes the towers built, so that loading it (without an optimizer) builds them too.
-            self.hparams.update(user_tower=user_tower, item_tower=item_tower)
+            if optimizer is sparse_optimizer:  # the checkpoint describes the towers built, which loading it
+                self.hparams.update(user_tower=user_tower, item_tower=item_tower)  # (no optimizer) builds too
         self.user_tower = build_tower(user_tower, "user", n_users, dim, n_items)
         # Parts side by side in a user vector (a history tower with user ids), each met by its own item part.
         self.parts = self.user_tower.parts

@@ -49,11 +49,11 @@ def build_datamodule(cfg: DictConfig) -> InteractionDataModule:
         raise unwrapped(error) from None
 
 
-def planned_processes(trainer: DictConfig) -> dict[str, int]:
-    """The processes a data-parallel trainer starts, devices per node and nodes (one each otherwise): a prepared
-    log is shared out among them before they exist."""
+def planned_processes(trainer: DictConfig) -> dict[str, object]:
+    """The processes the trainer will start, devices per node and nodes, as configured (a prepared log is shared
+    out among them before they exist); one each for a strategy that runs in one process."""
     devices, nodes = trainer.get("devices", 1), trainer.get("num_nodes", 1)
-    if "ddp" not in str(trainer.get("strategy", "auto")) or not isinstance(devices, int) or not isinstance(nodes, int):
+    if str(trainer.get("strategy", "auto")) in ("single_device", "dp"):
         return {"devices": 1, "nodes": 1}
     return {"devices": devices, "nodes": nodes}
 

@@ -27,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from twotower import checks
 from twotower.checks import AUTO
-from twotower.data.batches import process_share
+from twotower.data.batches import across_processes, process_share
 from twotower.data.datamodule import InteractionDataModule
 from twotower.data.splits import SPLIT_NAMES
 from twotower.errors import ConfigError
@@ -372,8 +372,9 @@ def popularity(datamodule: InteractionDataModule, stage: str, ks: list[int]) -> 
     for validation, the same users) as the model's metrics."""
     counts = datamodule.item_counts()
     seen, target = (("train",), "valid") if stage == "val" else (("train", "valid"), "test")
-    if datamodule.splits[target].height == 0:
-        return {}
+    held_out = datamodule.splits[target].height
+    if (across_processes(held_out, "sum") if datamodule.sharded else held_out) == 0:  # decided by every process:
+        return {}  # the metrics below are synchronised, so either all processes compute them or none
     targets = datamodule.ranking_targets(target, datamodule.val_users if stage == "val" else None)
     share = " of this process's share" if datamodule.sharded and process_share()[1] > 1 else ""
     log.info("popularity baseline: ranking %d %s users%s", len(targets.users()),
