@@ -134,17 +134,17 @@ class SampledSoftmaxLoss(PairLoss):
     def __call__(self, users: torch.Tensor, items: torch.Tensor, negatives: torch.Tensor, batch: PairBatch
                  ) -> torch.Tensor:
         size = users.shape[0]
-        # Under DDP the candidates are every process's (``across_processes``): N processes at batch B train like
+        # Under DDP the candidates are every process's (``gathered``): N processes at batch B train like
         # one at N x B. Each logQ term counts its own process's batch and sampler: where the processes' batches
         # are the same size and their samplers alike (the whole log in each), that is the same shift for every
         # logit, which the softmax ignores; a prepared log's shares have samplers fitted on each share.
-        candidates, start = across_processes(torch.cat([items, negatives.reshape(-1, negatives.shape[-1])]))
-        candidate_ids, _ = across_processes(torch.cat([batch.items, batch.negatives.reshape(-1)]))
-        valid, _ = across_processes(torch.cat([torch.ones_like(batch.items, dtype=torch.bool),
+        candidates, start = gathered(torch.cat([items, negatives.reshape(-1, negatives.shape[-1])]))
+        candidate_ids, _ = gathered(torch.cat([batch.items, batch.negatives.reshape(-1)]))
+        valid, _ = gathered(torch.cat([torch.ones_like(batch.items, dtype=torch.bool),
                                                batch.negatives_valid.reshape(-1)]))
         logits = users @ candidates.T  # (batch, C); column start + r is row r's positive
         if self.logq_correction:
-            log_q, _ = across_processes(torch.cat([batch.items_log_q, batch.negatives_log_q.reshape(-1)]))
+            log_q, _ = gathered(torch.cat([batch.items_log_q, batch.negatives_log_q.reshape(-1)]))
             logits = logits - log_q
         excluded = ~valid.unsqueeze(0).expand_as(logits)
         if self.remove_accidental_hits:
@@ -156,7 +156,7 @@ class SampledSoftmaxLoss(PairLoss):
         return F.cross_entropy(logits, target)
 
 
-def across_processes(tensor: torch.Tensor) -> tuple[torch.Tensor, int]:
+def gathered(tensor: torch.Tensor) -> tuple[torch.Tensor, int]:
     """``tensor`` of every process in rank order, concatenated along its first dimension, with the gradient
     flowing back to each process's own part; and where this process's part starts. Outside DDP, ``tensor``
     and 0. Processes' lengths may differ (an epoch's last batch): each is padded to the longest for the

@@ -112,17 +112,19 @@ class TwoTowerModel(L.LightningModule):
         # The towers' buffers are the data they read (histories, features). Under DDP each process keeps its
         # own: a process training on its share of a prepared log holds only its users' histories, which
         # DistributedDataParallel would otherwise overwrite with process 0's.
-        DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
-            self, [name for name, _ in self.named_buffers() if name.startswith(("user_tower.", "item_tower."))])
+        DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(self, list(self.data_buffers()))
+
+    def data_buffers(self) -> dict[str, torch.Tensor]:
+        """The towers' buffers by state-dict name: the data they read (histories, features), not parameters."""
+        towers = ("user_tower.", "item_tower.")
+        return {name: buffer for name, buffer in self.named_buffers() if name.startswith(towers)}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """A process holding its share of the users keeps its own histories when a checkpoint process 0 saved is
         restored into it (the trainer's ``ckpt_path``)."""
         if self._own_data:
             state = checkpoint["state_dict"]
-            for name, buffer in self.named_buffers():
-                if name.startswith(("user_tower.", "item_tower.")) and name in state:
-                    state[name] = buffer
+            state |= {name: buffer for name, buffer in self.data_buffers().items() if name in state}
 
     def user_vectors(self, users: torch.Tensor) -> torch.Tensor:
         return project(self.user_tower(users), self.hparams.score, self.parts)

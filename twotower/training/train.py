@@ -348,9 +348,8 @@ def export(model: TwoTowerModel, datamodule: InteractionDataModule, paths: RunPa
 def with_data_of(model: TwoTowerModel, checkpoint: Path) -> None:
     """Rewrite ``checkpoint`` with the data ``model``'s towers hold now (histories, features), atomically."""
     saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    buffers = dict(model.named_buffers())
-    saved["state_dict"] |= {name: buffers[name] for name in saved["state_dict"] if name in buffers and
-                            name.startswith(("user_tower.", "item_tower."))}
+    state = saved["state_dict"]
+    state |= {name: buffer for name, buffer in model.data_buffers().items() if name in state}
     with atomic_path(checkpoint) as temporary:
         torch.save(saved, temporary)
 
