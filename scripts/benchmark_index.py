@@ -164,7 +164,8 @@ def main() -> None:
     for run_dir in args.run_dir:
         run = Run.open(run_dir)
         tuning, probe = run_probes(run, args.queries)
-        tables.append(compare(f"trained run {run_dir.name}", run.item_vectors, run.score, tuning, probe, args.faiss))
+        tables.append(compare(f"trained run {run_dir.name}", run.item_vectors, run.manifest.index_score, tuning,
+                              probe, args.faiss))
     for size in args.synthetic:
         items = synthetic(size, args.dim, seed=0, spread=args.spread)
         nothing = [np.empty(0, dtype=np.int64)] * args.queries

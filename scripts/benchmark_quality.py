@@ -48,6 +48,7 @@ from twotower.data.batches import RankingBatches, eval_chunk_size
 from twotower.data.readers import UserLinesReader
 from twotower.data.user_items import UserItems
 from twotower.model.metrics import RankingMetrics
+from twotower.run import Run
 from twotower.training.evaluation import evaluate_run, evaluate_vectors
 from twotower.training.train import train
 
@@ -211,6 +212,11 @@ def benchmark(folder: Path, overrides: list[str], variants: list[str], reference
                 "fit_seconds": seconds, "epochs": trained.get("final_fit_epochs")}
             print(f"{folder.name} {name}: recall@20 {metrics['recall@20']:.4f}  ndcg@20 {metrics['ndcg@20']:.4f}  "
                   f"{seconds:.1f}s", flush=True)
+            if Run.open(run_dir).manifest.prior:  # the ablation: the same run ranked by its towers alone
+                metrics = evaluate_run(run_dir, path=str(test_csv), ks=[20], prior=False)
+                results[f"{name[:-1]}, popularity prior off)"] = {metric: metrics[metric] for metric in METRICS}
+                print(f"{folder.name} {name[:-1]}, popularity prior off): recall@20 {metrics['recall@20']:.4f}  "
+                      f"ndcg@20 {metrics['ndcg@20']:.4f}", flush=True)
     return results
 
 

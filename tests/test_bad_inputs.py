@@ -79,7 +79,7 @@ def flip_bytes(path: Path) -> None:
 
 def edit_meta(run: Path) -> None:
     meta = json.loads((run / "index" / "meta.json").read_text())
-    meta["score"] = "dot"
+    meta["score"] = "cosine" if meta["score"] == "dot" else "dot"  # the other metric
     (run / "index" / "meta.json").write_text(json.dumps(meta))
 
 
@@ -169,7 +169,7 @@ RUN_CASES = [
     ("retrieve: users file without user_id", retrieve, None, ["users_file=USERS"], r"no column 'user_id' of user ids .*users_column="),
     ("retrieve: truncated index file", retrieve, damaged_run(lambda run: truncate(run / "index" / "items.ann")), ["user=1"], r"items\.ann has \d+ bytes, not \d+ \(truncated or replaced\)"),
     ("retrieve: corrupt index file", retrieve, damaged_run(lambda run: flip_bytes(run / "index" / "items.ann")), ["user=1"], r"items\.ann is damaged"),
-    ("retrieve: index metadata of another model", retrieve, damaged_run(edit_meta), ["user=1"], r"score 'dot' but the model scores by 'cosine'"),
+    ("retrieve: index metadata of another model", retrieve, damaged_run(edit_meta), ["user=1"], r"score '(dot|cosine)' but the model scores by '(cosine|dot)'"),
     ("retrieve: index of other vectors", retrieve, damaged_run(lambda run: shutil.copy(run / "embeddings" / "users.parquet", run / "embeddings" / "items.parquet")), ["user=1"], r"embeddings and vocabularies disagree|does not match this run"),
     ("retrieve: missing index metadata", retrieve, damaged_run(lambda run: (run / "index" / "meta.json").unlink()), ["user=1"], r"meta\.json missing"),
     ("retrieve: corrupt embeddings file", retrieve, damaged_run(lambda run: truncate(run / "embeddings" / "items.parquet")), ["user=1"], r"items\.parquet does not match this run"),

@@ -27,7 +27,7 @@ def test_new_users_are_served_from_their_features(tmp_path: Path, shared_data: P
     test = test.sort("user").head(300)
     features = users.join(test.select(pl.col("user").alias("index")), on="index", how="semi").sort("index")
     vectors = retriever.embed("user", features.select("age", "gender", "occupation"))
-    assert vectors.shape == (features.height, 32)
+    assert vectors.shape == (features.height, retriever.catalogue.dim)  # as queries: with the prior's coordinate
     found = retriever.search(vectors, k=20)  # as new users: no id vector, nothing excluded
     def recall(results: list) -> float:
         return float(np.mean([

@@ -275,7 +275,8 @@ def test_user_ids_sit_beside_the_history_and_new_users_use_the_history_part(tmp_
                                with_timestamps=False)
     log.write_csv(tmp_path / "log.csv")
     train(compose_train(tmp_path / "run", "data=interactions", f"data.path={tmp_path / 'log.csv'}", "model=history",
-                        "model.user_tower.use_id=true", "model.dim=8", "trainer.max_epochs=5", "show_similar_to=null"))
+                        "model.user_tower.use_id=true", "model.dim=8", "trainer.max_epochs=5", "show_similar_to=null",
+                        "model.popularity_prior=0"))  # the towers' parts alone (tests/test_prior.py adds the prior)
     retriever = Retriever.load(tmp_path / "run", index="exact")
     # each part of an item vector is a unit vector of its own: the score is the sum of the parts' cosines
     assert retriever.catalogue.vectors.shape[1] == retriever.run.user_vectors.shape[1] == 16

@@ -221,8 +221,11 @@ def test_two_processes_train_from_their_own_shards_and_agree_with_one(tmp_path: 
     n_users = selected.hparams.n_users
     histories = UserItems.from_frame(train_split, n_users)
     selected.user_tower.load_history(torch.from_numpy(histories.indptr), torch.from_numpy(histories.items))
-    with torch.no_grad():
-        users, items = selected.all_user_vectors().numpy(), selected.all_item_vectors().numpy()
+    weight = json.loads((run_dir / "run.json").read_text())["chosen"]["model.popularity_prior"]["value"]
+    with torch.no_grad():  # ranked with the popularity prior chosen by the two processes together
+        prior = np.full((n_users, 1), weight * selected.hparams.temperature, np.float32)
+        users = np.hstack([selected.all_user_vectors().numpy(), prior])
+        items = np.hstack([selected.all_item_vectors().numpy(), selected.item_prior.numpy()[:, None]])
     full = evaluate_vectors(users, items, histories, UserItems.from_frame(valid, n_users))
     assert ranks[0]["val/ndcg@20"] == pytest.approx(full["ndcg@20"], abs=1e-6)
     assert ranks[0]["val/recall@10"] == pytest.approx(full["recall@10"], abs=1e-6)
@@ -236,8 +239,14 @@ def test_two_processes_train_from_their_own_shards_and_agree_with_one(tmp_path: 
     assert np.array_equal(final.user_tower.history_indptr.numpy(), histories.indptr)
     with torch.no_grad():
         expected = final.all_user_vectors().numpy()
-    exported = pl.read_parquet(run_dir / "embeddings" / "users.parquet")
-    assert np.allclose(np.stack(exported["vector"].to_list()), expected, atol=1e-5)
+    exported = np.stack(pl.read_parquet(run_dir / "embeddings" / "users.parquet")["vector"].to_list())
+    width = retriever.run.manifest.model_dim
+    assert np.allclose(exported[:, :width], expected, atol=1e-5)
+    if retriever.run.manifest.prior:  # and the prior over the whole log's counts, not those of process 0's share
+        assert np.allclose(exported[:, width:], final.prior_weight)
+        counts = np.bincount(every["item"].to_numpy(), minlength=final.hparams.n_items)
+        assert np.allclose(retriever.run.item_vectors[:, -1], np.log1p(counts))
+        assert np.allclose(final.item_prior.numpy(), np.log1p(counts))
     for user in (retriever.run.user_vocab.ids[0], retriever.run.user_vocab.ids[-1]):
         assert len(retriever.recommend(user, k=5).records()) == 5
 

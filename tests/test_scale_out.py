@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import pytest
 import torch
@@ -50,8 +51,12 @@ def test_ddp_on_two_cpu_processes_shards_batches_and_agrees_on_metrics(tmp_path:
     run_dir = tmp_path / "ddp"
     assert json.loads((run_dir / "run.json").read_text())["trained_on"] == ["train", "valid", "test"]
     selected = TwoTowerModel.load_from_checkpoint(run_dir / "checkpoints" / "best.ckpt", map_location="cpu")
-    with torch.no_grad():
+    weight = json.loads((run_dir / "run.json").read_text())["chosen"]["model.popularity_prior"]["value"]
+    with torch.no_grad():  # ranked with the popularity prior chosen by the two processes together
         users, items = selected.all_user_vectors().numpy(), selected.all_item_vectors().numpy()
+        prior = weight * selected.hparams.temperature
+        users = np.hstack([users, np.full((len(users), 1), prior, np.float32)])
+        items = np.hstack([items, selected.item_prior.numpy()[:, None]])
     train, valid = (pl.read_parquet(run_dir / "splits" / f"{name}.parquet") for name in ("train", "valid"))
     full = evaluate_vectors(users, items, UserItems.from_frame(train, len(users)),
                             UserItems.from_frame(valid, len(users)))

@@ -83,8 +83,7 @@ def test_a_known_user_is_the_encoding_of_their_sequence(sequence_run: tuple) -> 
     splits = pl.concat([retriever.run.split(name) for name in ("train", "valid", "test")]).sort("user", "order")
     users = [0, 7, 41]
     histories = [splits.filter(pl.col("user") == user)["item"].to_numpy() for user in users]
-    np.testing.assert_allclose(retriever.encoder.encode_sequences(histories), retriever.run.user_vectors[users],
-                               atol=1e-5)
+    np.testing.assert_allclose(retriever.history_queries(histories), retriever.run.user_vectors[users], atol=1e-5)
 
 
 def test_an_ordered_history_answers_alike_in_python_cli_and_http(sequence_run: tuple, tmp_path: Path) -> None:

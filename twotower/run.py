@@ -155,6 +155,18 @@ class Manifest:
     parts: int = 1  # parts side by side in a vector (an ID and a history part: 2), each unit for cosine
     chosen: dict[str, dict] = field(default_factory=dict)  # options left to the run: what each became, and why
     user_tower: str | None = None  # the class of the user tower (a SequenceTower embeds histories in order)
+    # The popularity prior: each user vector's last coordinate (0: the vectors have no such coordinate), met by
+    # each item's log(1 + interactions it trained on) in the items' last coordinate.
+    prior: float = 0.0
+
+    @property
+    def model_dim(self) -> int:
+        """The width of the towers' vectors, without the prior's coordinate."""
+        return self.dim - 1 if self.prior else self.dim
+
+    @property
+    def index_score(self) -> str:
+        return index_score(self.score, self.prior)
 
     REQUIRED = ("names", "score", "dim", "n_users", "n_items", "checkpoint", "trained_on", "min_rating",
                 "fingerprints")
@@ -178,6 +190,12 @@ class Manifest:
 
     def write(self, paths: RunPaths) -> None:
         write_json(dataclasses.asdict(self), paths.manifest)
+
+
+def index_score(score: str, prior: float) -> str:
+    """What an index over a run's items ranks by: the model's score, or the dot product where the vectors carry
+    the popularity prior (a cosine model's vectors are then no longer unit vectors)."""
+    return "dot" if prior else score
 
 
 # Where twotower-train writes a run unless told otherwise (Hydra's run directory, outputs/DATE/TIME).

@@ -16,6 +16,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
+from twotower import checks
 from twotower.commands.cli import answer_help, check_options, reported_errors
 from twotower.files import write_json
 from twotower.run import RunPaths
@@ -26,8 +27,9 @@ from twotower.training.evaluation import evaluate_run
 def app(cfg: DictConfig) -> None:
     with reported_errors(cfg.debug):
         check_options(cfg, "eval")
-        results = evaluate_run(cfg.run_dir, cfg.holdout, cfg.path, list(cfg.ks), cfg.user_col, cfg.item_col)
-        name = Path(cfg.path).name.split(".")[0] if cfg.path else cfg.holdout
+        prior = checks.flag("prior", cfg.prior)
+        results = evaluate_run(cfg.run_dir, cfg.holdout, cfg.path, list(cfg.ks), cfg.user_col, cfg.item_col, prior)
+        name = (Path(cfg.path).name.split(".")[0] if cfg.path else cfg.holdout) + ("" if prior else "-no-prior")
         # "eval-" keeps these apart from the metrics the training run wrote (metrics/train.json).
         write_json(results, RunPaths(Path(cfg.run_dir)).metrics(f"eval-{name}"))
         print(json.dumps(results, indent=2, sort_keys=True))

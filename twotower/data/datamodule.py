@@ -279,6 +279,13 @@ class InteractionDataModule(L.LightningDataModule):
                                                              self.n_users)
         return self._training_user_items
 
+    def training_item_counts(self) -> np.ndarray:
+        """Each item's interactions in what the model now trains on (``fit_on``), over the whole log: a prepared
+        log's from its preparation, which counts the training split."""
+        if self.sharded:  # this process holds only its share of the users
+            return self.item_counts()
+        return np.bincount(self.train_items.numpy(), minlength=self.n_items)
+
     def training_positions(self, length: int) -> int:
         """The positions of the training sequences that have a next item, each sequence its last ``length + 1``
         items: the queries an epoch of a sequence tower trains on."""
@@ -358,11 +365,19 @@ class WholeLog:
 
     def __init__(self, data: InteractionDataModule) -> None:
         self.data = data
+        self._user_items: UserItems | None = None
 
     def side_features(self, side: str, specs: list[FeatureSpec]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         return self.data.side_features(side, specs)
 
     def training_user_items(self) -> UserItems:
+        if not isinstance(self.data.source, PreparedShards):
+            return self.data.training_user_items()
+        if self._user_items is None:  # read once, for the towers and the prior
+            self._user_items = self.data.source.user_items(self.data.fitted_on, self.data.n_users)
+        return self._user_items
+
+    def training_item_counts(self) -> np.ndarray:
         if isinstance(self.data.source, PreparedShards):
-            return self.data.source.user_items(self.data.fitted_on, self.data.n_users)
-        return self.data.training_user_items()
+            return np.bincount(self.training_user_items().items, minlength=self.data.n_items)
+        return self.data.training_item_counts()

@@ -11,6 +11,7 @@ import logging
 from collections.abc import Callable, Sequence
 
 import lightning as L
+import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 from torchmetrics import MeanMetric
@@ -57,6 +58,9 @@ class TwoTowerModel(L.LightningModule):
             does. Decided when an optimizer is given (training), not when a checkpoint is loaded.
         sparse_optimizer: the factory that trains sparse towers (a ``_partial_`` optimizer).
         ks: cut-offs of the validation/test ranking metrics (the word ``twotower-eval`` uses too).
+        popularity_prior: weight of each item's log(1 + training interactions) added to its logit when ranking
+            (not in training), which a bounded score or a logQ-corrected loss under-ranks by popularity; a run
+            chooses it on its validation split (``twotower.training.prior``).
     """
 
     def __init__(
@@ -75,6 +79,7 @@ class TwoTowerModel(L.LightningModule):
         sparse_above: int | None = 250_000,
         sparse_optimizer: OptimizerFactory | None = None,
         ks: Sequence[int] = (10, 20),
+        popularity_prior: float = 0.0,
     ) -> None:
         super().__init__()
         checks.choice("model.score", score, SCORES)
@@ -83,6 +88,7 @@ class TwoTowerModel(L.LightningModule):
             raise ConfigError(f"model.dim must be auto or an integer >= 1, got {dim!r}")
         checks.number("model.weight_decay", weight_decay, at_least=0)
         checks.integer("model.sparse_above", sparse_above, 0, optional=True, meaning_of_null="never switch")
+        checks.number("model.popularity_prior", popularity_prior, at_least=0)
         self.save_hyperparameters(ignore=["optimizer", "scheduler", "sparse_optimizer"])
         user_tower = dict(user_tower or {"_target_": "twotower.model.towers.IdTower"})
         item_tower = dict(item_tower or {"_target_": "twotower.model.towers.IdTower"})
@@ -101,6 +107,10 @@ class TwoTowerModel(L.LightningModule):
         self.epoch_loss = MeanMetric()
         self.val_metrics = RankingMetrics(n_items, ks)
         self.test_metrics = RankingMetrics(n_items, ks)
+        # log(1 + each item's interactions in the splits the model trains on): what the prior weighs (``attach``)
+        self.register_buffer("item_prior", torch.zeros(n_items))
+        self.prior_trials: dict[float, RankingMetrics] = {}  # other weights the next validation pass ranks by
+        self.prior_results: dict[float, dict[str, float]] = {}  # and what each scored
         self._catalogue: torch.Tensor | None = None
         self._own_data = False  # attached to one process's share of the users (see ``on_load_checkpoint``)
 
@@ -108,6 +118,7 @@ class TwoTowerModel(L.LightningModule):
         """Give the towers what they read from the data the model now trains on (features, histories)."""
         self.user_tower.attach(data, "user")
         self.item_tower.attach(data, "item")
+        self.item_prior.copy_(torch.from_numpy(np.log1p(data.training_item_counts())))
         self._own_data = data.sharded
         # The towers' buffers are the data they read (histories, features). Under DDP each process keeps its
         # own: a process training on its share of a prepared log holds only its users' histories, which
@@ -115,13 +126,17 @@ class TwoTowerModel(L.LightningModule):
         DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(self, list(self.data_buffers()))
 
     def data_buffers(self) -> dict[str, torch.Tensor]:
-        """The towers' buffers by state-dict name: the data they read (histories, features), not parameters."""
+        """The buffers that hold data (the towers' histories and features, the items' prior), not parameters, by
+        state-dict name."""
         towers = ("user_tower.", "item_tower.")
-        return {name: buffer for name, buffer in self.named_buffers() if name.startswith(towers)}
+        return {name: buffer for name, buffer in self.named_buffers() if name.startswith(towers)
+                or name == "item_prior"}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """A process holding its share of the users keeps its own histories when a checkpoint process 0 saved is
-        restored into it (the trainer's ``ckpt_path``)."""
+        restored into it (the trainer's ``ckpt_path``). A checkpoint saved before the model had a prior ranks
+        without one."""
+        checkpoint["state_dict"].setdefault("item_prior", torch.zeros_like(self.item_prior))
         if self._own_data:
             state = checkpoint["state_dict"]
             state |= {name: buffer for name, buffer in self.data_buffers().items() if name in state}
@@ -199,11 +214,20 @@ class TwoTowerModel(L.LightningModule):
         self.log("train/loss_epoch", self.epoch_loss.compute())  # compute() averages over DDP processes
         self.epoch_loss.reset()
 
+    @property
+    def prior_weight(self) -> float:
+        """The popularity prior in score units (the weight of ``item_prior`` beside a dot product of the
+        exported vectors, which is the logit times the temperature)."""
+        return self.hparams.popularity_prior * self.hparams.temperature
+
     def _rank(self, metrics: RankingMetrics, batch: RankingBatch) -> None:
         if self._catalogue is None:  # once per evaluation pass: the items do not change within it
             self._catalogue = self.all_item_vectors()
         users = project(self.user_tower.for_ranking(batch), self.hparams.score, self.parts)
-        metrics.update(users @ self._catalogue.T, batch)
+        scores = users @ self._catalogue.T
+        metrics.update(scores + self.prior_weight * self.item_prior if self.prior_weight else scores, batch)
+        for weight, trial in self.prior_trials.items():
+            trial.update(scores + weight * self.hparams.temperature * self.item_prior, batch)
 
     def _publish(self, metrics: RankingMetrics, stage: str) -> None:
         self.log_dict({f"{stage}/{name}": value for name, value in metrics.compute().items()})
@@ -215,6 +239,10 @@ class TwoTowerModel(L.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         self._publish(self.val_metrics, "val")
+        self.prior_results = {weight: {name: float(value) for name, value in trial.compute().items()}
+                              for weight, trial in self.prior_trials.items()}  # synchronised over processes
+        for trial in self.prior_trials.values():
+            trial.reset()
 
     def test_step(self, batch: RankingBatch, batch_idx: int) -> None:
         self._rank(self.test_metrics, batch)

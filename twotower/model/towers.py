@@ -45,6 +45,8 @@ class TrainingData(Protocol):
 
     def training_user_items(self) -> UserItems: ...
 
+    def training_item_counts(self) -> np.ndarray: ...
+
 
 @dataclass(frozen=True)
 class TrainingUsers:

@@ -52,6 +52,7 @@ class Catalogue:
     vocab: Vocabulary
     score: str
     parts: int  # of a vector, side by side: each is a unit vector in a cosine run
+    prior: float  # the popularity prior's weight, in every user query's last coordinate (0: no such coordinate)
     index: Backend
     index_vectors: np.ndarray
     popularity: np.ndarray  # interactions per run item, in the run's log
@@ -79,13 +80,13 @@ class Catalogue:
             searcher: Backend = ExactIndex(index.batch_size)
             searcher.load(index_vectors, {}, run.paths.index)
         else:
-            searcher, _ = load_index(run.paths.index, index_vectors, run.score,
+            searcher, _ = load_index(run.paths.index, index_vectors, run.manifest.index_score,
                                      checkpoint=run.manifest.checkpoint_fingerprint, index=index)
         removed_rows = vocab.lookup(removed["id"].to_list()) if removed is not None else NO_ROWS
         if added is not None:
             removed_rows = np.union1d(removed_rows, len(vocab) + np.flatnonzero(added["removed"].to_numpy()))
         popularity = np.bincount(run.seen.items, minlength=len(vocab))
-        return cls(vocab, run.score, run.manifest.parts, searcher, index_vectors, popularity,
+        return cls(vocab, run.score, run.manifest.parts, run.manifest.prior, searcher, index_vectors, popularity,
                    np.argsort(-popularity, kind="stable"), added_vectors, ids,
                    [] if added is None else added["title"].to_list(),
                    {key: len(vocab) + row for row, key in enumerate(ids)},  # a repeated id: its latest row
@@ -102,7 +103,29 @@ class Catalogue:
 
     @property
     def dim(self) -> int:
+        """The width of the vectors searched (with the prior's coordinate, where the run has one)."""
         return self.index_vectors.shape[1]
+
+    @property
+    def model_dim(self) -> int:
+        """The width of the towers' vectors: what new items and queries are given in."""
+        return self.dim - 1 if self.prior else self.dim
+
+    def user_queries(self, vectors: np.ndarray) -> np.ndarray:
+        """User vectors from the towers (new users, histories) as queries of the index: with the prior's
+        weight beside them, where the run has one."""
+        vectors = np.asarray(vectors, dtype=np.float32)
+        if not self.prior:
+            return vectors
+        return np.hstack([vectors, np.full((len(vectors), 1), self.prior, np.float32)])
+
+    def item_queries(self, rows: np.ndarray) -> np.ndarray:
+        """The vectors of items as queries for their neighbours: an item's likeness to another is the model's
+        score of the two, without the other's popularity."""
+        queries = self.vectors_of(rows)
+        if self.prior:
+            queries[:, -1] = 0.0
+        return queries
 
     @property
     def n_added(self) -> int:
@@ -198,7 +221,7 @@ class Catalogue:
         so that scores stay in [-1, 1]; for a dot run, 1."""
         if self.score != "cosine" or self.parts == 1:
             return 1.0
-        present = np.count_nonzero(np.linalg.norm(query.reshape(self.parts, -1), axis=1) > 0)
+        present = np.count_nonzero(np.linalg.norm(query[:self.model_dim].reshape(self.parts, -1), axis=1) > 0)
         return 1.0 / max(int(present), 1)
 
     def vectors_of(self, rows: np.ndarray) -> np.ndarray:
@@ -255,8 +278,9 @@ class Catalogue:
 
     def with_items(self, ids: Sequence[object], vectors: object, titles: Sequence[str | None] | None = None
                    ) -> Catalogue:
-        """A new catalogue with these items added: ``vectors`` (one per id) in the run's space, normalised as
-        the exported ones are (unit length for a cosine run)."""
+        """A new catalogue with these items added: ``vectors`` (one per id) in the towers' space, normalised as
+        the exported ones are (unit length for a cosine run); where the run has a popularity prior, a new item
+        has none (no interactions in the run's log)."""
         keys = self._new_keys(ids)
         vectors = self._checked_vectors(vectors, len(keys))
         titles = [None] * len(keys) if titles is None else list(titles)
@@ -295,21 +319,23 @@ class Catalogue:
         try:
             vectors = np.asarray(vectors, dtype=np.float32)
         except (TypeError, ValueError) as error:
-            raise DataError(f"new {self.vocab.name} vectors must be numbers of {self.dim} each ({error})") \
+            raise DataError(f"new {self.vocab.name} vectors must be numbers of {self.model_dim} each ({error})") \
                 from error
-        if vectors.shape != (n, self.dim):
-            raise DataError(f"expected {n} new {self.vocab.name} vector(s) of dimension {self.dim} (the run's), "
-                                f"got an array of shape {vectors.shape}")
+        if vectors.shape != (n, self.model_dim):
+            raise DataError(f"expected {n} new {self.vocab.name} vector(s) of dimension {self.model_dim} (the "
+                            f"run's), got an array of shape {vectors.shape}")
         if not np.isfinite(vectors).all():
             raise DataError(f"new {self.vocab.name} vectors must be finite (no NaN or infinity)")
-        if self.score != "cosine":
-            return vectors
-        # The exported vectors of a cosine run are unit vectors, part by part (an ID and a history part).
-        parts = vectors.reshape(len(vectors), self.parts, -1)
-        norms = np.linalg.norm(parts, axis=2, keepdims=True)
-        if (norms == 0).any():
-            raise DataError("a cosine run cannot score a zero vector (or a zero part of one): it has no direction")
-        return (parts / norms).reshape(vectors.shape).astype(np.float32)
+        if self.score == "cosine":
+            # The exported vectors of a cosine run are unit vectors, part by part (an ID and a history part).
+            parts = vectors.reshape(len(vectors), self.parts, -1)
+            norms = np.linalg.norm(parts, axis=2, keepdims=True)
+            if (norms == 0).any():
+                raise DataError("a cosine run cannot score a zero vector (or a zero part of one): it has no "
+                                "direction")
+            vectors = (parts / norms).reshape(vectors.shape).astype(np.float32)
+        # a new item's log(1 + interactions in the run's log): 0
+        return np.pad(vectors, ((0, 0), (0, 1))) if self.prior else vectors
 
     def frames(self) -> tuple[pl.DataFrame, pl.DataFrame]:
         """What ``load`` reads back: every added row in order (its id, vector, title, and whether it was
@@ -334,7 +360,8 @@ def rebuild_index(run_dir: str | Path, index: Backend, recall_queries: int = 100
     added, _ = run.saved_catalogue()
     items = run.item_vectors if added is None else np.concatenate([run.item_vectors, _saved_vectors(added)])
     probe = Probe.sample(run.user_vectors, run.seen.row, recall_queries, seed)
-    return build_for_run(index, items, run.score, run.paths.index, probe, run.manifest.checkpoint_fingerprint)
+    return build_for_run(index, items, run.manifest.index_score, run.paths.index, probe,
+                         run.manifest.checkpoint_fingerprint)
 
 
 def _folded_rows(run: Run, n_items: int, n_added: int) -> int:

@@ -143,7 +143,8 @@ def plot_run(run_dir: str | Path, side: str = "items", color: str | None = "auto
     paths = run.paths
     name = run.names["item" if side == "items" else "user"]
     vocab = run.item_vocab if side == "items" else run.user_vocab
-    vectors = run.item_vectors if side == "items" else run.user_vectors
+    # the towers' vectors, without the popularity prior's coordinate where the run has one
+    vectors = (run.item_vectors if side == "items" else run.user_vectors)[:, :run.manifest.model_dim]
     column = default_colour(vocab.frame) if color == "auto" else color
     method = available_method(method)
     log.info("projecting %d %s vectors with %s", len(vectors), name, method)

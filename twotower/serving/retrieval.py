@@ -192,13 +192,14 @@ class Retriever:
 
     def history_queries(self, histories: Sequence[np.ndarray]) -> np.ndarray:
         """The user tower's vectors for histories of item rows (in order), in the space of the index."""
+        catalogue = self.catalogue
         if self.reads_sequences:
-            return self.encoder.encode_sequences(histories)
+            return catalogue.user_queries(self.encoder.encode_sequences(histories))
         queries = np.stack([self.run.history_vectors[rows].mean(axis=0) for rows in histories])
         if self.run.score == "cosine":
             queries /= np.maximum(np.linalg.norm(queries, axis=1, keepdims=True), 1e-12)
         # A tower with user ids puts the history part last, beside an ID part that a new user does not have.
-        return np.pad(queries, ((0, 0), (self.catalogue.dim - queries.shape[1], 0)))
+        return catalogue.user_queries(np.pad(queries, ((0, 0), (catalogue.model_dim - queries.shape[1], 0))))
 
     def similar_items(self, items: object, k: int = 10, allow: Iterable | None = None,
                       deny: Iterable | None = None) -> Result | list[Result]:
@@ -210,7 +211,7 @@ class Retriever:
             rows = np.array([catalogue.resolve(item) for item in batch], dtype=np.int64)
         denied = catalogue.denied(deny)
         allowed = catalogue.allowed(allow)
-        results = catalogue.search(catalogue.vectors_of(rows), k, [np.union1d(denied, [row]) for row in rows],
+        results = catalogue.search(catalogue.item_queries(rows), k, [np.union1d(denied, [row]) for row in rows],
                                    allow=allowed)
         return results if _is_batch(items) else results[0]
 
@@ -220,7 +221,8 @@ class Retriever:
         batch = list(users) if _is_batch(users) else [users]
         with self._explained("user", batch):
             rows = np.array([self.run.user_vocab.resolve(user) for user in batch], dtype=np.int64)
-        indices, scores = exact_top(self.run.user_vectors[rows], self.run.user_vectors, k + 1)
+        vectors = self.run.user_vectors[:, :self.run.manifest.model_dim]  # users alike, whatever the prior
+        indices, scores = exact_top(vectors[rows], vectors, k + 1)
         results = []
         for row, found, found_scores in zip(rows, indices, scores, strict=True):
             keep = found != row
@@ -281,8 +283,8 @@ class Retriever:
         """What is being served: the run, its sizes, score and index, and the catalogue's changes."""
         catalogue = self.catalogue
         return {"run_dir": str(self.run.root), "score": self.run.score, "users": len(self.run.user_vocab),
-                "items": len(self.run.item_vocab), "dim": catalogue.dim // catalogue.parts, "parts": catalogue.parts,
-                "index": catalogue.index.backend,
+                "items": len(self.run.item_vocab), "dim": catalogue.model_dim // catalogue.parts,
+                "parts": catalogue.parts, "popularity_prior": catalogue.prior, "index": catalogue.index.backend,
                 **catalogue.counts()}
 
     def item_features(self) -> list[str]:
@@ -293,6 +295,8 @@ class Retriever:
         """Vectors for new users or items (``side``) from their side features alone (cold start).
 
         Only runs whose tower for that side is a feature tower can do this; ``features`` has one row per
-        new id and the feature columns the model was trained with (missing values are allowed).
+        new id and the feature columns the model was trained with (missing values are allowed). New users come
+        as queries of the index (``search``), new items as ``add_items`` takes them.
         """
-        return self.encoder.embed_features(side, features)
+        vectors = self.encoder.embed_features(side, features)
+        return self.catalogue.user_queries(vectors) if side == "user" else vectors

@@ -88,6 +88,8 @@ def build_model(cfg: DictConfig, datamodule: InteractionDataModule) -> TwoTowerM
     model_cfg = cfg.model.copy()
     if model_cfg.dim == AUTO:  # as the run resolves it for the log (and says so)
         model_cfg.dim = sizing(cfg, datamodule).dim
+    if model_cfg.get("popularity_prior") == AUTO:  # chosen once the model is selected (twotower.training.prior)
+        model_cfg.popularity_prior = 0.0
     if model_cfg.get("temperature") == AUTO:  # built outside a run's race (a notebook): what a short run takes
         model_cfg.temperature = cfg.race.fallback
     for side in ("user", "item"):  # a tower's feature names become their full encodings (assigned, not merged)

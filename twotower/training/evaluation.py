@@ -42,9 +42,10 @@ def encode_known(frame: pl.DataFrame, user_vocab: Vocabulary, item_vocab: Vocabu
 
 
 def evaluate_run(run_dir: str | Path, holdout: str = "test", path: str | None = None, ks: Sequence[int] = (10, 20),
-                 user_col: str = "user_id", item_col: str = "item_id") -> dict[str, float]:
+                 user_col: str = "user_id", item_col: str = "item_id", prior: bool = True) -> dict[str, float]:
     """Metrics of a run's exported vectors on its ``holdout`` split (``valid`` or ``test``), or on the
-    interactions of the file at ``path`` (everything the run trained or selected on removed)."""
+    interactions of the file at ``path`` (everything the run trained or selected on removed). ``prior=False``
+    scores the towers alone, without the run's popularity prior (an ablation)."""
     run = Run.open(run_dir)
     ks = list(ks)
     cut_offs(ks, 1)  # checked before anything is read
@@ -76,7 +77,9 @@ def evaluate_run(run_dir: str | Path, holdout: str = "test", path: str | None = 
         raise TwoTowerError(f"holdout must be 'valid' or 'test', got '{holdout}'")
 
     n_users = len(run.user_vocab)
-    return evaluate_vectors(run.user_vectors, run.item_vectors, UserItems.from_frame(seen, n_users),
+    width = run.manifest.dim if prior else run.manifest.model_dim
+    return evaluate_vectors(np.ascontiguousarray(run.user_vectors[:, :width]),
+                            np.ascontiguousarray(run.item_vectors[:, :width]), UserItems.from_frame(seen, n_users),
                             UserItems.from_frame(targets, n_users), ks)
 
 

@@ -35,10 +35,11 @@ from twotower.files import atomic_path, fingerprint, write_json, write_parquet, 
 from twotower.index import Backend, Probe, build_for_run
 from twotower.model.metrics import metric_names
 from twotower.model.module import TwoTowerModel
-from twotower.run import Manifest, Run, RunPaths, seen_items, write_vectors
+from twotower.run import Manifest, Run, RunPaths, index_score, seen_items, write_vectors
 from twotower.training.build import batch_plan, build_datamodule, build_model, sizing
 from twotower.training.evaluation import popularity_metrics
 from twotower.training.fitting import fit, make_trainer
+from twotower.training.prior import validate_with_prior
 from twotower.training.progress import forget_epochs_after
 from twotower.training.race import Outcome, choose_temperature
 from twotower.training.runlog import RECORD, RunLog
@@ -236,11 +237,17 @@ def select(cfg: DictConfig, datamodule: InteractionDataModule, paths: RunPaths) 
         outcome.checkpoint.unlink(missing_ok=True)  # the winner's start, now part of the selection's epochs
     selected = Path(trainer.checkpoint_callback.best_model_path or paths.last_checkpoint)
     epochs = torch.load(selected, map_location="cpu", weights_only=False)["epoch"] + 1
-    # The selected checkpoint's metrics, not the last epoch's, beside popularity's on the same splits.
-    metrics = trainer.validate(model, datamodule=datamodule, ckpt_path=str(selected), verbose=False)[0]
+    # The selected checkpoint's metrics, not the last epoch's, with its popularity prior, beside popularity's on
+    # the same splits.
+    prior, metrics = validate_with_prior(cfg, trainer, model, datamodule, selected)
+    if cfg.model.popularity_prior != prior.weight:
+        cfg.model.popularity_prior = prior.weight  # the final fit ranks with it too
+        if is_first_process():
+            write_text(OmegaConf.to_yaml(cfg, resolve=True), paths.config)
     ks = list(cfg.model.ks)
     metrics |= popularity(datamodule, "val", ks) | (popularity(datamodule, "test", ks) if cfg.test else {})
-    return Selection(trainer, model, selected, epochs, metrics, {"model.temperature": outcome.record()})
+    return Selection(trainer, model, selected, epochs, metrics, {"model.temperature": outcome.record(),
+                                                                 "model.popularity_prior": prior.record()})
 
 
 @dataclass(frozen=True)
@@ -304,14 +311,16 @@ def publish_run(cfg: DictConfig, datamodule: InteractionDataModule, selection: S
     ``run.json`` (last: it makes the directory a finished run)."""
     exported = final.checkpoint if final else selection.checkpoint
     model = TwoTowerModel.load_from_checkpoint(exported, map_location="cpu")
+    prior_chosen_since = model.hparams.popularity_prior != cfg.model.popularity_prior  # the selected model's
+    model.hparams.popularity_prior = cfg.model.popularity_prior  # checkpoint was saved before the choice
     users, items = export(model, datamodule, paths)
-    if datamodule.sharded:  # process 0 saved its own users' histories: the exported checkpoint gets everyone's
-        with_data_of(model, exported)
+    if datamodule.sharded or prior_chosen_since:  # process 0 saved its own users' histories: everyone's go in
+        completed(model, exported)
     # Seen items as retrieval will read them from the run directory, so the index is tuned on what it serves.
     seen = seen_items(paths, datamodule.n_users)
     checkpoint = fingerprint(exported)
-    build_for_run(index, items, model.hparams.score, paths.index, Probe.sample(users, seen.row,
-                  cfg.index_recall_queries, cfg.seed), checkpoint)
+    probe = Probe.sample(users, seen.row, cfg.index_recall_queries, cfg.seed)
+    build_for_run(index, items, index_score(model.hparams.score, model.prior_weight), paths.index, probe, checkpoint)
     write_json(metrics, paths.metrics("train"))
     seconds.lap("export_and_index")
     sources = {"val": {"model": "selected", "trained_on": ["train"]}} | ({"test": tested.source} if tested.source
@@ -325,6 +334,7 @@ def publish_run(cfg: DictConfig, datamodule: InteractionDataModule, selection: S
         metrics_from=sources, fingerprints=paths.fingerprints(), seconds=seconds.laps,
         device=str((final or selection).trainer.strategy.root_device), example_item=datamodule.example_item,
         parts=model.parts, chosen=selection.chosen, user_tower=type(model.user_tower).__name__,
+        prior=model.prior_weight,
     ).write(paths)
 
 
@@ -338,6 +348,9 @@ def export(model: TwoTowerModel, datamodule: InteractionDataModule, paths: RunPa
         users = model.all_user_vectors().float().cpu().numpy()
         items = model.all_item_vectors().float().cpu().numpy()
         tables = {name: table.float().cpu().numpy() for name, table in model.user_tower.exports().items()}
+    if model.prior_weight:  # one coordinate more: each user's weight of the prior, each item's log-popularity
+        users = np.hstack([users, np.full((len(users), 1), model.prior_weight, np.float32)])
+        items = np.hstack([items, model.item_prior.float().cpu().numpy()[:, None]])
     write_vectors(datamodule.user_vocab.ids, users, paths.embeddings("users"))
     write_vectors(datamodule.item_vocab.ids, items, paths.embeddings("items"))
     for name, table in tables.items():
@@ -345,11 +358,13 @@ def export(model: TwoTowerModel, datamodule: InteractionDataModule, paths: RunPa
     return users, items
 
 
-def with_data_of(model: TwoTowerModel, checkpoint: Path) -> None:
-    """Rewrite ``checkpoint`` with the data ``model``'s towers hold now (histories, features), atomically."""
+def completed(model: TwoTowerModel, checkpoint: Path) -> None:
+    """Rewrite ``checkpoint``, atomically, with what ``model`` holds now that the checkpoint lacks: the data its
+    towers hold (histories, features) and the popularity prior chosen after it was saved."""
     saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
     state = saved["state_dict"]
     state |= {name: buffer for name, buffer in model.data_buffers().items() if name in state}
+    saved["hyper_parameters"]["popularity_prior"] = model.hparams.popularity_prior
     with atomic_path(checkpoint) as temporary:
         torch.save(saved, temporary)
 
