@@ -214,7 +214,8 @@ def benchmark(folder: Path, overrides: list[str], variants: list[str], reference
                   f"{seconds:.1f}s", flush=True)
             if Run.open(run_dir).manifest.prior:  # the ablation: the same run ranked by its towers alone
                 metrics = evaluate_run(run_dir, path=str(test_csv), ks=[20], prior=False)
-                results[f"{name[:-1]}, popularity prior off)"] = {metric: metrics[metric] for metric in METRICS}
+                results[f"{name[:-1]}, popularity prior off)"] = {metric: metrics[metric] for metric in METRICS} | {
+                    "fit_seconds": seconds, "epochs": trained.get("final_fit_epochs")}  # the same run
                 print(f"{folder.name} {name[:-1]}, popularity prior off): recall@20 {metrics['recall@20']:.4f}  "
                       f"ndcg@20 {metrics['ndcg@20']:.4f}", flush=True)
     return results

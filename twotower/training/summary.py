@@ -41,6 +41,10 @@ def summary(run: Run) -> str:
     if selected:
         lines.append(f"selected model: epoch {selected}, trained on train (the metrics above; popularity: the most "
                      "popular training items, on the same splits)")
+    chosen = [f"{option}={record['value']:g}" for option, record in manifest.chosen.items()
+              if record.get("why") != "given"]
+    if chosen:
+        lines.append(f"left to the run: {', '.join(chosen)} (run.json's chosen says why)")
     if manifest.checkpoint != manifest.selected_checkpoint:
         lines.append(f"exported model: trained on {' + '.join(manifest.trained_on)} "
                      f"({int(metrics.get('final_fit_epochs', 0))} more epochs), {manifest.n_users:,} "

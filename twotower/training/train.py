@@ -314,8 +314,8 @@ def publish_run(cfg: DictConfig, datamodule: InteractionDataModule, selection: S
     prior_chosen_since = model.hparams.popularity_prior != cfg.model.popularity_prior  # the selected model's
     model.hparams.popularity_prior = cfg.model.popularity_prior  # checkpoint was saved before the choice
     users, items = export(model, datamodule, paths)
-    if datamodule.sharded or prior_chosen_since:  # process 0 saved its own users' histories: everyone's go in
-        completed(model, exported)
+    if datamodule.sharded or prior_chosen_since:  # what the saved checkpoint lacks: every user's histories (a
+        completed(model, exported)  # process saves its own share's), the prior chosen since
     # Seen items as retrieval will read them from the run directory, so the index is tuned on what it serves.
     seen = seen_items(paths, datamodule.n_users)
     checkpoint = fingerprint(exported)
