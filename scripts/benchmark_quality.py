@@ -208,10 +208,11 @@ def benchmark(folder: Path, overrides: list[str], variants: list[str], reference
             if keep is not None:
                 shutil.copytree(run_dir, keep / f"{folder.name}-{variant.replace(' ', '_') or 'defaults'}",
                                 dirs_exist_ok=True)
+            chosen = {option: record["value"] for option, record in Run.open(run_dir).manifest.chosen.items()}
             results[name] = {metric: metrics[metric] for metric in METRICS} | {
-                "fit_seconds": seconds, "epochs": trained.get("final_fit_epochs")}
+                "fit_seconds": seconds, "epochs": trained.get("final_fit_epochs"), "chosen": chosen}
             print(f"{folder.name} {name}: recall@20 {metrics['recall@20']:.4f}  ndcg@20 {metrics['ndcg@20']:.4f}  "
-                  f"{seconds:.1f}s", flush=True)
+                  f"{seconds:.1f}s; chosen by the run: {described(chosen)}", flush=True)
             if Run.open(run_dir).manifest.prior:  # the ablation: the same run ranked by its towers alone
                 metrics = evaluate_run(run_dir, path=str(test_csv), ks=[20], prior=False)
                 results[f"{name[:-1]}, popularity prior off)"] = {metric: metrics[metric] for metric in METRICS} | {
@@ -221,12 +222,19 @@ def benchmark(folder: Path, overrides: list[str], variants: list[str], reference
     return results
 
 
+def described(chosen: dict[str, object]) -> str:
+    """What a run chose for itself, e.g. ``temperature 0.1, popularity_prior 0.75``."""
+    return ", ".join(f"{option.rpartition('.')[2]} {value:g}" if isinstance(value, float) else
+                     f"{option.rpartition('.')[2]} {value}" for option, value in chosen.items()) or "-"
+
+
 def print_table(name: str, results: dict[str, dict]) -> None:
-    print(f"\n{name}\n\n| model | Recall@20 | NDCG@20 | fit time (s) |\n|---|---|---|---|")
+    print(f"\n{name}\n\n| model | Recall@20 | NDCG@20 | fit time (s) | chosen by the run |\n|---|---|---|---|---|")
     for model, r in results.items():
-        print(f"| {model} | {r['recall@20']:.4f} | {r['ndcg@20']:.4f} | {r['fit_seconds']:.1f} |")
+        print(f"| {model} | {r['recall@20']:.4f} | {r['ndcg@20']:.4f} | {r['fit_seconds']:.1f} | "
+              f"{described(r.get('chosen', {}))} |")
     for model, (recall, ndcg) in PUBLISHED.get(name, {}).items():
-        print(f"| {model} | {recall:.4f} | {ndcg:.4f} | - |")
+        print(f"| {model} | {recall:.4f} | {ndcg:.4f} | - | - |")
     for model, ratios in against_references(results).items():
         print(f"{model}: {ratios}", flush=True)
 
@@ -290,10 +298,10 @@ def docs_tables(everything: dict[str, dict[str, dict]]) -> list[dict]:
                     "The best Recall@20 and the best NDCG@20 of ALS (64, 128, 256 factors) and PureSVD (32, 64); "
                     "EASE where its item-item matrix fits in memory.")]
     for name, results in everything.items():
-        rows = [[model, round(r["recall@20"], 4), round(r["ndcg@20"], 4), round(r["fit_seconds"], 1)]
-                for model, r in results.items()]
-        rows += [[model, recall, ndcg, "-"] for model, (recall, ndcg) in PUBLISHED.get(name, {}).items()]
-        tables.append(table(name, ["model", "Recall@20", "NDCG@20", "fit time (s)"], rows,
+        rows = [[model, round(r["recall@20"], 4), round(r["ndcg@20"], 4), round(r["fit_seconds"], 1),
+                 described(r.get("chosen", {}))] for model, r in results.items()]
+        rows += [[model, recall, ndcg, "-", "-"] for model, (recall, ndcg) in PUBLISHED.get(name, {}).items()]
+        tables.append(table(name, ["model", "Recall@20", "NDCG@20", "fit time (s)", "chosen by the run"], rows,
                             "; ".join(f"{model}: {ratios}" for model, ratios in against_references(results).items())))
     return tables
 

@@ -6,8 +6,9 @@ import torch
 
 from twotower.data.batches import RankingBatch, RankingBatches
 from twotower.data.user_items import UserItems
-from twotower.model.metrics import RankingMetrics, ranking_metrics
+from twotower.model.metrics import PriorTrials, RankingMetrics, exclude_and_rank, ranking_metrics
 from twotower.training.evaluation import popularity_metrics
+from twotower.training.prior import choose
 
 
 def test_metrics_on_a_hand_ranked_list() -> None:
@@ -77,3 +78,52 @@ def test_the_popularity_pass_ranks_as_the_whole_catalogue_would(n_items: int) ->
     assert fast.pop("users") == np.count_nonzero(np.diff(targets.indptr))
     assert fast == pytest.approx(ranked_all, abs=1e-6)
     assert fast["recall@10"] > 0
+
+
+def test_prior_trials_rank_each_weight_as_its_own_scores_and_pair_the_users() -> None:
+    rng = np.random.default_rng(3)
+    n_users, n_items, weights = 120, 50, (0.0, 0.5, 2.0)
+    users = torch.from_numpy(rng.normal(size=(n_users, 6))).float()
+    items = torch.from_numpy(rng.normal(size=(n_items, 6))).float()
+    prior = torch.from_numpy(rng.exponential(size=n_items)).float()
+    pairs = np.unique(rng.integers(0, [n_users, n_items], size=(1200, 2)), axis=0)
+    held_out = rng.random(len(pairs)) < 0.3
+    seen = UserItems.from_pairs(pairs[~held_out, 0], pairs[~held_out, 1], n_users)
+    targets = UserItems.from_pairs(pairs[held_out, 0], pairs[held_out, 1], n_users)
+    chunks = RankingBatches(seen, targets, 32)
+    trials = PriorTrials(n_items, [5, 10], weights, "ndcg@10")
+    alone = {weight: RankingMetrics(n_items, [5, 10]) for weight in weights}
+    per_user = {weight: [] for weight in weights}
+    for index in range(len(chunks)):
+        batch = chunks[index]
+        scores = users[batch.users] @ items.T
+        trials.update(scores, prior, batch)
+        for weight in weights:
+            alone[weight].update(scores + weight * prior, batch)
+            _, hits = exclude_and_rank(scores + weight * prior, batch, 10)
+            n_targets = torch.bincount(batch.target_rows, minlength=len(batch.users))
+            per_user[weight].append(ranking_metrics(hits, n_targets, [10])["ndcg@10"].double())
+    results = trials.compute()
+    baseline = torch.cat(per_user[0.0]).numpy()
+    for weight in weights:
+        expected = {name: value.item() for name, value in alone[weight].compute().items()}
+        assert {name: results[weight][name] for name in expected} == pytest.approx(expected, rel=1e-6)
+        differences = torch.cat(per_user[weight]).numpy() - baseline
+        assert results[weight]["gain"] == pytest.approx(differences.mean(), abs=1e-9)
+        standard_error = differences.std(ddof=1) / math.sqrt(len(differences))  # users with a held-out item
+        assert results[weight]["gain_se"] == pytest.approx(standard_error, rel=1e-6)
+    assert results[2.0]["gain_se"] > 0 and results[0.0]["gain"] == results[0.0]["gain_se"] == 0
+
+
+def test_a_prior_weight_is_chosen_only_on_evidence() -> None:
+    def trial(ndcg: float, gain: float, se: float) -> dict[str, float]:
+        return {"ndcg@20": ndcg, "gain": gain, "gain_se": se}
+
+    results = {0.0: trial(0.100, 0, 0), 0.5: trial(0.103, 0.003, 0.001), 1.0: trial(0.104, 0.004, 0.0025)}
+    best, ratios = choose(results, "ndcg@20", evidence=2)
+    assert best == 0.5 and ratios == pytest.approx({0.5: 3.0, 1.0: 1.6})  # 1.0 scores best, within its noise
+    assert choose(results, "ndcg@20", evidence=1)[0] == 1.0
+    assert choose(results, "ndcg@20", evidence=4)[0] == 0.0  # no weight shows enough: the towers alone
+    assert choose(results, "ndcg@20", evidence=0)[0] == 1.0
+    worse = {0.0: trial(0.100, 0, 0), 0.5: trial(0.099, -0.001, 0.0001)}
+    assert choose(worse, "ndcg@20", evidence=0)[0] == 0.0

@@ -56,6 +56,7 @@ def test_the_weight_is_chosen_on_validation_and_ranks_the_held_out_test_split_be
     scores = chosen["candidates"]
     assert sorted(scores) == sorted(f"{weight:g}" for weight in WEIGHTS)
     assert chosen["value"] > 0 and scores[f"{chosen['value']:g}"] == max(scores.values())
+    assert chosen["evidence"][f"{chosen['value']:g}"] > 2  # its gain over 0, in standard errors
     assert auto["metrics"]["val/ndcg@20"] == pytest.approx(max(scores.values()), abs=1e-4)
     assert none["chosen"]["model.popularity_prior"] == {"value": 0.0, "why": "given", "candidates": {}}
     assert auto["metrics"]["val/ndcg@20"] > none["metrics"]["val/ndcg@20"]

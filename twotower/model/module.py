@@ -20,7 +20,7 @@ from twotower import checks
 from twotower.data.batches import PairBatch, RankingBatch, SequenceBatch, UserBatch
 from twotower.errors import ConfigError
 from twotower.model.losses import build_loss
-from twotower.model.metrics import RankingMetrics
+from twotower.model.metrics import PriorTrials, RankingMetrics
 from twotower.model.optim import LazyAdam, OptimizerFactory, RowWiseAdagrad, switch_to_sparse
 from twotower.model.scoring import SCORES, project, projection_scale
 from twotower.model.towers import TrainingData, build_tower
@@ -109,7 +109,7 @@ class TwoTowerModel(L.LightningModule):
         self.test_metrics = RankingMetrics(n_items, ks)
         # log(1 + each item's interactions in the splits the model trains on): what the prior weighs (``attach``)
         self.register_buffer("item_prior", torch.zeros(n_items))
-        self.prior_trials: dict[float, RankingMetrics] = {}  # other weights the next validation pass ranks by
+        self.prior_trials: PriorTrials | None = None  # other weights the next validation pass ranks by
         self.prior_results: dict[float, dict[str, float]] = {}  # and what each scored
         self._catalogue: torch.Tensor | None = None
         self._own_data = False  # attached to one process's share of the users (see ``on_load_checkpoint``)
@@ -226,8 +226,8 @@ class TwoTowerModel(L.LightningModule):
         users = project(self.user_tower.for_ranking(batch), self.hparams.score, self.parts)
         scores = users @ self._catalogue.T
         metrics.update(scores + self.prior_weight * self.item_prior if self.prior_weight else scores, batch)
-        for weight, trial in self.prior_trials.items():
-            trial.update(scores + weight * self.hparams.temperature * self.item_prior, batch)
+        if self.prior_trials is not None:  # its weights are in logit units
+            self.prior_trials.update(scores, self.hparams.temperature * self.item_prior, batch)
 
     def _publish(self, metrics: RankingMetrics, stage: str) -> None:
         self.log_dict({f"{stage}/{name}": value for name, value in metrics.compute().items()})
@@ -239,10 +239,9 @@ class TwoTowerModel(L.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         self._publish(self.val_metrics, "val")
-        self.prior_results = {weight: {name: float(value) for name, value in trial.compute().items()}
-                              for weight, trial in self.prior_trials.items()}  # synchronised over processes
-        for trial in self.prior_trials.values():
-            trial.reset()
+        if self.prior_trials is not None:
+            self.prior_results = self.prior_trials.compute()  # synchronised over processes
+            self.prior_trials.reset()
 
     def test_step(self, batch: RankingBatch, batch_idx: int) -> None:
         self._rank(self.test_metrics, batch)
