@@ -70,8 +70,10 @@ def test_a_prepared_log_holds_whole_users_in_disjoint_shards_covering_what_the_w
     in_memory = pl.concat(whole.splits.values())
     assert pairs(everything, users.ids, items.ids) == pairs(in_memory, whole.user_vocab.ids, whole.item_vocab.ids)
     assert sum(shard["train"] + shard["valid"] + shard["test"] for shard in manifest["shards"]) == everything.height
-    counts = np.bincount(prepared.read([0, 1, 2])["train"]["item"].to_numpy(), minlength=len(items))
-    assert np.array_equal(prepared.item_counts(), counts)
+    splits = prepared.read([0, 1, 2])
+    counts = {name: np.bincount(splits[name]["item"].to_numpy(), minlength=len(items)) for name in splits}
+    assert np.array_equal(prepared.item_counts(), counts["train"])
+    assert np.array_equal(prepared.item_counts(("train", "valid", "test")), sum(counts.values()))
     # The rows that are not positives (label 0) are kept as the in-memory path keeps them: seen, never offered.
     prepared.copy_non_positive(tmp_path / "non_positive.parquet")
     assert pairs(pl.read_parquet(tmp_path / "non_positive.parquet"), users.ids, items.ids) == \
@@ -91,6 +93,9 @@ def test_held_out_pairs_of_items_no_shard_trains_on_move_into_train(tmp_path: Pa
     assert held_out["item"].is_in(splits["train"]["item"].implode()).all()
     assert [sum(shard[name] for shard in manifest["shards"]) for name in ("train", "valid", "test")] == \
         [splits[name].height for name in ("train", "valid", "test")]
+    for name in ("train", "valid", "test"):  # each split's item counts, after the move
+        counts = np.bincount(splits[name]["item"].to_numpy(), minlength=manifest["items"])
+        assert np.array_equal(PreparedShards(str(tmp_path / "prepared")).item_counts((name,)), counts)
 
 
 def test_a_folder_of_parquet_files_with_text_ids_is_read_by_one_rule_for_the_whole_column(tmp_path: Path) -> None:
@@ -340,5 +345,43 @@ def test_ids_a_log_cannot_have_are_refused_out_of_core_as_in_memory(tmp_path: Pa
                                  tmp_path / "prepared"),
                  lambda: InteractionFileReader(str(tmp_path / "log.parquet")).read()):
         with pytest.raises(TwoTowerError, match=message):
+            read()
+    assert not (tmp_path / "prepared").exists()
+
+
+def test_a_process_holding_a_share_counts_items_over_the_whole_log(tmp_path: Path, log_file: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """The sampler's frequencies (logQ) and the popularity prior are the whole log's, not a process's share."""
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID", "SLURM_NTASKS"):
+        monkeypatch.delenv(name, raising=False)
+    prepare(InteractionFileReader(str(log_file)), RandomSplit(), tmp_path / "prepared", shards=2)
+    splits = PreparedShards(str(tmp_path / "prepared")).read([0, 1])
+    datamodule = build_datamodule(compose_train(tmp_path / "run", "data=prepared",
+                                                f"data.path={tmp_path / 'prepared'}", "trainer=ddp"))
+    datamodule.setup()
+    assert datamodule.sharded and len(datamodule.train_items) < splits["train"].height  # process 0's share
+    for names in (("train",), ("train", "valid", "test")):
+        datamodule.fit_on(names)
+        counts = sum(np.bincount(splits[name]["item"].to_numpy(), minlength=datamodule.n_items) for name in names)
+        assert np.array_equal(datamodule.training_item_counts(), counts)
+        assert torch.allclose(datamodule.sampler.frequency, torch.from_numpy(counts / counts.sum()))
+
+
+@pytest.mark.parametrize("shards", [1, 16])
+def test_one_number_spelled_two_ways_is_refused_whichever_pieces_hold_them(tmp_path: Path, shards: int) -> None:
+    users = ["5", "5.0", *(f"u{index}" for index in range(30))]  # text ids: "5" and "5.0" would be two users
+    pl.DataFrame({"user_id": users, "item_id": list(range(len(users)))}).write_parquet(tmp_path / "log.parquet")
+    with pytest.raises(TwoTowerError, match=r"column 'user_id' writes one number as several ids, e.g. \['5', '5.0'\]"):
+        prepare(InteractionFileReader(str(tmp_path / "log.parquet")), RandomSplit(), tmp_path / "prepared",
+                shards=shards)
+    assert not (tmp_path / "prepared").exists()
+
+
+def test_a_repeated_header_line_is_refused_out_of_core_as_in_memory(tmp_path: Path) -> None:
+    (tmp_path / "log.csv").write_text("user_id,item_id\n1,2\n3,4\nuser_id,item_id\n5,6\n")
+    for read in (lambda: prepare(InteractionFileReader(str(tmp_path / "log.csv")), RandomSplit(),
+                                 tmp_path / "prepared"),
+                 lambda: InteractionFileReader(str(tmp_path / "log.csv")).read()):
+        with pytest.raises(TwoTowerError, match=r"log\.csv: line 4 repeats the header \(user_id, item_id\)"):
             read()
     assert not (tmp_path / "prepared").exists()

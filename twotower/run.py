@@ -192,6 +192,14 @@ class Manifest:
         write_json(dataclasses.asdict(self), paths.manifest)
 
 
+def with_prior(vectors: np.ndarray, coordinate: float | np.ndarray) -> np.ndarray:
+    """Vectors with the popularity prior's coordinate appended: in a user's, the prior's weight (one number),
+    in each item's, its log-popularity; their dot product then ranks as the model does."""
+    vectors = np.asarray(vectors, dtype=np.float32)
+    column = np.broadcast_to(np.asarray(coordinate, dtype=np.float32).reshape(-1, 1), (len(vectors), 1))
+    return np.hstack([vectors, column])
+
+
 def index_score(score: str, prior: float) -> str:
     """What an index over a run's items ranks by: the model's score, or the dot product where the vectors carry
     the popularity prior (a cosine model's vectors are then no longer unit vectors)."""

@@ -242,8 +242,10 @@ class InteractionDataModule(L.LightningDataModule):
         # int32 halves the memory of the largest tensors; batches are widened to int64 when sliced.
         self.train_users = torch.from_numpy(train["user"].to_numpy().astype(np.int32))
         self.train_items = torch.from_numpy(train["item"].to_numpy().astype(np.int32))
-        self.sampler.fit(self.train_users, self.train_items, self.n_items)
         self._training_user_items: UserItems | None = None  # built on first use, then shared
+        # the whole log's item frequencies, where this process holds a share of its users: logQ is the log's
+        self.sampler.fit(self.train_users, self.train_items, self.n_items,
+                         self.training_item_counts() if self.sharded else None)
 
     @property
     def n_users(self) -> int:
@@ -281,9 +283,9 @@ class InteractionDataModule(L.LightningDataModule):
 
     def training_item_counts(self) -> np.ndarray:
         """Each item's interactions in what the model now trains on (``fit_on``), over the whole log: a prepared
-        log's from its preparation, which counts the training split."""
+        log's from its preparation, which counts each split."""
         if self.sharded:  # this process holds only its share of the users
-            return self.item_counts()
+            return self.source.item_counts(self.fitted_on)
         return np.bincount(self.train_items.numpy(), minlength=self.n_items)
 
     def training_positions(self, length: int) -> int:

@@ -55,13 +55,19 @@ def normalise_id_column(values: pl.Series, source: str, column: str) -> pl.Serie
     numbers = _whole_number_text(values)
     if values.null_count() < len(values) and numbers.null_count() == values.null_count():
         return numbers
-    spelled = values.to_frame("id").with_columns(number=numbers).drop_nulls("number").unique("id")
+    check_one_spelling_per_number(values, source, column)
+    return values
+
+
+def check_one_spelling_per_number(ids: pl.Series, source: str, column: str) -> None:
+    """Refuse text ids that spell one number two ways ("5" and "5.0"): they would be two users."""
+    ids = ids.unique()
+    spelled = ids.to_frame("id").with_columns(number=_whole_number_text(ids)).drop_nulls("number")
     clashes = spelled.filter(pl.col("number").is_duplicated()).sort("number", "id")
     if clashes.height:
         first = clashes.filter(pl.col("number") == clashes["number"][0])["id"].to_list()
         raise TwoTowerError(f"{source}: column '{column}' writes one number as several ids, e.g. {first}; "
                             "write each id one way (ids that are not all whole numbers are read as text)")
-    return values
 
 
 def _query_key(value: object, numeric: bool) -> int | str | None:

@@ -20,17 +20,18 @@ import json
 import logging
 import math
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 
 from twotower import __version__
-from twotower.data.ids import id_expression, numeric_ids
+from twotower.data.ids import check_one_spelling_per_number, id_expression, numeric_ids
 from twotower.data.interactions import ID_COLUMNS, InteractionLog, deduplicate, positive_tests, with_order
 from twotower.data.readers import InteractionFileReader
 from twotower.data.splits import SPLIT_NAMES, Splits
-from twotower.data.tables import clean_value_columns, reading
+from twotower.data.tables import clean_value_columns, reading, repeated_header_error, repeats_header
 from twotower.data.user_items import UserItems
 from twotower.data.vocab import Vocabulary
 from twotower.errors import ConfigError, DataError
@@ -38,7 +39,7 @@ from twotower.files import atomic_directory, atomic_path, fingerprint, write_jso
 
 log = logging.getLogger(__name__)
 
-FORMAT = 1  # the layout of a prepared folder; another is refused, not misread
+FORMAT = 2  # the layout of a prepared folder; another is refused, not misread
 MANIFEST = "prepared.json"
 NON_POSITIVE = "non_positive.parquet"  # (user, item) rows that are not positives, where the log has any
 ROWS_PER_SHARD = 2_000_000  # rows of the log per shard when the count is not given: a shard is held whole
@@ -56,9 +57,14 @@ def prepare(reader: InteractionFileReader, split: object, out: Path, shards: int
         raise ConfigError(f"shards must be an integer >= 1 (or null: one per {ROWS_PER_SHARD:,} rows), got {shards!r}")
     lazy = reader.scan()
     schema = lazy.collect_schema()
+    header = reader.repeatable_header()
+    repeats = repeats_header(header) if header else pl.lit(False)
     with reading(Path(reader.source), "an interaction log"):
         numeric = {column: numeric_ids(lazy, column, reader.source) for column in ID_COLUMNS}
-        rows = lazy.select(pl.len()).collect(engine="streaming").item()
+        rows, repeated = lazy.select(pl.len(), repeats.sum()).collect(engine="streaming").row(0)
+        if repeated:
+            row = lazy.with_row_index("row").filter(repeats).select("row").head(1).collect(engine="streaming")
+            raise repeated_header_error(reader.source, header, row.item())
     lazy = lazy.with_columns(id_expression(column, numeric[column], schema[column]).alias(column)
                              for column in ID_COLUMNS)
     if rows == 0:
@@ -73,10 +79,14 @@ def prepare(reader: InteractionFileReader, split: object, out: Path, shards: int
             lazy.with_row_index("row").with_columns(piece).sink_parquet(
                 pl.PartitionBy(pieces, key="piece", include_key=False), mkdir=True)
         ids = {column: pl.Series(column, [], lazy.collect_schema()[column]) for column in ID_COLUMNS}
+        text_ids = {column: ids[column] for column in ID_COLUMNS if not numeric[column]}  # every one, once
         kept = []  # the pieces with positives, written to disk: only the ids they use stay in memory
         log.info("pass 2 of 3: the positives of each piece and the ids they use")
         for index in range(count):
-            frame, others = positives_of(piece_frame(pieces, index), reader, ordered)
+            raw = piece_frame(pieces, index)
+            for column in text_ids if raw.height else ():
+                text_ids[column] = pl.concat([text_ids[column], raw[column].unique()]).unique()
+            frame, others = positives_of(raw, reader, ordered)
             if frame.height == 0:
                 continue
             ids = {column: pl.concat([seen, frame[column].unique()]).unique() for column, seen in ids.items()}
@@ -86,6 +96,9 @@ def prepare(reader: InteractionFileReader, split: object, out: Path, shards: int
             if others is not None and others.height:
                 others.write_parquet(kept[-1].with_suffix(".others.parquet"))
         shutil.rmtree(pieces)
+        for column, spellings in text_ids.items():  # as in memory, over the whole column: pieces are no boundary
+            check_one_spelling_per_number(spellings, reader.source, column)
+        del text_ids
         if not kept:
             raise DataError(f"{reader.source}: no positive interactions")
         users = Vocabulary.build(ids["user_id"], reader.names["user"])
@@ -94,14 +107,15 @@ def prepare(reader: InteractionFileReader, split: object, out: Path, shards: int
         users.save(building / "vocab" / "users.parquet")
         items.save(building / "vocab" / "items.parquet")
         vocabulary = vocabulary_fingerprint(building)
-        counts = np.zeros(len(items), dtype=np.int64)
+        counts = np.zeros((len(SPLIT_NAMES), len(items)), dtype=np.int64)  # each split's interactions per item
         written = []
         log.info("pass 3 of 3: %d %ss and %d %ss; ids to indices, each pair once, split (%s), piece by piece",
                  len(users), reader.names["user"], len(items), reader.names["item"], type(split).__name__)
         for path in kept:
             frame = pl.read_parquet(path)
             splits = split_shard(frame, users, items, split, reader.source)
-            counts += np.bincount(splits["train"]["item"].to_numpy(), minlength=len(items))
+            for row, split_name in enumerate(SPLIT_NAMES):
+                counts[row] += np.bincount(splits[split_name]["item"].to_numpy(), minlength=len(items))
             name = f"shards/part-{len(written):05d}.parquet"
             write_shard(splits, building / name, vocabulary)
             written.append({"file": name, "users": int(frame["user_id"].n_unique())}
@@ -118,7 +132,7 @@ def prepare(reader: InteractionFileReader, split: object, out: Path, shards: int
             pl.scan_parquet(sorted(parts.glob("*.parquet"))).sink_parquet(building / NON_POSITIVE)
             shutil.rmtree(parts)
         cover_holdouts_across_shards(building, written, counts, vocabulary)
-        write_parquet(pl.DataFrame({"train": counts}), building / "item_counts.parquet")
+        write_parquet(pl.DataFrame(dict(zip(SPLIT_NAMES, counts, strict=True))), building / "item_counts.parquet")
         manifest = {"format": FORMAT, "version": __version__, "source": reader.source, "rows_read": rows,
                     "names": reader.names, "min_rating": reader.min_rating, "users": len(users),
                     "items": len(items), "vocabulary": vocabulary, "order": ordered,
@@ -134,8 +148,8 @@ def prepare(reader: InteractionFileReader, split: object, out: Path, shards: int
 def cover_holdouts_across_shards(building: Path, written: list[dict], counts: np.ndarray, vocabulary: str) -> None:
     """Valid and test pairs of items with no training pair in any shard move into train, as the in-memory path
     moves them (``splits.cover_holdouts``): an ID tower learns nothing for an item it never trains on. Updates
-    the shards, their counts in ``written`` and the items' training ``counts`` in place."""
-    cold = counts == 0
+    the shards, their counts in ``written`` and the items' ``counts`` per split (one row each) in place."""
+    cold = counts[0] == 0
     if not cold.any():
         return
     moved = 0
@@ -146,9 +160,11 @@ def cover_holdouts_across_shards(building: Path, written: list[dict], counts: np
         if not uncovered.any():
             continue
         for code, name in enumerate(SPLIT_NAMES[1:], start=1):
-            shard[name] -= int((uncovered & (frame["split"] == code)).sum())
+            leaving = frame.filter(uncovered & (frame["split"] == code))["item"].to_numpy()
+            shard[name] -= len(leaving)
+            counts[code] -= np.bincount(leaving, minlength=counts.shape[1])
+            counts[0] += np.bincount(leaving, minlength=counts.shape[1])
         shard["train"] += int(uncovered.sum())
-        counts += np.bincount(frame.filter(uncovered)["item"].to_numpy(), minlength=len(counts))
         moved += int(uncovered.sum())
         write_shard_frame(frame.with_columns(split=pl.when(uncovered).then(0).otherwise(pl.col("split"))
                                              .cast(pl.UInt8)), path, vocabulary)
@@ -238,9 +254,10 @@ class PreparedShards:
         return (Vocabulary.load(self.folder / "vocab" / "users.parquet", self.names["user"]),
                 Vocabulary.load(self.folder / "vocab" / "items.parquet", self.names["item"]))
 
-    def item_counts(self) -> np.ndarray:
-        """Every item's training interactions over all shards (the popularity the summaries rank by)."""
-        return pl.read_parquet(self.folder / "item_counts.parquet")["train"].to_numpy()
+    def item_counts(self, splits: Sequence[str] = ("train",)) -> np.ndarray:
+        """Every item's interactions in the named splits over all shards (train: the popularity the summaries
+        rank by)."""
+        return pl.read_parquet(self.folder / "item_counts.parquet", columns=list(splits)).sum_horizontal().to_numpy()
 
     @property
     def shard_count(self) -> int:

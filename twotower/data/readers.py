@@ -113,6 +113,13 @@ class InteractionFileReader:
             return self._selected(pl.scan_parquet(parts), path, "parquet", describe_unused=True)
         return self._scan_one(path, describe_unused=True)
 
+    def repeatable_header(self) -> list[str] | None:
+        """The header line a scanned CSV or TSV log could repeat among its rows (None: another format, or none)."""
+        path = Path(str(self.paths["train"]))
+        if not self.has_header or not path.is_file() or detect_format(path, self.format) not in ("csv", "tsv"):
+            return None
+        return list(self.columns.values())
+
     def _scan_one(self, path: Path, describe_unused: bool) -> pl.LazyFrame:
         format = detect_format(path, self.format)
         with reading(path, format):

@@ -8,6 +8,7 @@ positive is ever used as a negative.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from twotower import checks
@@ -23,13 +24,16 @@ class NegativeSampler:
         self.alpha = checks.number("sampler.alpha", alpha, at_least=0)
         self.max_rounds = checks.integer("sampler.max_rounds", max_rounds, 1)
 
-    def fit(self, users: torch.Tensor, items: torch.Tensor, n_items: int) -> NegativeSampler:
-        """Remember the known positives and the item distribution of the training data."""
+    def fit(self, users: torch.Tensor, items: torch.Tensor, n_items: int,
+            counts: np.ndarray | None = None) -> NegativeSampler:
+        """Remember the known positives and the item distribution of the training data: ``counts`` of each
+        item's interactions where ``items`` are a share of them (a process's, under DDP), else counted."""
         self.n_items = n_items
         keys = users.to(torch.int64, copy=True).mul_(n_items).add_(items)  # one int64 key per (user, item)
         # Deduplicated training pairs usually arrive sorted by (user, item): then they need no sort.
         self.known = keys if bool((keys[1:] > keys[:-1]).all()) else torch.unique(keys)  # sorted, unique
-        counts = torch.bincount(items, minlength=n_items).double()
+        counts = torch.bincount(items, minlength=n_items).double() if counts is None else torch.tensor(
+            counts, dtype=torch.float64)
         self.frequency = counts / counts.sum()  # share of the training positives per item
         weights = counts.pow(self.alpha) if self.distribution == "popularity" else torch.ones(n_items).double()
         self.probs = weights / weights.sum()

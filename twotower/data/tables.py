@@ -117,15 +117,22 @@ def collect(frame: pl.LazyFrame, path: Path, format: str) -> pl.DataFrame:
         return frame.collect()
 
 
+def repeats_header(header: Sequence[str]) -> pl.Expr:
+    """The rows that repeat a file's header line (two CSVs concatenated with their headers), which would become
+    a user and an item named after the columns."""
+    return (pl.col("user_id") == header[0]) & (pl.col("item_id") == header[1])
+
+
+def repeated_header_error(path: Path | str, header: Sequence[str], row: int) -> TwoTowerError:
+    line = row + 2  # one for the header, one for counting from 1
+    return TwoTowerError(f"{path}: line {line} repeats the header ({header[0]}, {header[1]}); remove the "
+                         "repeated header lines (files concatenated with their headers?)")
+
+
 def check_no_repeated_header(frame: pl.DataFrame, header: list[str], path: Path) -> None:
-    """A header line in the middle of a file (two CSVs concatenated) would become a user and an item named
-    after the columns; refuse it instead."""
-    repeated = frame.with_row_index("row").filter(
-        (pl.col("user_id") == header[0]) & (pl.col("item_id") == header[1]))
+    repeated = frame.with_row_index("row").filter(repeats_header(header))
     if repeated.height:
-        line = int(repeated["row"][0]) + 2  # one for the header, one for counting from 1
-        raise TwoTowerError(f"{path}: line {line} repeats the header ({header[0]}, {header[1]}); remove "
-                            "the repeated header lines (files concatenated with their headers?)")
+        raise repeated_header_error(path, header, int(repeated["row"][0]))
 
 
 def clean_value_columns(frame: pl.DataFrame, source: Path | str) -> pl.DataFrame:

@@ -38,7 +38,7 @@ from twotower.index import (
     read_meta,
     search_excluding,
 )
-from twotower.run import Run
+from twotower.run import Run, with_prior
 from twotower.serving.result import Result
 
 NO_ROWS = np.empty(0, dtype=np.int64)
@@ -114,10 +114,7 @@ class Catalogue:
     def user_queries(self, vectors: np.ndarray) -> np.ndarray:
         """User vectors from the towers (new users, histories) as queries of the index: with the prior's
         weight beside them, where the run has one."""
-        vectors = np.asarray(vectors, dtype=np.float32)
-        if not self.prior:
-            return vectors
-        return np.hstack([vectors, np.full((len(vectors), 1), self.prior, np.float32)])
+        return with_prior(vectors, self.prior) if self.prior else np.asarray(vectors, dtype=np.float32)
 
     def item_queries(self, rows: np.ndarray) -> np.ndarray:
         """The vectors of items as queries for their neighbours: an item's likeness to another is the model's

@@ -35,7 +35,7 @@ from twotower.files import atomic_path, fingerprint, write_json, write_parquet, 
 from twotower.index import Backend, Probe, build_for_run
 from twotower.model.metrics import metric_names
 from twotower.model.module import TwoTowerModel
-from twotower.run import Manifest, Run, RunPaths, index_score, seen_items, write_vectors
+from twotower.run import Manifest, Run, RunPaths, index_score, seen_items, with_prior, write_vectors
 from twotower.training.build import batch_plan, build_datamodule, build_model, sizing
 from twotower.training.evaluation import popularity_metrics
 from twotower.training.fitting import fit, make_trainer
@@ -349,8 +349,7 @@ def export(model: TwoTowerModel, datamodule: InteractionDataModule, paths: RunPa
         items = model.all_item_vectors().float().cpu().numpy()
         tables = {name: table.float().cpu().numpy() for name, table in model.user_tower.exports().items()}
     if model.prior_weight:  # one coordinate more: each user's weight of the prior, each item's log-popularity
-        users = np.hstack([users, np.full((len(users), 1), model.prior_weight, np.float32)])
-        items = np.hstack([items, model.item_prior.float().cpu().numpy()[:, None]])
+        users, items = with_prior(users, model.prior_weight), with_prior(items, model.item_prior.float().cpu().numpy())
     write_vectors(datamodule.user_vocab.ids, users, paths.embeddings("users"))
     write_vectors(datamodule.item_vocab.ids, items, paths.embeddings("items"))
     for name, table in tables.items():
