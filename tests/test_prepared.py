@@ -385,3 +385,20 @@ def test_a_repeated_header_line_is_refused_out_of_core_as_in_memory(tmp_path: Pa
         with pytest.raises(TwoTowerError, match=r"log\.csv: line 4 repeats the header \(user_id, item_id\)"):
             read()
     assert not (tmp_path / "prepared").exists()
+
+
+def test_a_run_from_a_prepared_log_resumes_where_it_stopped_as_if_never_stopped(tmp_path: Path,
+                                                                                log_file: Path) -> None:
+    """Batches are a function of (seed, epoch): epochs 3-4 after a resume from epoch 2's checkpoint are those
+    of a run that never stopped, whichever process makes them (the resumed run loads them in a worker)."""
+    prepare(InteractionFileReader(str(log_file)), RandomSplit(), tmp_path / "prepared", shards=2)
+    common = ["data=prepared", f"data.path={tmp_path / 'prepared'}", "model.temperature=0.15", "model.dim=16",
+              "callbacks.early_stopping=null", "final_fit=false", "test=false", "model.popularity_prior=0"]
+    straight = train(compose_train(tmp_path / "straight", *common, "trainer.max_epochs=4"))
+    train(compose_train(tmp_path / "stopped", *common, "trainer.max_epochs=2"))
+    resumed = train(compose_train(tmp_path / "resumed", *common, "trainer.max_epochs=4", "datamodule.num_workers=1",
+                                  f"ckpt_path={tmp_path / 'stopped' / 'checkpoints' / 'last.ckpt'}"))
+    log = (tmp_path / "resumed" / "train.log").read_text()
+    assert "selection, epoch 3/4" in log and "selection, epoch 4/4" in log and "epoch 2/4" not in log
+    assert resumed["val/ndcg@20"] == pytest.approx(straight["val/ndcg@20"], abs=1e-6)
+    assert resumed["val/recall@20"] == pytest.approx(straight["val/recall@20"], abs=1e-6)

@@ -22,7 +22,9 @@ from tests.conftest import compose_train
 from tests.test_serve import Server
 from twotower import Retriever
 from twotower.data.interactions import with_order
-from twotower.data.readers import UserLinesReader
+from twotower.data.prepared import prepare
+from twotower.data.readers import InteractionFileReader, UserLinesReader
+from twotower.data.splits import TemporalSplit
 from twotower.errors import TwoTowerError
 from twotower.model.towers import SequenceTower
 from twotower.training.train import train
@@ -80,6 +82,22 @@ def test_no_position_sees_a_later_item() -> None:
 def test_a_known_user_is_the_encoding_of_their_sequence(sequence_run: tuple) -> None:
     run_dir, _ = sequence_run
     retriever = Retriever.load(run_dir, index="exact")
+    splits = pl.concat([retriever.run.split(name) for name in ("train", "valid", "test")]).sort("user", "order")
+    users = [0, 7, 41]
+    histories = [splits.filter(pl.col("user") == user)["item"].to_numpy() for user in users]
+    np.testing.assert_allclose(retriever.history_queries(histories), retriever.run.user_vectors[users], atol=1e-5)
+
+
+def test_a_sequence_tower_trains_from_a_prepared_log_and_encodes_each_whole_sequence(tmp_path: Path) -> None:
+    """``twotower-prepare`` keeps each user's order in the shards (split=temporal), so ``data=prepared`` trains
+    the sequence tower as the log itself does."""
+    runs_log().write_csv(tmp_path / "runs.csv")
+    prepare(InteractionFileReader(str(tmp_path / "runs.csv")), TemporalSplit(), tmp_path / "prepared", shards=3)
+    metrics = train(compose_train(tmp_path / "run", "data=prepared", f"data.path={tmp_path / 'prepared'}",
+                                  "model.temperature=0.15", "model.dim=32", "show_similar_to=null",
+                                  "model/user_tower=sequence", "trainer.max_epochs=4"))
+    assert metrics["test/recall@10"] > 0.9, metrics
+    retriever = Retriever.load(tmp_path / "run", index="exact")
     splits = pl.concat([retriever.run.split(name) for name in ("train", "valid", "test")]).sort("user", "order")
     users = [0, 7, 41]
     histories = [splits.filter(pl.col("user") == user)["item"].to_numpy() for user in users]

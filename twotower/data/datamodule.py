@@ -314,7 +314,11 @@ class InteractionDataModule(L.LightningDataModule):
         else:
             dataset = PairBatches(self.train_users, self.train_items, self.batch_size, self.sampler, self.seed)
         self._check_process()
-        return self._loader(dataset, EpochBatchSampler(len(dataset), own_data=self.sharded))
+        sampler = EpochBatchSampler(len(dataset), own_data=self.sharded)
+        # A resumed fit starts iterating (and dataloader workers fetching) before Lightning sets the epoch: the
+        # first batches must already be the resumed epoch's, the number Lightning will set.
+        sampler.set_epoch(self.trainer.fit_loop.epoch_progress.current.processed if self.trainer is not None else 0)
+        return self._loader(dataset, sampler)
 
     def _check_process(self) -> None:
         """A process holding a share of a prepared log must be the process its shards were chosen for; every

@@ -370,8 +370,8 @@ class SequenceTower(Tower):
 
     def attach(self, data: TrainingData, side: str) -> None:
         sequences = data.training_user_items()  # each user's items in order: the data keeps it for this tower
-        self.sequence_indptr = torch.from_numpy(sequences.indptr).to(self.sequence_indptr, copy=True)
-        self.sequence_items = torch.from_numpy(sequences.items).to(self.sequence_items, copy=True)
+        self.sequence_indptr = torch.tensor(sequences.indptr, dtype=torch.long, device=self.sequence_indptr.device)
+        self.sequence_items = torch.tensor(sequences.items, dtype=torch.long, device=self.sequence_items.device)
 
     def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: object, **kwargs: object) -> None:
         # The sequences' length is the data's, not a hyperparameter: take the checkpoint's.
