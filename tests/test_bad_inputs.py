@@ -149,6 +149,7 @@ TRAIN_CASES = [
     ("zero epochs", write_log(GOOD), ["trainer.max_epochs=0"], r"trainer\.max_epochs must be an integer >= 1"),
     ("zero steps", write_log(GOOD), ["trainer.max_steps=0"], r"trainer\.max_steps must be an integer >= 1 \(or -1: no limit\), got 0"),
     ("monitor that is not logged", write_log(GOOD), ["monitor=val/ndcg@200"], r"monitor=val/ndcg@200 is not a metric the run logs; choose one of \[.*'val/ndcg@20'"),
+    ("a coverage monitor for the prior's choice", write_log(GOOD), ["monitor=val/coverage@20"], r"model\.popularity_prior=auto chooses the weight by each user's val/coverage@(20|\d+), which is not a per-user metric"),
     ("zero cut-off", write_log(GOOD), ["model.ks=[0]"], r"ranking cut-offs must be a non-empty list of integers >= 1, got \[0\]"),
     ("rating threshold that is not a number", write_log(with_rating([5, 4, 3])), ["data.min_rating=abc"], r"data\.min_rating must be a number or null, got 'abc'"),
     ("trainer setting Lightning refuses", write_log(GOOD), ["trainer.limit_val_batches=0.0001"], r"trainer settings: .*limit_val_batches"),

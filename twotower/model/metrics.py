@@ -136,7 +136,8 @@ class PriorTrials(Metric):
         self.ks = cut_offs(ks, n_items)
         self.names = [f"{name}@{k}" for k in self.ks for name in METRICS]
         if metric not in self.names:
-            raise TwoTowerError(f"the prior is chosen by one of {', '.join(self.names)}, not {metric!r}")
+            raise TwoTowerError(f"model.popularity_prior=auto chooses by the monitor, which must then be one of "
+                                f"{', '.join(self.names)}, not {metric!r} (or give model.popularity_prior a value)")
         self.weights = tuple(weights)
         self.metric = metric
         trials = len(self.weights)

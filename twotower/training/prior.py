@@ -25,7 +25,7 @@ from twotower import checks
 from twotower.checks import AUTO
 from twotower.data.datamodule import InteractionDataModule
 from twotower.errors import ConfigError
-from twotower.model.metrics import PriorTrials
+from twotower.model.metrics import METRICS, PriorTrials
 from twotower.model.module import TwoTowerModel
 
 log = logging.getLogger("twotower")
@@ -52,6 +52,14 @@ def candidate_weights(cfg: DictConfig) -> tuple[float, ...]:
     if not weights:
         raise ConfigError("prior.weights must name at least one weight (0: no prior)")
     return tuple(sorted({float(checks.number("prior.weights", weight, at_least=0)) for weight in weights}))
+
+
+def check_monitor(cfg: DictConfig) -> None:
+    """``auto`` compares the weights user by user on the monitored metric: refuse, before training, a monitor
+    that is not a per-user metric (coverage, a share of the catalogue)."""
+    if cfg.model.popularity_prior == AUTO and cfg.monitor.removeprefix("val/").partition("@")[0] not in METRICS:
+        raise ConfigError(f"model.popularity_prior=auto chooses the weight by each user's {cfg.monitor}, which is "
+                          f"not a per-user metric; monitor one of {', '.join(METRICS)} or give the prior a value")
 
 
 def choose(results: dict[float, dict[str, float]], metric: str, evidence: float) -> tuple[float, dict[str, float]]:

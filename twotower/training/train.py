@@ -39,7 +39,7 @@ from twotower.run import Manifest, Run, RunPaths, index_score, seen_items, with_
 from twotower.training.build import batch_plan, build_datamodule, build_model, sizing
 from twotower.training.evaluation import popularity_metrics
 from twotower.training.fitting import fit, make_trainer
-from twotower.training.prior import validate_with_prior
+from twotower.training.prior import check_monitor, validate_with_prior
 from twotower.training.progress import forget_epochs_after
 from twotower.training.race import Outcome, choose_temperature
 from twotower.training.runlog import RECORD, RunLog
@@ -188,6 +188,7 @@ def prepare(cfg: DictConfig, settings: Settings, paths: RunPaths) -> Interaction
     datamodule = build_datamodule(cfg)
     datamodule.setup("fit")
     cfg.monitor = checked_monitor(cfg.monitor, list(cfg.model.ks), datamodule.n_items)
+    check_monitor(cfg)
     cfg.model.dim = sizing(cfg, datamodule).resolve(cfg.model.dim)
     datamodule.use(batch_plan(cfg, datamodule))
     if is_first_process():
