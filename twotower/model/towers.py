@@ -343,7 +343,7 @@ class SequenceTower(Tower):
     embeds_users_from_items = True
     reads_order = True
 
-    def __init__(self, n: int, dim: int, n_items: int, max_length: int = 50, blocks: int = 1, heads: int = 1,
+    def __init__(self, n: int, dim: int, n_items: int, max_length: int = 50, blocks: int = 2, heads: int = 2,
                  dropout: float = 0.2, init_std: float = 0.02) -> None:
         super().__init__()
         self.max_length = checks.integer("model.user_tower.max_length", max_length, 1)
