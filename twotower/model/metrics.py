@@ -135,11 +135,9 @@ class PriorTrials(Metric):
         super().__init__()
         self.ks = cut_offs(ks, n_items)
         self.names = [f"{name}@{k}" for k in self.ks for name in METRICS]
-        if metric not in self.names:
-            raise TwoTowerError(f"model.popularity_prior=auto chooses by the monitor, which must then be one of "
-                                f"{', '.join(self.names)}, not {metric!r} (or give model.popularity_prior a value)")
         self.weights = tuple(weights)
         self.metric = metric
+        self.column = self.names.index(metric)  # the training refuses other monitors (``prior.check_monitor``)
         trials = len(self.weights)
         self.add_state("sums", torch.zeros((trials, len(self.names)), dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("squares", torch.zeros(trials, dtype=torch.float64), dist_reduce_fx="sum")
@@ -161,11 +159,10 @@ class PriorTrials(Metric):
         """Each weight's metrics, with ``gain`` (its mean per-user gain over the first weight in the metric) and
         ``gain_se`` (the standard error of that mean)."""
         users = int(self.users)
-        metric = self.names.index(self.metric)
         results = {}
         for trial, weight in enumerate(self.weights):
             values = averages(self.sums[trial], self.users, self.names, self.ks, self.recommended[trial])
-            gain = float(self.sums[trial, metric] - self.sums[0, metric]) / max(users, 1)
+            gain = float(self.sums[trial, self.column] - self.sums[0, self.column]) / max(users, 1)
             variance = (float(self.squares[trial]) / max(users, 1) - gain**2) * users / max(users - 1, 1)
             results[weight] = {name: float(value) for name, value in values.items()} | {
                 "gain": gain, "gain_se": math.sqrt(max(variance, 0.0) / max(users, 1))}
