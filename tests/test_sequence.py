@@ -79,8 +79,7 @@ def test_no_position_sees_a_later_item() -> None:
     assert not torch.allclose(before[:, 4:], after[:, 4:])
 
 
-def test_a_known_user_is_the_encoding_of_their_sequence(sequence_run: tuple) -> None:
-    run_dir, _ = sequence_run
+def assert_known_users_encode_their_whole_sequences(run_dir: Path) -> None:
     retriever = Retriever.load(run_dir, index="exact")
     splits = pl.concat([retriever.run.split(name) for name in ("train", "valid", "test")]).sort("user", "order")
     users = [0, 7, 41]
@@ -88,20 +87,27 @@ def test_a_known_user_is_the_encoding_of_their_sequence(sequence_run: tuple) -> 
     np.testing.assert_allclose(retriever.history_queries(histories), retriever.run.user_vectors[users], atol=1e-5)
 
 
+def test_a_known_user_is_the_encoding_of_their_sequence(sequence_run: tuple) -> None:
+    assert_known_users_encode_their_whole_sequences(sequence_run[0])
+
+
+def test_without_a_final_fit_a_known_user_is_still_the_encoding_of_their_whole_sequence(tmp_path: Path) -> None:
+    """The selected model trained on each user's train split; its test pass encoded the valid item too, and so
+    does the export, from every interaction given."""
+    train_on_runs(tmp_path, "model/user_tower=sequence", "trainer.max_epochs=1", "final_fit=false", "test=false")
+    assert_known_users_encode_their_whole_sequences(tmp_path / "run")
+
+
 def test_a_sequence_tower_trains_from_a_prepared_log_and_encodes_each_whole_sequence(tmp_path: Path) -> None:
     """``twotower-prepare`` keeps each user's order in the shards (split=temporal), so ``data=prepared`` trains
-    the sequence tower as the log itself does."""
+    the sequence tower as the log itself does; without a final fit, the export reads every split's shards."""
     runs_log().write_csv(tmp_path / "runs.csv")
     prepare(InteractionFileReader(str(tmp_path / "runs.csv")), TemporalSplit(), tmp_path / "prepared", shards=3)
     metrics = train(compose_train(tmp_path / "run", "data=prepared", f"data.path={tmp_path / 'prepared'}",
                                   "model.temperature=0.15", "model.dim=32", "show_similar_to=null",
-                                  "model/user_tower=sequence", "trainer.max_epochs=4"))
+                                  "model/user_tower=sequence", "trainer.max_epochs=4", "final_fit=false"))
     assert metrics["test/recall@10"] > 0.9, metrics
-    retriever = Retriever.load(tmp_path / "run", index="exact")
-    splits = pl.concat([retriever.run.split(name) for name in ("train", "valid", "test")]).sort("user", "order")
-    users = [0, 7, 41]
-    histories = [splits.filter(pl.col("user") == user)["item"].to_numpy() for user in users]
-    np.testing.assert_allclose(retriever.history_queries(histories), retriever.run.user_vectors[users], atol=1e-5)
+    assert_known_users_encode_their_whole_sequences(tmp_path / "run")
 
 
 def test_an_ordered_history_answers_alike_in_python_cli_and_http(sequence_run: tuple, tmp_path: Path) -> None:

@@ -181,13 +181,13 @@ class InteractionDataModule(L.LightningDataModule):
 
     def item_counts(self) -> np.ndarray:
         """Every item's training interactions in the whole log (the popularity summaries rank by)."""
-        if isinstance(self.source, PreparedShards):
+        if self.sharded:
             return self.source.item_counts()
         return np.bincount(self.splits["train"]["item"].to_numpy(), minlength=self.n_items)
 
     def write_non_positive(self, path: Path) -> None:
         """The log's rows that are not positives (retrieval leaves them out as seen), where it has any."""
-        if isinstance(self.source, PreparedShards):
+        if self.sharded:
             self.source.copy_non_positive(path)
             return
         path.unlink(missing_ok=True)  # from an earlier run into this directory
@@ -196,14 +196,15 @@ class InteractionDataModule(L.LightningDataModule):
 
     def write_split(self, name: str, path: Path) -> None:
         """The ``name`` split of the whole log into a Parquet file (a prepared log's streamed from its shards)."""
-        if isinstance(self.source, PreparedShards):
+        if self.sharded:
             self.source.sink_split(name, path)
         else:
             write_parquet(self.splits[name], path)
 
-    def whole(self) -> WholeLog:
-        """This data as the exported model reads it: every user's, whatever share this process trains on."""
-        return WholeLog(self)
+    def whole(self, splits: tuple[str, ...]) -> WholeLog:
+        """This data as the exported model reads it: every user's items over ``splits``, whatever share this
+        process trains on."""
+        return WholeLog(self, splits)
 
     def _drop_ids_without_pairs(self) -> None:
         """Ids whose only pairs were dropped from a given test file leave the vocabularies: with no vector
@@ -364,26 +365,27 @@ class InteractionDataModule(L.LightningDataModule):
 
 
 class WholeLog:
-    """A data module seen whole, as exporting reads it: the towers' side features, and every user's training
-    items (a prepared log's read shard by shard, where this process holds only its share)."""
+    """A data module seen whole, as exporting reads it: the towers' side features, the item counts of what the
+    model trains on, and every user's items over ``splits`` (a prepared log's read shard by shard, where this
+    process holds only its share)."""
 
     sharded = False  # every user's histories, whatever this process trains on
 
-    def __init__(self, data: InteractionDataModule) -> None:
+    def __init__(self, data: InteractionDataModule, splits: tuple[str, ...]) -> None:
         self.data = data
+        self.splits = splits
         self._user_items: UserItems | None = None
 
     def side_features(self, side: str, specs: list[FeatureSpec]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         return self.data.side_features(side, specs)
 
     def training_user_items(self) -> UserItems:
-        if not isinstance(self.data.source, PreparedShards):
+        if not self.data.sharded and self.splits == self.data.fitted_on:
             return self.data.training_user_items()
-        if self._user_items is None:  # read once, for the towers and the prior
-            self._user_items = self.data.source.user_items(self.data.fitted_on, self.data.n_users)
+        if self._user_items is None:  # read once
+            self._user_items = (self.data.source.user_items(self.splits, self.data.n_users) if self.data.sharded
+                                else self.data.user_items(*self.splits))
         return self._user_items
 
     def training_item_counts(self) -> np.ndarray:
-        if isinstance(self.data.source, PreparedShards):
-            return np.bincount(self.training_user_items().items, minlength=self.data.n_items)
-        return self.data.training_item_counts()
+        return self.data.training_item_counts()  # the whole log's already

@@ -69,6 +69,9 @@ class Tower(nn.Module):
     parts = 1  # parts side by side in each vector, each scored and normalised on its own
     embeds_users_from_items = False  # a user tower only, built with the catalogue's size (n_items)
     reads_order = False  # trains on each user's items in order (SequenceBatch), which the data must keep
+    # An evaluation encodes each user from the items it counts as seen, not from what the tower was given at
+    # training: a model exported without a final fit then encodes every interaction given, as its test pass did.
+    encodes_what_was_seen = False
 
     def all(self) -> torch.Tensor:
         """Vectors of every id, in index order: (n, parts * dim)."""
@@ -342,6 +345,7 @@ class SequenceTower(Tower):
 
     embeds_users_from_items = True
     reads_order = True
+    encodes_what_was_seen = True
 
     def __init__(self, n: int, dim: int, n_items: int, max_length: int = 50, blocks: int = 2, heads: int = 2,
                  dropout: float = 0.2, init_std: float = 0.02) -> None:

@@ -314,9 +314,12 @@ def publish_run(cfg: DictConfig, datamodule: InteractionDataModule, selection: S
     model = TwoTowerModel.load_from_checkpoint(exported, map_location="cpu")
     prior_chosen_since = model.hparams.popularity_prior != cfg.model.popularity_prior  # the selected model's
     model.hparams.popularity_prior = cfg.model.popularity_prior  # checkpoint was saved before the choice
-    users, items = export(model, datamodule, paths)
-    if datamodule.sharded or prior_chosen_since:  # what the saved checkpoint lacks: every user's histories (a
-        completed(model, exported)  # process saves its own share's), the prior chosen since
+    # A tower that encodes users from what they did, exported without a final fit, encodes every interaction the
+    # user gave, as its test pass did (it trained on the train split only).
+    reencoded = final is None and model.user_tower.encodes_what_was_seen
+    users, items = export(model, datamodule, paths, datamodule.final_fit_splits if reencoded else datamodule.fitted_on)
+    if datamodule.sharded or reencoded or prior_chosen_since:  # what the saved checkpoint lacks: every user's
+        completed(model, exported)  # histories (a process saves its own share's, or the train split's), the prior
     # Seen items as retrieval will read them from the run directory, so the index is tuned on what it serves.
     seen = seen_items(paths, datamodule.n_users)
     checkpoint = fingerprint(exported)
@@ -339,11 +342,13 @@ def publish_run(cfg: DictConfig, datamodule: InteractionDataModule, selection: S
     ).write(paths)
 
 
-def export(model: TwoTowerModel, datamodule: InteractionDataModule, paths: RunPaths) -> tuple[np.ndarray, np.ndarray]:
+def export(model: TwoTowerModel, datamodule: InteractionDataModule, paths: RunPaths,
+           splits: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
     """Write the vectors whose dot product ranks as the model does, and the tables a tower exports beside them
-    (a history tower's item vectors, which embed a new user at retrieval); returns the user and item vectors."""
-    if datamodule.sharded:  # this process trained on its share of the users: the export encodes every user
-        model.attach(datamodule.whole())
+    (a history tower's item vectors, which embed a new user at retrieval), each user encoded from their items
+    over ``splits``; returns the user and item vectors."""
+    if datamodule.sharded or splits != datamodule.fitted_on:  # this process trained on its share of the users,
+        model.attach(datamodule.whole(splits))  # or on other splits: the towers read every user's over splits
     model.eval()
     with torch.no_grad():
         users = model.all_user_vectors().float().cpu().numpy()
