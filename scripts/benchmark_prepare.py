@@ -59,17 +59,18 @@ def epoch_seconds(run_dir: Path) -> float:
     return float(line.rsplit("·", 1)[1].split()[0])
 
 
-def throughput(log: Path, folder: Path, steps: int, batch_size: int) -> list[list[object]]:
-    """Interactions per second and the largest process's peak memory, in memory and from prepared shards."""
+def throughput(log: Path, folder: Path, steps: int, batch_size: int, in_memory: bool) -> list[list[object]]:
+    """Interactions per second and the largest process's peak memory, from prepared shards and (``in_memory``)
+    with the whole log in memory."""
     prepared = folder / "prepared"
     measured([sys.executable, "-m", "twotower.commands.prepare", f"data.path={log}", f"out={prepared}", "shards=8"])
     common = ["loss=softmax", f"datamodule.batch_size={batch_size}", "datamodule.val_users=100",
               "trainer.max_epochs=1", f"trainer.limit_train_batches={steps}", "final_fit=false", "test=false",
               "model.temperature=0.15", "model.dim=64", "progress=lines", "show_similar_to=null",
               "index=exact"]
-    variants = {"in memory, 1 process": [f"data.path={log}", "data=interactions"],
-                "prepared, 1 process": [f"data.path={prepared}", "data=prepared"],
-                "prepared, 2 processes": [f"data.path={prepared}", "data=prepared", "trainer=ddp"]}
+    variants = {"in memory, 1 process": [f"data.path={log}", "data=interactions"]} if in_memory else {}
+    variants |= {"prepared, 1 process": [f"data.path={prepared}", "data=prepared"],
+                 "prepared, 2 processes": [f"data.path={prepared}", "data=prepared", "trainer=ddp"]}
     rows = []
     for name, overrides in variants.items():
         run_dir = folder / name.replace(" ", "").replace(",", "-")
@@ -99,6 +100,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=200, help="training steps per process in the throughput runs")
     parser.add_argument("--batch-size", type=int, default=1024)
     parser.add_argument("--no-training", action="store_true", help="measure preparation only")
+    parser.add_argument("--train-on", type=int, nargs="+", default=[0],
+                        help="the logs (by their place among LOGS, from 0) to measure training on; the in-memory path "
+                             "only on those of at most --in-memory-up-to rows")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     columns = ["log rows", "prepare (s)", "prepare peak RSS (GB)", "shards", "in-memory setup (s)",
@@ -121,13 +125,15 @@ def main() -> None:
     tables = [table("twotower-prepare against the in-memory data path", columns, rows,
                     "Peak RSS is each fresh process's high-water mark, imports included. The in-memory path reads "
                     "the whole log into every process; twotower-prepare holds the vocabularies and one shard.")]
-    if not args.no_training:
+    for place in [] if args.no_training else args.train_on:
+        count = rows[place][0]
         with tempfile.TemporaryDirectory() as folder:
-            trained = throughput(args.logs[0], Path(folder), args.steps, args.batch_size)
+            trained = throughput(args.logs[place], Path(folder), args.steps, args.batch_size,
+                                 in_memory=count <= args.in_memory_up_to)
         print(markdown(TRAIN_COLUMNS, trained))
-        tables.append(table(f"Training throughput on the {rows[0][0]:,}-row log", TRAIN_COLUMNS, trained,
+        tables.append(table(f"Training throughput on the {count:,}-row log", TRAIN_COLUMNS, trained,
                             "Two processes share the machine's 2 cores, so they show the data path's overhead, not "
-                            "a speed-up; the peak RSS is the largest process's."))
+                            "a speed-up; the peak RSS is the largest process's, its share of the log included."))
     if args.out:
         write_results(args.out, "Preparing large logs", tables,
                       description="Synthetic logs from scripts/make_synthetic.py (Parquet), on a 2-core CPU.")

@@ -6,7 +6,7 @@ import torch
 
 from twotower.data.batches import RankingBatch, RankingBatches
 from twotower.data.user_items import UserItems
-from twotower.model.metrics import PriorTrials, RankingMetrics, exclude_and_rank, ranking_metrics
+from twotower.model.metrics import PriorTrials, RankingMetrics, Trial, exclude_and_rank, ranking_metrics
 from twotower.training.evaluation import popularity_metrics
 from twotower.training.prior import choose
 
@@ -107,17 +107,17 @@ def test_prior_trials_rank_each_weight_as_its_own_scores_and_pair_the_users() ->
     baseline = torch.cat(per_user[0.0]).numpy()
     for weight in weights:
         expected = {name: value.item() for name, value in alone[weight].compute().items()}
-        assert {name: results[weight][name] for name in expected} == pytest.approx(expected, rel=1e-6)
+        assert {name: results[weight].metrics[name] for name in expected} == pytest.approx(expected, rel=1e-6)
         differences = torch.cat(per_user[weight]).numpy() - baseline
-        assert results[weight]["gain"] == pytest.approx(differences.mean(), abs=1e-9)
+        assert results[weight].gain == pytest.approx(differences.mean(), abs=1e-9)
         standard_error = differences.std(ddof=1) / math.sqrt(len(differences))  # users with a held-out item
-        assert results[weight]["gain_se"] == pytest.approx(standard_error, rel=1e-6)
-    assert results[2.0]["gain_se"] > 0 and results[0.0]["gain"] == results[0.0]["gain_se"] == 0
+        assert results[weight].gain_se == pytest.approx(standard_error, rel=1e-6)
+    assert results[2.0].gain_se > 0 and results[0.0].gain == results[0.0].gain_se == 0
 
 
 def test_a_prior_weight_is_chosen_only_on_evidence() -> None:
-    def trial(ndcg: float, gain: float, se: float) -> dict[str, float]:
-        return {"ndcg@20": ndcg, "gain": gain, "gain_se": se}
+    def trial(ndcg: float, gain: float, se: float) -> Trial:
+        return Trial({"ndcg@20": ndcg}, gain, se)
 
     results = {0.0: trial(0.100, 0, 0), 0.5: trial(0.103, 0.003, 0.001), 1.0: trial(0.104, 0.004, 0.0025)}
     best, ratios = choose(results, "ndcg@20", evidence=2)

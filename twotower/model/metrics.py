@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torchmetrics import Metric
@@ -35,10 +36,15 @@ def cut_offs(ks: Sequence[object], n_items: int) -> list[int]:
     return sorted({min(k, n_items) for k in ks})
 
 
+def per_user_names(ks: Sequence[int]) -> list[str]:
+    """The per-user metrics at each cut-off, in the order the metrics keep their sums: ``recall@10``, ..."""
+    return [f"{metric}@{k}" for k in ks for metric in METRICS]
+
+
 def metric_names(ks: Sequence[object], n_items: int) -> list[str]:
     """Every metric a ranking evaluation reports, e.g. ``ndcg@20`` and ``coverage@20``."""
     ks = cut_offs(ks, n_items)
-    return [f"{metric}@{k}" for k in ks for metric in METRICS] + [f"coverage@{k}" for k in ks]
+    return per_user_names(ks) + [f"coverage@{k}" for k in ks]
 
 
 def ranking_metrics(hits: torch.Tensor, n_targets: torch.Tensor, ks: Sequence[int]) -> dict[str, torch.Tensor]:
@@ -80,7 +86,7 @@ class RankingMetrics(Metric):
     def __init__(self, n_items: int, ks: Sequence[int] = (10, 20)) -> None:
         super().__init__()
         self.ks = cut_offs(ks, n_items)
-        self.names = [f"{metric}@{k}" for k in self.ks for metric in METRICS]
+        self.names = per_user_names(self.ks)
         self.add_state("sums", torch.zeros(len(self.names), dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("users", torch.zeros((), dtype=torch.long), dist_reduce_fx="sum")
         self.add_state("recommended", torch.zeros((len(self.ks), n_items), dtype=torch.long),
@@ -120,6 +126,23 @@ def averages(sums: torch.Tensor, users: torch.Tensor, names: list[str], ks: list
     return results
 
 
+@dataclass  # not frozen: torchmetrics rebuilds what ``compute`` returns field by field
+class Trial:
+    """One weight's ranking under ``PriorTrials``: its metrics, and its mean per-user gain over the first weight in
+    the chosen metric with the standard error of that mean."""
+
+    metrics: dict[str, float]
+    gain: float
+    gain_se: float
+
+    @property
+    def evidence(self) -> float:
+        """The gain in standard errors (infinite for a gain with no spread; 0 for none)."""
+        if self.gain_se:
+            return self.gain / self.gain_se
+        return math.inf if self.gain > 0 else 0.0
+
+
 class PriorTrials(Metric):
     """The ranking metrics under several weights of a per-item prior added to the same scores, and the paired
     evidence that each weight beats the first: the mean per-user gain in one metric and its standard error.
@@ -134,7 +157,7 @@ class PriorTrials(Metric):
     def __init__(self, n_items: int, ks: Sequence[int], weights: Sequence[float], metric: str) -> None:
         super().__init__()
         self.ks = cut_offs(ks, n_items)
-        self.names = [f"{name}@{k}" for k in self.ks for name in METRICS]
+        self.names = per_user_names(self.ks)
         self.weights = tuple(weights)
         self.metric = metric
         self.column = self.names.index(metric)  # the training refuses other monitors (``prior.check_monitor``)
@@ -155,15 +178,14 @@ class PriorTrials(Metric):
             self.squares[trial] += (per_user - baseline).square().sum()
         self.users += scores.shape[0]
 
-    def compute(self) -> dict[float, dict[str, float]]:
-        """Each weight's metrics, with ``gain`` (its mean per-user gain over the first weight in the metric) and
-        ``gain_se`` (the standard error of that mean)."""
+    def compute(self) -> dict[float, Trial]:
+        """Each weight's metrics and its paired gain over the first weight in the metric."""
         users = int(self.users)
         results = {}
         for trial, weight in enumerate(self.weights):
             values = averages(self.sums[trial], self.users, self.names, self.ks, self.recommended[trial])
             gain = float(self.sums[trial, self.column] - self.sums[0, self.column]) / max(users, 1)
             variance = (float(self.squares[trial]) / max(users, 1) - gain**2) * users / max(users - 1, 1)
-            results[weight] = {name: float(value) for name, value in values.items()} | {
-                "gain": gain, "gain_se": math.sqrt(max(variance, 0.0) / max(users, 1))}
+            results[weight] = Trial({name: float(value) for name, value in values.items()}, gain,
+                                    math.sqrt(max(variance, 0.0) / max(users, 1)))
         return results

@@ -20,7 +20,7 @@ from twotower import checks
 from twotower.data.batches import PairBatch, RankingBatch, SequenceBatch, UserBatch
 from twotower.errors import ConfigError
 from twotower.model.losses import build_loss
-from twotower.model.metrics import PriorTrials, RankingMetrics
+from twotower.model.metrics import PriorTrials, RankingMetrics, Trial
 from twotower.model.optim import LazyAdam, OptimizerFactory, RowWiseAdagrad, switch_to_sparse
 from twotower.model.scoring import SCORES, project, projection_scale
 from twotower.model.towers import TrainingData, build_tower
@@ -110,7 +110,7 @@ class TwoTowerModel(L.LightningModule):
         # log(1 + each item's interactions in the splits the model trains on): what the prior weighs (``attach``)
         self.register_buffer("item_prior", torch.zeros(n_items))
         self.prior_trials: PriorTrials | None = None  # other weights the next validation pass ranks by
-        self.prior_results: dict[float, dict[str, float]] = {}  # and what each scored
+        self.prior_results: dict[float, Trial] = {}  # and what each scored
         self._catalogue: torch.Tensor | None = None
         self._own_data = False  # attached to one process's share of the users (see ``on_load_checkpoint``)
 

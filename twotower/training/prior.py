@@ -14,7 +14,6 @@ wins. Training is unchanged. The log and ``run.json`` say what each candidate sc
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from twotower import checks
 from twotower.checks import AUTO
 from twotower.data.datamodule import InteractionDataModule
 from twotower.errors import ConfigError
-from twotower.model.metrics import METRICS, PriorTrials
+from twotower.model.metrics import METRICS, PriorTrials, Trial
 from twotower.model.module import TwoTowerModel
 
 log = logging.getLogger("twotower")
@@ -62,15 +61,14 @@ def check_monitor(cfg: DictConfig) -> None:
                           f"not a per-user metric; monitor one of {', '.join(METRICS)} or give the prior a value")
 
 
-def choose(results: dict[float, dict[str, float]], metric: str, evidence: float) -> tuple[float, dict[str, float]]:
+def choose(results: dict[float, Trial], metric: str, evidence: float) -> tuple[float, dict[float, float]]:
     """The weight with the best ``metric`` among the baseline (the first) and the weights whose gain over it
     exceeds ``evidence`` standard errors (a tie: the smaller weight), and each weight's gain in standard errors."""
     weights = list(results)
-    ratios = {weight: results[weight]["gain"] / results[weight]["gain_se"] if results[weight]["gain_se"] else
-              (math.inf if results[weight]["gain"] > 0 else 0.0) for weight in weights[1:]}
+    ratios = {weight: results[weight].evidence for weight in weights[1:]}
     eligible = [weights[0]] + [weight for weight in weights[1:]
-                               if results[weight]["gain"] > 0 and ratios[weight] > evidence]
-    best = max(eligible, key=lambda weight: (results[weight][metric], -weight))
+                               if results[weight].gain > 0 and ratios[weight] > evidence]
+    best = max(eligible, key=lambda weight: (results[weight].metrics[metric], -weight))
     return best, ratios
 
 
@@ -95,15 +93,15 @@ def validate_with_prior(cfg: DictConfig, trainer: L.Trainer, model: TwoTowerMode
         model.prior_trials = None
     best, ratios = choose(results, name, evidence)
     model.hparams.popularity_prior = best
-    scores = {f"{weight:g}": round(results[weight][name], 4) for weight in weights}
+    scores = {f"{weight:g}": round(results[weight].metrics[name], 4) for weight in weights}
     why = (f"the best {cfg.monitor} of the selected model among the weights whose per-user gain over "
            f"{weights[0]:g} exceeds {evidence:g} standard errors")
     log.info("model.popularity_prior=%g: %s (%s; give a value to choose otherwise)", best, why, ", ".join(
-        f"{weight:g} {results[weight][name]:.4f}" + (f" ({ratios[weight]:+.1f} se)" if weight in ratios else "")
+        f"{weight:g} {results[weight].metrics[name]:.4f}" + (f" ({ratios[weight]:+.1f} se)" if weight in ratios else "")
         for weight in weights))
     record = {f"{weight:g}": round(ratio, 2) for weight, ratio in ratios.items()}
     return PriorChoice(best, why, scores, record), metrics | {
-        f"val/{metric}": value for metric, value in results[best].items() if not metric.startswith("gain")}
+        f"val/{metric}": value for metric, value in results[best].metrics.items()}
 
 
 def validate(trainer: L.Trainer, model: TwoTowerModel, datamodule: InteractionDataModule,
