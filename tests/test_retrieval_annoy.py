@@ -121,3 +121,17 @@ def test_index_report_measures_the_filtered_task(run_dir: Path, annoy: Retriever
     else:
         assert report["why_exact"] is None and report["qps"] >= report["exact_qps"]
     assert (tmp_path / "index" / "report.json").exists()
+
+
+def test_a_probe_reads_only_its_users_seen_items(run_dir: Path, annoy: Retriever) -> None:
+    """The run's index is tuned on a probe whose seen items are read for its users alone (every user's would
+    hold the whole log), and it is the probe ``sample`` draws from every user's."""
+    n_users = len(annoy.run.user_vocab)
+    every = seen_items(RunPaths(run_dir), n_users)
+    rows = Probe.draw(n_users, 50, seed=3)
+    only = seen_items(RunPaths(run_dir), n_users, users=rows)
+    assert len(only.items) == sum(len(every.row(row)) for row in rows) > 0
+    probe, sampled = Probe.of(annoy.run.user_vectors, rows, only.row), Probe.sample(annoy.run.user_vectors,
+                                                                                     every.row, 50, seed=3)
+    assert np.array_equal(probe.queries, sampled.queries)
+    assert all(np.array_equal(a, b) for a, b in zip(probe.exclude, sampled.exclude, strict=True))

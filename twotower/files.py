@@ -70,12 +70,13 @@ def write_text(text: str, path: Path) -> None:
         temporary.write_text(text)
 
 
-def read_parquet(path: Path) -> pl.DataFrame:
-    """A run's Parquet artifact, or one clear error when it is missing or damaged."""
+def read_parquet(path: Path, where: pl.Expr | None = None) -> pl.DataFrame:
+    """A run's Parquet artifact (its rows where ``where`` holds, read row group by row group), or one clear
+    error when it is missing or damaged."""
     if not path.exists():
         raise RunError(f"missing {path}; is this a finished run directory?")
     try:
-        return pl.read_parquet(path)
+        return pl.read_parquet(path) if where is None else pl.scan_parquet(path).filter(where).collect()
     except (pl.exceptions.PolarsError, OSError) as error:
         raise RunError(f"cannot read {path}: the file is damaged ({str(error).splitlines()[0]}); "
                             "train the run again") from error

@@ -362,10 +362,12 @@ class Run:
             path.unlink(missing_ok=True)
 
 
-def seen_items(paths: RunPaths, n_users: int) -> UserItems:
+def seen_items(paths: RunPaths, n_users: int, users: np.ndarray | None = None) -> UserItems:
     """Each user's items anywhere in the log the run was given (every split, and the pairs that were not
-    positives): what they already have."""
-    frames = [read_parquet(paths.split(name)) for name in SPLIT_NAMES]
+    positives): what they already have; only ``users``' where given (the others' rows empty), read without
+    holding the whole log."""
+    where = None if users is None else pl.col("user").is_in(users.tolist())
+    frames = [read_parquet(paths.split(name), where) for name in SPLIT_NAMES]
     if paths.non_positive.exists():
-        frames.append(read_parquet(paths.non_positive))
+        frames.append(read_parquet(paths.non_positive, where))
     return UserItems.from_frame(pl.concat(frames), n_users)

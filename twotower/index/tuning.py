@@ -35,7 +35,16 @@ class Probe:
     @classmethod
     def sample(cls, users: np.ndarray, seen: Callable[[int], np.ndarray], n: int, seed: int = 0) -> Probe:
         """A seeded sample of ``n`` of the ``users``' vectors, each with what ``seen(row)`` says it has."""
-        rows = np.random.default_rng(seed).choice(len(users), size=min(n, len(users)), replace=False)
+        return cls.of(users, cls.draw(len(users), n, seed), seen)
+
+    @staticmethod
+    def draw(n_users: int, n: int, seed: int = 0) -> np.ndarray:
+        """The rows a seeded probe of ``n`` of ``n_users`` users asks for (``sample``'s)."""
+        return np.random.default_rng(seed).choice(n_users, size=min(n, n_users), replace=False)
+
+    @classmethod
+    def of(cls, users: np.ndarray, rows: np.ndarray, seen: Callable[[int], np.ndarray]) -> Probe:
+        """The probe of the ``users``' vectors at ``rows``, each with what ``seen(row)`` says it has."""
         return cls(np.ascontiguousarray(users[rows]), [seen(row) for row in rows])
 
 

@@ -320,10 +320,11 @@ def publish_run(cfg: DictConfig, datamodule: InteractionDataModule, selection: S
     users, items = export(model, datamodule, paths, datamodule.final_fit_splits if reencoded else datamodule.fitted_on)
     if datamodule.sharded or reencoded or prior_chosen_since:  # what the saved checkpoint lacks: every user's
         completed(model, exported)  # histories (a process saves its own share's, or the train split's), the prior
-    # Seen items as retrieval will read them from the run directory, so the index is tuned on what it serves.
-    seen = seen_items(paths, datamodule.n_users)
+    # Seen items as retrieval will read them from the run directory, so the index is tuned on what it serves;
+    # only the probe's users' (every user's would hold the whole log at once).
+    rows = Probe.draw(len(users), cfg.index_recall_queries, cfg.seed)
+    probe = Probe.of(users, rows, seen_items(paths, datamodule.n_users, users=rows).row)
     checkpoint = fingerprint(exported)
-    probe = Probe.sample(users, seen.row, cfg.index_recall_queries, cfg.seed)
     build_for_run(index, items, index_score(model.hparams.score, model.prior_weight), paths.index, probe, checkpoint)
     write_json(metrics, paths.metrics("train"))
     seconds.lap("export_and_index")
