@@ -295,9 +295,13 @@ class InteractionDataModule(L.LightningDataModule):
         lengths = np.diff(self.training_user_items().indptr)
         return int(np.maximum(np.minimum(lengths, length + 1) - 1, 0).sum())
 
-    def user_items(self, *names: str) -> UserItems:
-        """Each user's items over the named splits."""
-        return UserItems.from_frame(self.stacked(names), self.n_users)
+    def user_items(self, *names: str, users: np.ndarray | None = None) -> UserItems:
+        """Each user's items over the named splits; only ``users``' where given (the others' rows empty): what an
+        evaluation of a sample of users holds, not a copy of the log."""
+        frame = self.stacked(names)
+        if users is not None and len(users) < self.n_users:
+            frame = frame.filter(pl.col("user").is_in(pl.Series(users, dtype=frame.schema["user"])))
+        return UserItems.from_frame(frame, self.n_users)
 
     def use(self, plan: BatchPlan) -> None:
         """Make training batches as ``plan`` says (the loss's, ``loss.plan``)."""
@@ -356,7 +360,7 @@ class InteractionDataModule(L.LightningDataModule):
         # Under DDP every process needs at least one chunk: split the users at least world-size ways.
         shares = 1 if self.sharded else process_share()[1]  # a process holding its own users ranks all of them
         chunk_size = max(1, min(eval_chunk_size(self.n_items), -(-users // shares)))
-        dataset = RankingBatches(self.user_items(*seen), targets, chunk_size)
+        dataset = RankingBatches(self.user_items(*seen, users=targets.users()), targets, chunk_size)
         return self._loader(dataset, ShardedChunks(len(dataset), own_data=self.sharded))
 
     def _loader(self, dataset: torch.utils.data.Dataset, sampler: torch.utils.data.Sampler) -> DataLoader:

@@ -399,7 +399,7 @@ def popularity(datamodule: InteractionDataModule, stage: str, ks: list[int]) -> 
     share = " of this process's share" if datamodule.sharded and process_share()[1] > 1 else ""
     log.info("popularity baseline: ranking %d %s users%s", len(targets.users()),
              "validation" if stage == "val" else "test", share)
-    found = popularity_metrics(counts, datamodule.user_items(*seen), targets, ks)
+    found = popularity_metrics(counts, datamodule.user_items(*seen, users=targets.users()), targets, ks)
     return {f"{stage}/popularity/{name}": value for name, value in found.items() if name != "users"}
 
 
