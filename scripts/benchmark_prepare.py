@@ -1,7 +1,7 @@
 """Out-of-core preparation against the in-memory data path: time and peak memory on large logs.
 
     python scripts/make_synthetic.py --interactions 10_000_000 --out data/synthetic-10m.parquet
-    python scripts/benchmark_prepare.py data/synthetic-10m.parquet data/synthetic-100m/ \
+    python scripts/benchmark_prepare.py data/synthetic-10m.parquet data/synthetic-100m/ --train-on 0 1 \
         [--out docs/benchmarks/prepare.json]
 
 For each log (a Parquet file, or a folder of them): ``twotower-prepare`` in a fresh process, its wall time and
@@ -9,9 +9,9 @@ its peak resident memory (the kernel's high-water mark of that process), and, fo
 ``--in-memory-up-to`` rows, the in-memory path (``InteractionDataModule.setup`` and its loaders, what every DDP
 process does without preparation) measured the same way in a fresh process, side by side.
 
-Then training throughput on the first log: one epoch of ``--steps`` steps of ``loss=softmax`` (pairs, batches
-of ``--batch-size``) through ``twotower-train``, from the log in memory in one process, and from its prepared
-shards in one and in two processes (``trainer=ddp``, gloo on CPU): interactions per second over the epoch (its
+Then training throughput on the logs ``--train-on`` names (the first by default): one epoch of ``--steps`` steps
+of ``loss=softmax`` (pairs, batches of ``--batch-size``) through ``twotower-train``, from the log in memory in one
+process (logs of at most ``--in-memory-up-to`` rows), and from its prepared shards in one and in two processes (``trainer=ddp``, gloo on CPU): interactions per second over the epoch (its
 line in ``train.log``, a small validation included) and the peak resident memory of the largest process.
 """
 
