@@ -9,10 +9,11 @@ its peak resident memory (the kernel's high-water mark of that process), and, fo
 ``--in-memory-up-to`` rows, the in-memory path (``InteractionDataModule.setup`` and its loaders, what every DDP
 process does without preparation) measured the same way in a fresh process, side by side.
 
-Then training throughput on the logs ``--train-on`` names (the first by default): one epoch of ``--steps`` steps
-of ``loss=softmax`` (pairs, batches of ``--batch-size``) through ``twotower-train``, from the log in memory in one
-process (logs of at most ``--in-memory-up-to`` rows), and from its prepared shards in one and in two processes (``trainer=ddp``, gloo on CPU): interactions per second over the epoch (its
-line in ``train.log``, a small validation included) and the peak resident memory of the largest process.
+Then training throughput on the logs ``--train-on`` names (the first by default): one epoch of ``--steps`` steps of
+``loss=softmax`` (pairs, batches of ``--batch-size``) through ``twotower-train``, from the log in memory in one
+process (logs of at most ``--in-memory-up-to`` rows), and from its prepared shards in one and in two processes
+(``trainer=ddp``, gloo on CPU): interactions per second over the epoch (its line in ``train.log``, a small
+validation included) and the peak resident memory of the largest process.
 """
 
 from __future__ import annotations
